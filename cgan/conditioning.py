@@ -1,0 +1,115 @@
+"""Fusion of the prompt and the attributes into one condition (the heart of cgan's design).
+
+`cross_attention`: learned condition queries attend over the context [null-prompt slot;
+text tokens; attribute tokens] through a few blocks of (cross-attention, MLP), each with a
+residual. The result is `cond_tokens` (B, Q, D) and a pooled `cond_vector` (B, D). The
+generator and discriminator attend over [cond_tokens; context tokens], so each image
+location can read the fused summary and the individual words and attributes.
+
+`concat` (the baseline): pooled text concatenated with the attribute tokens, then an MLP;
+its only token is the condition vector itself.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from einops import rearrange, repeat
+
+from cgan.attributes import AttributeEmbedder, AttributeSchema
+from cgan.layers import Attention, EqualLinear, FeedForward
+from cgan.text_encoder import TextEncoding
+
+
+@dataclass
+class Condition:
+    """What G and D are conditioned on.
+
+    cond_vector (B, D): pooled condition (modulates G's mapping network; D's projection).
+    attn_tokens (B, M, D) and attn_mask (B, M): what G's and D's spatial cross-attention read.
+    fusion_attention (B, heads, Q, 1 + T + A) or None: the fusion module's attention weights
+    over [null-prompt slot; text tokens; attribute tokens].
+    """
+
+    cond_vector: torch.Tensor
+    attn_tokens: torch.Tensor
+    attn_mask: torch.Tensor
+    fusion_attention: torch.Tensor | None = None
+
+
+class FusionBlock(nn.Module):
+    """queries (B, Q, D) attend over context (B, M, D); pre-norm, residual attention and MLP."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.norm_q = nn.LayerNorm(dim)
+        self.norm_context = nn.LayerNorm(dim)
+        self.attn = Attention(dim, dim, num_heads=num_heads)
+        self.norm_mlp = nn.LayerNorm(dim)
+        self.mlp = FeedForward(dim)
+
+    def forward(self, queries, context, context_mask, return_weights=False):
+        out, weights = self.attn(self.norm_q(queries), self.norm_context(context), context_mask, return_weights)
+        queries = queries + out
+        queries = queries + self.mlp(self.norm_mlp(queries))
+        return queries, weights
+
+
+class Conditioner(nn.Module):
+    """(TextEncoding, prompt_present, attribute tensors) -> Condition.
+
+    prompt_present (B,) bool: False where the prompt is dropped or empty; a learned null-prompt
+    token then stands in for the text. Missing attributes take their null tokens.
+    """
+
+    def __init__(self, *, schema: AttributeSchema, text_dim: int, cond_dim: int, fusion: str = "cross_attention",
+                 num_queries: int = 8, num_layers: int = 2, num_heads: int = 4):
+        super().__init__()
+        if fusion not in ("cross_attention", "concat"):
+            raise ValueError(f"fusion: expected cross_attention or concat, got {fusion!r}")
+        self.fusion = fusion
+        self.num_attrs = len(schema)
+        self.attr_embedder = AttributeEmbedder(schema=schema, dim=cond_dim)
+        self.null_prompt = nn.Parameter(torch.randn(cond_dim))
+        if fusion == "cross_attention":
+            self.text_proj = EqualLinear(text_dim, cond_dim)
+            self.type_embedding = nn.Parameter(torch.randn(3, cond_dim))  # null-prompt, text, attribute
+            self.queries = nn.Parameter(torch.randn(num_queries, cond_dim))
+            self.blocks = nn.ModuleList(FusionBlock(cond_dim, num_heads) for _ in range(num_layers))
+            self.norm_out = nn.LayerNorm(cond_dim)
+            self.pool = EqualLinear(cond_dim, cond_dim)
+        else:
+            self.pooled_proj = EqualLinear(text_dim, cond_dim)
+            self.mlp = nn.Sequential(EqualLinear((1 + self.num_attrs) * cond_dim, cond_dim, activation=True),
+                                     EqualLinear(cond_dim, cond_dim))
+
+    def forward(self, text: TextEncoding, prompt_present: torch.Tensor, attr_index: torch.Tensor,
+                attr_value: torch.Tensor, attr_present: torch.Tensor, return_attention: bool = False) -> Condition:
+        attr_tokens = self.attr_embedder(attr_index, attr_value, attr_present)  # (B, A, D)
+        batch = attr_tokens.shape[0]
+        prompt_present = prompt_present.to(torch.bool)
+        null_prompt = repeat(self.null_prompt, "d -> b 1 d", b=batch)
+        if self.fusion == "concat":
+            pooled = self.pooled_proj(text.text_pooled)  # (B, D)
+            pooled = torch.where(prompt_present[:, None], pooled, null_prompt[:, 0])
+            flat = torch.cat([pooled, rearrange(attr_tokens, "b a d -> b (a d)")], dim=-1)
+            cond_vector = self.mlp(flat)  # (B, D)
+            tokens = cond_vector[:, None]  # (B, 1, D)
+            return Condition(cond_vector, tokens, torch.ones(batch, 1, dtype=torch.bool, device=tokens.device))
+
+        text_tokens = self.text_proj(text.text_tokens)  # (B, T, D)
+        context = torch.cat([null_prompt + self.type_embedding[0], text_tokens + self.type_embedding[1],
+                             attr_tokens + self.type_embedding[2]], dim=1)  # (B, 1 + T + A, D)
+        attr_mask = torch.ones(batch, self.num_attrs, dtype=torch.bool, device=context.device)
+        context_mask = torch.cat([~prompt_present[:, None], text.text_mask & prompt_present[:, None], attr_mask],
+                                 dim=1)  # (B, 1 + T + A): never all False, the null slot or attributes remain
+        queries = repeat(self.queries, "q d -> b q d", b=batch)
+        weights = None
+        for block in self.blocks:
+            queries, weights = block(queries, context, context_mask, return_attention)
+        cond_tokens = self.norm_out(queries)  # (B, Q, D)
+        cond_vector = self.pool(cond_tokens.mean(dim=1))  # (B, D)
+        attn_tokens = torch.cat([cond_tokens, context], dim=1)  # (B, Q + 1 + T + A, D)
+        attn_mask = torch.cat([torch.ones_like(cond_tokens[..., 0], dtype=torch.bool), context_mask], dim=1)
+        return Condition(cond_vector, attn_tokens, attn_mask, weights)

