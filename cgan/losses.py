@@ -5,11 +5,14 @@ import torch
 import torch.nn.functional as F
 
 
-def d_loss_terms(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample losses that push real logits up and fake (or mismatched) logits down."""
-    if kind == "hinge":
-        return F.relu(1 - real_logits), F.relu(1 + fake_logits)
-    return F.softplus(-real_logits), F.softplus(fake_logits)  # softplus: stable log(1 + exp(.))
+def d_real_term(logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-sample D loss that pushes logits of real, matching pairs up."""
+    return F.relu(1 - logits) if kind == "hinge" else F.softplus(-logits)  # softplus: stable log(1 + exp(.))
+
+
+def d_fake_term(logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-sample D loss that pushes logits of fakes and mismatched pairs down."""
+    return F.relu(1 + logits) if kind == "hinge" else F.softplus(logits)
 
 
 def g_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:

@@ -60,6 +60,9 @@ class FrozenTextEncoder(nn.Module):
                  tokenizer=None, model=None):
         super().__init__()
         from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar on every start
 
         self.name = name
         self.max_length = max_length

@@ -1,0 +1,197 @@
+"""Exported models and resumable training states, written atomically and loaded safely.
+
+Exported model (what `sample.py` and `CGANPipeline` load), a folder:
+    config.json       format version, G's constructor arguments, text encoder, step, full config
+    attributes.json   the attribute schema
+    G_ema.safetensors the generator's EMA weights (nothing else)
+
+Training state, `RUN/checkpoints/step_XXXXXXXX/`:
+    G.safetensors, D.safetensors, G_ema.safetensors
+    optimizers.pt     optimizer and grad-scaler state dicts (tensors and numbers only)
+    rng.pt            every process's torch RNG state
+    state.json        step, images seen
+Every folder is built under a temporary name and renamed into place when complete, so a
+crash never leaves a half-written model or checkpoint where a loader would find it.
+Nothing is unpickled: safetensors for weights, `torch.load(weights_only=True)` for the rest.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+FORMAT_VERSION = 1
+CHECKPOINT_PATTERN = re.compile(r"^step_(\d{8})$")
+
+
+class CheckpointError(RuntimeError):
+    """A model folder or training state is missing, incomplete, corrupt or incompatible."""
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_save(path: Path, write: Callable[[Path], None]) -> None:
+    """Call write(tmp_path), then rename the temporary file into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _publish_folder(tmp: Path, final: Path) -> None:
+    """Rename a finished folder into place, replacing an older one without ever deleting it first."""
+    if final.exists():
+        old = final.with_name(f"{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def _state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
+def _load_weights(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file missing")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {err}") from err
+
+
+def load_module_weights(module: torch.nn.Module, path: Path) -> None:
+    weights = _load_weights(path)
+    try:
+        module.load_state_dict(weights)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: weights do not fit this model (was the config changed?): "
+                              f"{str(err).splitlines()[0]}") from err
+
+
+# ----------------------------------------------------------------------------------------------
+# Exported models
+
+
+def export_model(out_dir: str | Path, *, G_ema: torch.nn.Module, generator_kwargs: dict[str, Any],
+                 schema_dict: dict[str, Any], text_encoder: dict[str, Any], config_dict: dict[str, Any],
+                 step: int, images_seen: int) -> Path:
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    from cgan import __version__
+
+    meta = {"format_version": FORMAT_VERSION, "cgan_version": __version__, "generator": generator_kwargs,
+            "text_encoder": text_encoder, "step": step, "images_seen": images_seen,
+            "prompt_dropout": config_dict["train"]["drop_prompt"], "config": config_dict}
+    (tmp / "config.json").write_text(json.dumps(meta, indent=2))
+    (tmp / "attributes.json").write_text(json.dumps(schema_dict, indent=2))
+    save_file(_state_dict(G_ema), str(tmp / "G_ema.safetensors"), metadata={"format": "pt"})
+    _publish_folder(tmp, out_dir)
+    return out_dir
+
+
+def read_exported(model_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:
+    """-> (config.json contents, attribute schema dict, G_ema weights), with clear errors."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise CheckpointError(f"{model_dir}: model folder not found (expected a folder with config.json, "
+                              "attributes.json and G_ema.safetensors)")
+    missing = [n for n in ("config.json", "attributes.json", "G_ema.safetensors") if not (model_dir / n).is_file()]
+    if missing:
+        raise CheckpointError(f"{model_dir}: not a complete cgan model, missing {', '.join(missing)}")
+    try:
+        meta = json.loads((model_dir / "config.json").read_text())
+        schema = json.loads((model_dir / "attributes.json").read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{model_dir}: config.json or attributes.json is not valid JSON: {err}") from err
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{model_dir}: exported with model format {version!r} (cgan "
+                              f"{meta.get('cgan_version', '?')}); this cgan reads format {FORMAT_VERSION}")
+    return meta, schema, _load_weights(model_dir / "G_ema.safetensors")
+
+
+# ----------------------------------------------------------------------------------------------
+# Training states
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"step_{step:08d}"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete training states of a run, oldest first (temporary folders are ignored)."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and CHECKPOINT_PATTERN.match(p.name)
+             and (p / "state.json").is_file()]
+    return sorted(found, key=lambda p: int(CHECKPOINT_PATTERN.match(p.name).group(1)))  # type: ignore[union-attr]
+
+
+def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
+    """`latest` -> the newest complete state in the run (None if there is none); else a path."""
+    if not resume:
+        return None
+    if resume == "latest":
+        states = list_checkpoints(run_dir)
+        return states[-1] if states else None
+    path = Path(resume)
+    if not (path / "state.json").is_file():
+        raise CheckpointError(f"--resume {resume}: not a training state folder (expected state.json inside)")
+    return path
+
+
+def save_training_state(run_dir: Path, *, step: int, images_seen: int, modules: dict[str, torch.nn.Module],
+                        optimizers: dict[str, Any], rng_states: list[torch.Tensor], keep_last: int) -> Path:
+    """Write a complete state under a temporary name, rename it, then prune old states."""
+    final = checkpoint_dir(run_dir, step)
+    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, module in modules.items():
+        save_file(_state_dict(module), str(tmp / f"{name}.safetensors"), metadata={"format": "pt"})
+    torch.save({name: opt.state_dict() for name, opt in optimizers.items()}, tmp / "optimizers.pt")
+    torch.save({"rng": rng_states}, tmp / "rng.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, "images_seen": images_seen,
+                                                "format_version": FORMAT_VERSION}))  # written last
+    _publish_folder(tmp, final)
+    for old in list_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_training_state(path: Path, *, modules: dict[str, torch.nn.Module], optimizers: dict[str, Any]
+                        ) -> tuple[dict[str, Any], list[torch.Tensor]]:
+    """Restore modules and optimizers in place; -> (state.json contents, per-process RNG states)."""
+    try:
+        state = json.loads((path / "state.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path / 'state.json'}: unreadable: {err}") from err
+    for name, module in modules.items():
+        load_module_weights(module, path / f"{name}.safetensors")
+    try:
+        optimizer_states = torch.load(path / "optimizers.pt", map_location="cpu", weights_only=True)
+        rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=True)["rng"]
+    except Exception as err:  # noqa: BLE001 - any failure here means a damaged or foreign file
+        raise CheckpointError(f"{path}: optimizers.pt or rng.pt unreadable (truncated, corrupt, or not "
+                              f"written by cgan): {err}") from err
+    for name, opt in optimizers.items():
+        opt.load_state_dict(optimizer_states[name])
+    return state, rng

@@ -1,0 +1,362 @@
+"""The training loop: one readable function (`train`) calling small phase functions.
+
+Multi-process: Accelerate launches the processes, places the models, runs mixed precision
+and the fp16 grad scaler. Gradients are averaged across processes by `sync_gradients`
+(one flattened all-reduce per phase, as StyleGAN2-ADA does) rather than by DDP, because the
+discriminator phase runs several forwards and R1 a double backward, which DDP handles poorly.
+All processes start from the same seed, so weights stay identical; only the main process writes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.data import DataLoader
+
+from cgan.attributes import drop_attributes
+from cgan.augment import diff_augment, parse_policy
+from cgan.checkpoint import (atomic_save, export_model, load_training_state, resolve_resume, save_training_state)
+from cgan.config import Config, ConfigError, save_config
+from cgan.data import CaptionedDataset, StepSampler, build_dataset, tensor_to_images
+from cgan.discriminator import Discriminator
+from cgan.ema import ema_beta, update_ema
+from cgan.generator import Generator
+from cgan.losses import d_fake_term, d_real_term, g_loss, mismatched_attributes, mismatched_prompt_index, r1_penalty
+from cgan.pipeline import generate, image_grid
+from cgan.text_encoder import FrozenTextEncoder, TextEmbeddingCache, TextEncoding
+
+
+@dataclass
+class Batch:
+    """One micro-batch on the device; conditions after training-time dropout."""
+
+    images: torch.Tensor  # (B, 3, R, R) in [-1, 1]
+    captions: list[str]
+    text: TextEncoding
+    prompt_present: torch.Tensor  # (B,) bool, after prompt dropout
+    attr_index: torch.Tensor  # (B, A)
+    attr_value: torch.Tensor  # (B, A)
+    attr_present: torch.Tensor  # (B, A) after attribute dropout
+    attr_present_full: torch.Tensor  # (B, A) before dropout (for matching-aware negatives)
+
+    def cond(self) -> tuple:
+        return self.text, self.prompt_present, self.attr_index, self.attr_value, self.attr_present
+
+
+def generator_kwargs(config: Config, text_dim: int) -> dict[str, Any]:
+    m = config.model
+    return dict(text_dim=text_dim, resolution=config.data.resolution, z_dim=m.z_dim, w_dim=m.w_dim,
+                cond_dim=m.cond_dim, mapping_layers=m.mapping_layers, channel_base=m.g_channel_base,
+                channel_max=m.g_channel_max, attn_resolutions=tuple(m.g_attn_resolutions), attn_heads=m.attn_heads,
+                fusion=m.fusion, num_cond_queries=m.num_cond_queries, fusion_layers=m.fusion_layers,
+                fusion_heads=m.fusion_heads)
+
+
+def discriminator_kwargs(config: Config, text_dim: int) -> dict[str, Any]:
+    m = config.model
+    return dict(text_dim=text_dim, resolution=config.data.resolution, cond_dim=m.cond_dim,
+                channel_base=m.d_channel_base, channel_max=m.d_channel_max,
+                attn_resolutions=tuple(m.d_attn_resolutions), attn_heads=m.attn_heads, fusion=m.fusion,
+                num_cond_queries=m.num_cond_queries, fusion_layers=m.fusion_layers, fusion_heads=m.fusion_heads)
+
+
+def sync_gradients(module: torch.nn.Module, accelerator) -> None:
+    """Average gradients over processes with one flattened all-reduce (no-op on one process)."""
+    if accelerator.num_processes == 1:
+        return
+    params = [p for p in module.parameters() if p.grad is not None]
+    if not params:
+        return
+    flat = torch.cat([p.grad.flatten() for p in params])
+    flat = accelerator.reduce(flat, reduction="mean")
+    offset = 0
+    for p in params:
+        p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
+        offset += p.numel()
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def cat_text(parts: list[TextEncoding]) -> TextEncoding:
+    return TextEncoding(*(torch.cat([getattr(p, f) for p in parts]) for f in ("text_tokens", "text_mask",
+                                                                             "text_pooled")))
+
+
+def d_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str]) -> dict[str, torch.Tensor]:
+    """D phase: real (matched) up; fake, real with another prompt, real with other attributes down."""
+    t = config.train
+    size = batch.images.shape[0]
+    num_mismatch = max(1, size // 2)
+    with torch.no_grad(), accelerator.autocast():
+        z = torch.randn(size, G.z_dim, device=batch.images.device)
+        fake = G(z, *batch.cond()).float()
+    # Matching-aware negatives from the first half of the batch: never a pair that matches itself.
+    head = slice(0, num_mismatch)
+    text_index, text_valid = mismatched_prompt_index(batch.captions)  # partners from the whole batch
+    text_index, text_valid = text_index[head], text_valid[head]
+    num_values = D.conditioner.attr_embedder.num_values
+    mis_index, mis_value, attr_valid = mismatched_attributes(batch.attr_index[head].cpu(), batch.attr_value[head].cpu(),
+                                                             batch.attr_present_full[head].cpu(), num_values)
+    device = batch.images.device
+    always = torch.ones(num_mismatch, dtype=torch.bool, device=device)
+    images = torch.cat([batch.images, fake, batch.images[head], batch.images[head]])
+    text = cat_text([batch.text, batch.text, batch.text.index(text_index.to(device)), batch.text.index(head)])
+    prompt_present = torch.cat([batch.prompt_present, batch.prompt_present, always, always])
+    attr_index = torch.cat([batch.attr_index, batch.attr_index, batch.attr_index[head], mis_index.to(device)])
+    attr_value = torch.cat([batch.attr_value, batch.attr_value, batch.attr_value[head], mis_value.to(device)])
+    attr_present = torch.cat([batch.attr_present, batch.attr_present, batch.attr_present_full[head],
+                              batch.attr_present_full[head]])
+    if augment:
+        images = diff_augment(images, augment)
+    with accelerator.autocast():
+        logits = D(images, text, prompt_present, attr_index, attr_value, attr_present).float()
+    real, fake_logits, mis_text, mis_attr = logits.split([size, size, num_mismatch, num_mismatch])
+    loss_mismatch = (masked_mean(d_fake_term(mis_text, t.loss), text_valid.to(device))
+                     + masked_mean(d_fake_term(mis_attr, t.loss), attr_valid.to(device)))
+    loss = d_real_term(real, t.loss).mean() + d_fake_term(fake_logits, t.loss).mean() + t.mismatch_weight * loss_mismatch
+    accelerator.backward(loss / t.grad_accum)
+    return {"loss/D": loss.detach(), "logits/real": real.detach().mean(), "logits/fake": fake_logits.detach().mean(),
+            "logits/mismatch_text": mis_text.detach().mean(), "logits/mismatch_attr": mis_attr.detach().mean()}
+
+
+def r1_step(D, batch: Batch, config: Config, accelerator, augment: list[str]) -> dict[str, torch.Tensor]:
+    """Lazy R1 on real images with their own conditions, in fp32, weighted by r1_every."""
+    t = config.train
+    images = batch.images.detach().requires_grad_(True)
+    augmented = diff_augment(images, augment) if augment else images
+    # fp32 (no autocast); the math attention kernel, since fused kernels have no double backward.
+    with sdpa_kernel(SDPBackend.MATH):
+        logits = D(augmented, *batch.cond())
+        penalty = r1_penalty(logits, images)
+        accelerator.backward(penalty * (t.r1_gamma / 2) * t.r1_every / t.grad_accum)
+    return {"loss/r1": penalty.detach()}
+
+
+def g_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str]) -> dict[str, torch.Tensor]:
+    t = config.train
+    z = torch.randn(batch.images.shape[0], G.z_dim, device=batch.images.device)
+    with accelerator.autocast():
+        fake = G(z, *batch.cond())
+        fake = diff_augment(fake, augment) if augment else fake
+        logits = D(fake, *batch.cond()).float()
+    loss = g_loss(logits, t.loss)
+    accelerator.backward(loss / t.grad_accum)
+    return {"loss/G": loss.detach()}
+
+
+def check_output_dir(out_dir: Path, bytes_needed: int) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"--out {out_dir}: not writable ({err.strerror or err})") from err
+    free = shutil.disk_usage(out_dir).free
+    if free < bytes_needed:
+        raise ConfigError(f"--out {out_dir}: {free / 2**20:.0f} MiB free, but a checkpoint and an exported "
+                          f"model need about {bytes_needed / 2**20:.0f} MiB")
+
+
+def sample_conditions(config: Config, dataset: CaptionedDataset) -> tuple[list[str], list[dict[str, Any]]]:
+    """The fixed prompts and attributes of the progress grid."""
+    if config.sample.prompts:
+        prompts = list(config.sample.prompts)
+        attrs = list(config.sample.attributes) + [{}] * (len(prompts) - len(config.sample.attributes))
+        return prompts, [dataset.schema.validate(a, "sample.attributes") for a in attrs]
+    records = [dataset.record(i) for i in range(min(8, len(dataset)))]
+    return [r["captions"][0] for r in records], [r["attributes"] for r in records]
+
+
+def save_sample_grid(path: Path, G, text_cache, dataset, prompts, attrs, config: Config, device) -> None:
+    num = config.sample.num_per_prompt
+    seeds = [config.sample.seed + k for _ in prompts for k in range(num)]
+    images = generate(G, text_cache, dataset.schema, [p for p in prompts for _ in range(num)],
+                      [a for a in attrs for _ in range(num)], seeds, config.sample.truncation, device)
+    labels = [p + "".join(f" | {k}={v:.2g}" if isinstance(v, float) else f" | {k}={v}" for k, v in a.items())
+              for p, a in zip(prompts, attrs)]
+    grid = image_grid(tensor_to_images(images), num, labels)
+    atomic_save(path, lambda tmp: grid.save(tmp, format="PNG"))
+
+
+def to_device_batch(raw: dict[str, Any], text_cache: TextEmbeddingCache, config: Config, device,
+                    memory_format) -> Batch:
+    t = config.train
+    images = raw["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
+    captions = list(raw["text"])
+    size = images.shape[0]
+    prompt_present = torch.rand(size, device=device) >= t.drop_prompt
+    attr_present_full = raw["attr_present"].to(device)
+    return Batch(images=images, captions=captions, text=text_cache(captions, device=device),
+                 prompt_present=prompt_present, attr_index=raw["attr_index"].to(device),
+                 attr_value=raw["attr_value"].to(device),
+                 attr_present=drop_attributes(attr_present_full, t.drop_attr), attr_present_full=attr_present_full)
+
+
+def train(config: Config, out_dir: str | Path, resume: str | None = None, max_steps: int | None = None,
+          text_encoder: FrozenTextEncoder | None = None) -> Path:
+    """Train (or continue) a run in out_dir; returns the exported model folder.
+
+    max_steps: stop after this many steps in this call (the run's length stays train.total_steps).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import gather_object
+
+    config.validate()
+    t = config.train
+    if t.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("train.mixed_precision: fp16 needs a GPU; on the CPU use bf16 or no")
+    augment = parse_policy(t.augment)
+    out_dir = Path(out_dir)
+    accelerator = Accelerator(mixed_precision=t.mixed_precision)
+    device, is_main = accelerator.device, accelerator.is_main_process
+
+    # Everything that can fail on bad input fails here, before the first step.
+    dataset = build_dataset(config.data)
+    if text_encoder is None:
+        text_encoder = FrozenTextEncoder(config.text.encoder, max_length=config.text.max_length,
+                                         trust_remote_code=config.text.trust_remote_code)
+    text_encoder = text_encoder.to(device)
+    text_cache = TextEmbeddingCache(text_encoder, config.data.cache_dir)
+    grid_prompts, grid_attrs = sample_conditions(config, dataset)
+    with accelerator.main_process_first():  # main encodes and writes the disk cache, the others read it
+        text_cache.precompute(dataset.all_captions() + grid_prompts)
+
+    torch.manual_seed(t.seed)  # identical initial weights on every process
+    G = Generator(schema=dataset.schema, **generator_kwargs(config, text_encoder.dim))
+    D = Discriminator(schema=dataset.schema, **discriminator_kwargs(config, text_encoder.dim))
+    G_ema = Generator(schema=dataset.schema, **generator_kwargs(config, text_encoder.dim)).eval().requires_grad_(False)
+    G_ema.load_state_dict(G.state_dict())
+    memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
+    for module in (G, D, G_ema):
+        module.to(device, memory_format=memory_format)
+    opt_G = torch.optim.Adam(G.parameters(), lr=t.lr_g, betas=tuple(t.betas), eps=1e-8)
+    opt_D = torch.optim.Adam(D.parameters(), lr=t.lr_d, betas=tuple(t.betas), eps=1e-8)
+    num_params = sum(p.numel() for m in (G, D, G_ema) for p in m.parameters())
+    if is_main:
+        check_output_dir(out_dir, bytes_needed=num_params * 4 * 3 + 2 ** 20)  # weights + 2 Adam moments
+    accelerator.wait_for_everyone()
+
+    step, images_seen = 0, 0
+    resume_path = resolve_resume(out_dir, resume)
+    if resume_path is not None:
+        state, rng_states = load_training_state(resume_path, modules={"G": G, "D": D, "G_ema": G_ema},
+                                                optimizers={"opt_G": opt_G, "opt_D": opt_D})
+        step, images_seen = state["step"], state["images_seen"]
+        if len(rng_states) == accelerator.num_processes:
+            torch.set_rng_state(rng_states[accelerator.process_index])
+        else:
+            torch.manual_seed(t.seed + 1 + step * accelerator.num_processes + accelerator.process_index)
+        accelerator.print(f"resumed from {resume_path} at step {step} ({images_seen} images seen)")
+    else:
+        if resume == "latest":
+            accelerator.print(f"--resume latest: no checkpoint in {out_dir}/checkpoints yet, starting fresh")
+        torch.manual_seed(t.seed + 1 + accelerator.process_index)  # per-process noise, dropout and mismatches
+    opt_G, opt_D = accelerator.prepare(opt_G, opt_D)  # device placement and the fp16 grad scaler
+
+    sampler = StepSampler(len(dataset), batch_size=t.batch_size, seed=t.seed, start_step=step * t.grad_accum,
+                          num_processes=accelerator.num_processes, process_index=accelerator.process_index)
+    loader = iter(DataLoader(dataset, batch_size=t.batch_size, sampler=sampler, num_workers=config.data.num_workers,
+                             persistent_workers=config.data.num_workers > 0, pin_memory=device.type == "cuda"))
+
+    writer = None
+    if is_main:
+        save_config(config, out_dir / "config.yaml")
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out_dir / "logs"))
+        accelerator.print(f"G {sum(p.numel() for p in G.parameters()) / 1e6:.2f}M parameters, "
+                          f"D {sum(p.numel() for p in D.parameters()) / 1e6:.2f}M; {len(dataset)} training images; "
+                          f"{accelerator.num_processes} process(es) on {device}")
+
+    def checkpoint(at_step: int) -> None:
+        rng_states = gather_object([torch.get_rng_state()])
+        if is_main:
+            save_training_state(out_dir, step=at_step, images_seen=images_seen,
+                                modules={"G": G, "D": D, "G_ema": G_ema},
+                                optimizers={"opt_G": opt_G, "opt_D": opt_D}, rng_states=rng_states,
+                                keep_last=t.keep_last)
+            export_model(out_dir / "model", G_ema=G_ema, generator_kwargs=generator_kwargs(config, text_encoder.dim),
+                         schema_dict=dataset.schema.to_dict(),
+                         text_encoder={"name": text_encoder.name, "max_length": text_encoder.max_length},
+                         config_dict=config.to_dict(), step=at_step, images_seen=images_seen)
+        accelerator.wait_for_everyone()
+
+    last_step = t.total_steps if max_steps is None else min(t.total_steps, step + max_steps)
+    global_batch = t.batch_size * t.grad_accum * accelerator.num_processes
+    from tqdm.auto import tqdm
+
+    progress = tqdm(total=last_step, initial=step, disable=not is_main, unit="step", dynamic_ncols=True,
+                    file=sys.stdout)
+    sums: dict[str, torch.Tensor] = {}
+    window_start, window_images = time.perf_counter(), 0
+    while step < last_step:
+        batches = [to_device_batch(next(loader), text_cache, config, device, memory_format)
+                   for _ in range(t.grad_accum)]
+        stats: dict[str, torch.Tensor] = {}
+        # D phase (and lazy R1), G frozen.
+        G.requires_grad_(False)
+        D.requires_grad_(True)
+        opt_D.zero_grad(set_to_none=True)
+        for batch in batches:
+            stats.update(d_step(G, D, batch, config, accelerator, augment))
+        sync_gradients(D, accelerator)
+        opt_D.step()
+        if step % t.r1_every == 0:
+            opt_D.zero_grad(set_to_none=True)
+            for batch in batches:
+                stats.update(r1_step(D, batch, config, accelerator, augment))
+            sync_gradients(D, accelerator)
+            opt_D.step()
+        # G phase, D frozen.
+        D.requires_grad_(False)
+        G.requires_grad_(True)
+        opt_G.zero_grad(set_to_none=True)
+        for batch in batches:
+            stats.update(g_step(G, D, batch, config, accelerator, augment))
+        sync_gradients(G, accelerator)
+        opt_G.step()
+        images_seen += global_batch
+        update_ema(G_ema, G, ema_beta(global_batch, images_seen, t.ema_kimg, t.ema_rampup))
+        step += 1
+        window_images += global_batch
+        progress.update(1)
+        for key, value in stats.items():
+            sums.setdefault(key, []).append(value)  # type: ignore[attr-defined]
+
+        if step % t.log_every == 0 or step == last_step:  # the only host syncs of the loop
+            elapsed = time.perf_counter() - window_start
+            means = {k: float(torch.stack(v).mean()) for k, v in sums.items()}  # type: ignore[arg-type]
+            means["speed/images_per_s"] = window_images / max(elapsed, 1e-9)
+            if is_main:
+                progress.set_postfix({"img/s": f"{means['speed/images_per_s']:.1f}",
+                                      "D": f"{means['loss/D']:.3f}", "G": f"{means['loss/G']:.3f}"})
+                for key, value in means.items():
+                    writer.add_scalar(key, value, step)  # type: ignore[union-attr]
+                with (out_dir / "metrics.jsonl").open("a") as handle:
+                    handle.write(json.dumps({"step": step, "images_seen": images_seen, **means}) + "\n")
+                if not all(math.isfinite(v) for v in means.values()):
+                    progress.write(f"warning: non-finite loss at step {step}: {means}")
+            sums, window_start, window_images = {}, time.perf_counter(), 0
+        if is_main and (step % t.sample_every == 0 or step == last_step):
+            save_sample_grid(out_dir / "samples" / f"step_{step:08d}.png", G_ema, text_cache, dataset,
+                             grid_prompts, grid_attrs, config, device)
+        if step % t.checkpoint_every == 0 or step == last_step:
+            checkpoint(step)
+    progress.close()
+    if writer is not None:
+        writer.close()
+    accelerator.wait_for_everyone()
+    return out_dir / "model"
