@@ -189,7 +189,8 @@ def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
             return value
     else:
         return value
-    raise ConfigError(f"{source}: {key} expected {hints.replace('<class ', '').rstrip('>')}, got {value!r}")
+    type_name = getattr(annotation, "__name__", None) or hints
+    raise ConfigError(f"{source}: {key} expected {type_name}, got {value!r}")
 
 
 def _apply(target: Any, values: dict[str, Any], source: str, prefix: str = "") -> None:

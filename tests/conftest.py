@@ -1,0 +1,51 @@
+"""Shared fixtures: the offline MiniLM encoder, the shapes schema, tiny configs and models."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    from cgan.text_encoder import FrozenTextEncoder
+
+    return FrozenTextEncoder("minilm", max_length=16)
+
+
+@pytest.fixture(scope="session")
+def shapes_schema():
+    from cgan.attributes import AttributeSchema
+    from cgan.data.shapes import SCHEMA
+
+    return AttributeSchema.from_dict(SCHEMA)
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    from cgan.config import load_config
+
+    return load_config(ROOT / "configs" / "tiny.yaml", [f"data.cache_dir={tmp_path / 'cache'}"])
+
+
+def tiny_model_kwargs(**overrides):
+    kwargs = dict(text_dim=384, resolution=32, z_dim=16, w_dim=32, cond_dim=32, mapping_layers=2, channel_base=256,
+                  channel_max=32, attn_resolutions=(8,), attn_heads=2, num_cond_queries=4, fusion_layers=1,
+                  fusion_heads=2)
+    kwargs.update(overrides)
+    return kwargs
+
+
+def fake_text(batch: int, tokens: int = 8, dim: int = 384, seed: int = 0):
+    from cgan.text_encoder import TextEncoding
+
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.ones(batch, tokens, dtype=torch.bool)
+    mask[:, tokens // 2:] = False
+    return TextEncoding(torch.randn(batch, tokens, dim, generator=gen), mask, torch.randn(batch, dim, generator=gen))

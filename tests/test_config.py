@@ -1,0 +1,46 @@
+import pytest
+
+from cgan.config import ConfigError, load_config
+from conftest import ROOT
+
+
+def test_shipped_configs_load():
+    for path in (ROOT / "configs").glob("*.yaml"):
+        config = load_config(path)
+        assert config.data.resolution in (32, 64, 128, 256), path
+
+
+def test_overrides_apply_and_parse_numbers():
+    config = load_config(ROOT / "configs" / "tiny.yaml", ["train.lr_g=2e-4", "model.g_attn_resolutions=[8,16]",
+                                                          "data.resolution=32"])
+    assert config.train.lr_g == pytest.approx(2e-4)
+    assert config.model.g_attn_resolutions == [8, 16]
+
+
+def test_unknown_key_suggests_closest():
+    with pytest.raises(ConfigError, match=r"unknown config key 'train\.lr'; did you mean 'train\.lr_g'"):
+        load_config(None, ["train.lr=0.1"])
+
+
+def test_unknown_key_in_file_names_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  batchsize: 4\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: unknown config key 'train\.batchsize'; did you mean 'train\.batch_size'"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.resolution=48", "data.resolution: expected one of 32, 64, 128, 256"),
+    ("train.batch_size=abc", "train.batch_size expected int"),
+    ("model.fusion=film", "model.fusion: expected one of cross_attention, concat"),
+    ("train.drop_prompt=1.5", "train.drop_prompt: expected a probability"),
+    ("model.g_attn_resolutions=[128]", "model.g_attn_resolutions: 128 is not a power of two between 4"),
+])
+def test_bad_values_are_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")

@@ -1,0 +1,139 @@
+"""The custom format: validation reports every problem at once; every image mode becomes RGB."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cgan.data import FolderDataset
+from cgan.data.__main__ import main as data_main
+from cgan.data.folder import DataValidationError, load_rgb, validate_folder
+
+
+def write_rows(folder, rows):
+    folder.mkdir(exist_ok=True)
+    (folder / "metadata.jsonl").write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+
+
+def good_image(path, size=40, color=(200, 10, 10)):
+    Image.new("RGB", (size, size), color).save(path)
+
+
+@pytest.fixture
+def bad_folder(tmp_path):
+    d = tmp_path / "bad"
+    d.mkdir()
+    good_image(d / "ok.png")
+    good_image(d / "ok2.png")
+    good_image(d / "small.png", size=16)
+    (d / "corrupt.png").write_bytes(b"not an image at all")
+    data = (d / "ok.png").read_bytes()
+    Image.new("RGB", (40, 40)).save(d / "full.png")
+    (d / "truncated.png").write_bytes((d / "full.png").read_bytes()[:60])
+    write_rows(d, [
+        {"file_name": "ok.png", "text": "a red square", "style": "flat"},          # line 1
+        {"file_name": "missing.png", "text": "gone", "style": "flat"},             # line 2
+        {"file_name": "corrupt.png", "text": "broken", "style": "flat"},           # line 3
+        {"file_name": "truncated.png", "text": "cut", "style": "flat"},            # line 4
+        {"file_name": "ok2.png", "text": "  ", "style": "flat"},                   # line 5
+        {"file_name": "small.png", "text": "tiny", "style": "flat"},               # line 6
+        "{not json",                                                               # line 7
+        {"file_name": "ok.png", "text": "mixed", "style": 3},                      # line 8
+    ])
+    assert data
+    return d
+
+
+def test_every_problem_is_reported_at_once(bad_folder):
+    report = validate_folder(bad_folder, resolution=32)
+    text = "\n".join(str(p) for p in report.problems)
+    assert "metadata.jsonl:2: file_name: 'missing.png': file not found" in text
+    assert "metadata.jsonl:3: file_name: 'corrupt.png': unreadable image" in text
+    assert "metadata.jsonl:4: file_name: 'truncated.png': unreadable image" in text
+    assert "metadata.jsonl:5: text: missing or empty caption" in text
+    assert "metadata.jsonl:6: file_name: 'small.png': image is 16x16, smaller than the model's 32x32" in text
+    assert "metadata.jsonl:7: json: not valid JSON" in text
+    assert "style: column mixes types" in text and "lines 8" in text
+    with pytest.raises(DataValidationError) as err:
+        FolderDataset(bad_folder, resolution=32)
+    message = str(err.value)
+    for line in (2, 3, 4, 5, 6, 7):
+        assert f"metadata.jsonl:{line}:" in message
+    assert "data.on_error=skip" in message
+
+
+def test_skip_leaves_out_bad_records_and_says_which(tmp_path, capsys):
+    d = tmp_path / "d"
+    d.mkdir()
+    good_image(d / "a.png")
+    write_rows(d, [{"file_name": "a.png", "text": ["one", "two"], "size": 0.5},
+                   {"file_name": "b.png", "text": "missing", "size": 0.7}])
+    with pytest.raises(DataValidationError):
+        FolderDataset(d, resolution=32)
+    ds = FolderDataset(d, resolution=32, on_error="skip")
+    assert len(ds) == 1
+    assert "metadata.jsonl:2: file_name: 'b.png': file not found" in capsys.readouterr().err
+    assert ds.schema.by_name["size"].kind == "continuous"
+    assert {ds[i]["text"] for i in range(20)} == {"one", "two"}  # one caption drawn per visit
+
+
+def test_declared_schema_rejects_values_outside_it(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    good_image(d / "a.png")
+    write_rows(d, [{"file_name": "a.png", "text": "x", "style": "wavy", "size": 3.0}])
+    schema = {"style": ["flat", "outline"], "size": {"type": "continuous", "range": [0, 1]}}
+    report = validate_folder(d, 32, declared_schema=schema)
+    text = "\n".join(map(str, report.problems))
+    assert "metadata.jsonl:1: style: attribute 'style' has no value 'wavy'; expected one of flat, outline" in text
+    assert "metadata.jsonl:1: size: attribute 'size' = 3.0 is outside its range [0, 1]" in text
+
+
+def test_csv_metadata_and_inferred_schema(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    for i in range(3):
+        good_image(d / f"{i}.png")
+    (d / "metadata.csv").write_text("file_name,text,style,size\n0.png,a,flat,0.1\n1.png,b,outline,0.9\n2.png,c,flat,\n")
+    ds = FolderDataset(d, resolution=32)
+    assert ds.schema.to_dict() == {"style": {"type": "categorical", "values": ["flat", "outline"]},
+                                   "size": {"type": "continuous", "range": [0.1, 0.9]}}
+    assert not bool(ds[2]["attr_present"][1])  # an empty cell is a missing attribute
+
+
+def test_image_modes_become_rgb(tmp_path):
+    Image.new("L", (8, 8), 128).save(tmp_path / "grey.png")
+    rgba = Image.new("RGBA", (8, 8), (255, 0, 0, 0))
+    rgba.save(tmp_path / "transparent.png")
+    palette = Image.new("P", (8, 8), 0)
+    palette.putpalette([0, 0, 255] + [0, 0, 0] * 255)
+    palette.save(tmp_path / "palette.png")
+    deep = Image.fromarray(np.full((8, 8), 65535, dtype=np.uint16))
+    deep.save(tmp_path / "deep.png")
+    Image.new("LA", (8, 8), (0, 255)).save(tmp_path / "la.png")
+    cases = {"grey.png": (128, 128, 128), "transparent.png": (255, 255, 255), "palette.png": (0, 0, 255),
+             "deep.png": (255, 255, 255), "la.png": (0, 0, 0)}
+    for name, expected in cases.items():
+        image = load_rgb(tmp_path / name)
+        assert image.mode == "RGB", name
+        assert image.getpixel((3, 3)) == expected, name
+    assert load_rgb(tmp_path / "transparent.png", background=(0, 0, 0)).getpixel((0, 0)) == (0, 0, 0)
+
+
+def test_resize_and_centre_crop(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    wide = Image.new("RGB", (96, 48), (0, 0, 0))
+    wide.paste((255, 255, 255), (24, 0, 72, 48))  # a white centre square
+    wide.save(d / "wide.png")
+    write_rows(d, [{"file_name": "wide.png", "text": "x"}])
+    item = FolderDataset(d, resolution=32)[0]
+    assert item["image"].shape == (3, 32, 32)
+    assert item["image"].min() > 0.9  # the crop kept only the white centre
+
+
+def test_check_command_prints_summary(bad_folder, capsys):
+    assert data_main(["check", str(bad_folder), "--resolution", "32"]) == 1
+    out = capsys.readouterr().out
+    assert "2 valid records, 5 with problems" in out and "column mixes types" in out
+    assert data_main(["check", str(bad_folder / "nope")]) == 2

@@ -1,0 +1,108 @@
+"""Shapes through every module, the conditioning contracts, and matching-aware negatives."""
+import pytest
+import torch
+
+from cgan.attributes import AttributeEmbedder, AttributeSchema, InvalidAttributeError
+from cgan.conditioning import Conditioner
+from cgan.discriminator import Discriminator
+from cgan.generator import Generator
+from cgan.losses import mismatched_attributes, mismatched_prompt_index
+from conftest import fake_text, tiny_model_kwargs
+
+B = 4
+
+
+def conditions(schema, batch=B):
+    attrs = [{"style": "flat", "background": "dark", "size": 0.2}, {"style": "outline"}, {}, {"size": 1.0}]
+    return schema.encode((attrs * batch)[:batch])
+
+
+@pytest.mark.parametrize("fusion", ["cross_attention", "concat"])
+@pytest.mark.parametrize("resolution", [32, 64])
+def test_generator_and_discriminator_shapes(shapes_schema, fusion, resolution):
+    torch.manual_seed(0)
+    G = Generator(schema=shapes_schema, **tiny_model_kwargs(resolution=resolution, fusion=fusion))
+    D = Discriminator(schema=shapes_schema, **{k: v for k, v in tiny_model_kwargs(resolution=resolution,
+                                               fusion=fusion).items() if k not in ("z_dim", "w_dim", "mapping_layers")})
+    text = fake_text(B)
+    present = torch.ones(B, dtype=torch.bool)
+    images = G(torch.randn(B, 16), text, present, *conditions(shapes_schema))
+    assert images.shape == (B, 3, resolution, resolution)
+    logits = D(images, text, present, *conditions(shapes_schema))
+    assert logits.shape == (B,)
+    logits.sum().backward()
+    assert all(p.grad is not None for p in G.parameters() if p.requires_grad and p.grad is not None)
+
+
+def test_fusion_attention_over_text_and_attributes(shapes_schema):
+    cond = Conditioner(schema=shapes_schema, text_dim=384, cond_dim=32, num_queries=4, num_layers=2, num_heads=2)
+    text = fake_text(B, tokens=8)
+    prompt_present = torch.tensor([True, True, False, True])
+    out = cond(text, prompt_present, *conditions(shapes_schema), return_attention=True)
+    weights = out.fusion_attention  # (B, heads, Q, 1 + T + A)
+    assert weights.shape == (B, 2, 4, 1 + 8 + 3)
+    assert torch.allclose(weights.sum(-1), torch.ones(B, 2, 4), atol=1e-5)
+    assert weights[0, :, :, 1 + 4:1 + 8].abs().max() == 0  # padding tokens get no weight
+    assert weights[0, :, :, 0].abs().max() == 0  # the null-prompt slot is off when the prompt is there
+    assert weights[2, :, :, 1:1 + 8].abs().max() == 0  # a dropped prompt: no weight on its words
+    assert weights[2, :, :, 0].min() > 0
+    assert out.cond_vector.shape == (B, 32)
+    assert out.attn_tokens.shape[:2] == out.attn_mask.shape == (B, 4 + 1 + 8 + 3)
+
+
+def test_missing_attribute_is_its_null_token(shapes_schema):
+    embedder = AttributeEmbedder(schema=shapes_schema, dim=8)
+    index, value, present = shapes_schema.encode([{}, {"style": "flat"}])
+    tokens = embedder(index, value, present)
+    expected = embedder.null_token + embedder.attr_identity
+    assert torch.allclose(tokens[0], expected)
+    assert not torch.allclose(tokens[1, 0], expected[0])
+    assert torch.allclose(tokens[1, 1:], expected[1:])
+
+
+def test_schema_errors_name_the_valid_values(shapes_schema):
+    with pytest.raises(InvalidAttributeError, match="unknown attribute 'stlye' \\(did you mean 'style'\\?\\)"):
+        shapes_schema.validate({"stlye": "flat"})
+    with pytest.raises(InvalidAttributeError, match="expected one of flat, outline, shaded"):
+        shapes_schema.validate({"style": "wavy"})
+    with pytest.raises(InvalidAttributeError, match=r"outside its range \[0, 1\]"):
+        shapes_schema.validate({"size": 1.5})
+    assert shapes_schema.validate({"size": "0.5", "style": None}) == {"size": 0.5}
+    assert AttributeSchema.from_dict(shapes_schema.to_dict()) == shapes_schema
+
+
+def test_mismatched_prompts_never_match_even_with_duplicates():
+    captions = ["a red circle", "a red circle", "a red circle", "a blue square", "a red circle", "a blue square"]
+    for seed in range(20):
+        index, valid = mismatched_prompt_index(captions, torch.Generator().manual_seed(seed))
+        assert valid.all()
+        assert all(captions[int(j)] != captions[i] for i, j in enumerate(index))
+    index, valid = mismatched_prompt_index(["same"] * 4)
+    assert not valid.any()  # no possible negative: left out rather than paired with itself
+
+
+def test_mismatched_attributes_always_differ(shapes_schema):
+    embedder = AttributeEmbedder(schema=shapes_schema, dim=4)
+    index, value, present = shapes_schema.encode([{"style": "flat", "size": 0.1}, {"size": 0.9}, {},
+                                                  {"background": "dark"}] * 8)
+    new_index, new_value, valid = mismatched_attributes(index, value, present, embedder.num_values,
+                                                        torch.Generator().manual_seed(0))
+    assert valid.tolist() == [True, True, False, True] * 8
+    for i in range(len(valid)):
+        if valid[i]:
+            changed = (new_index[i] != index[i]) | ((new_value[i] - value[i]).abs() >= 0.25 - 1e-6)
+            assert (changed & present[i]).any()
+
+
+def test_truncation_zero_gives_the_condition_average(shapes_schema):
+    torch.manual_seed(0)
+    G = Generator(schema=shapes_schema, **tiny_model_kwargs()).eval()
+    text = fake_text(1).index([0, 0])
+    present = torch.ones(2, dtype=torch.bool)
+    attrs = shapes_schema.encode([{"style": "flat"}, {"style": "flat"}])
+    z = torch.randn(2, 16)
+    with torch.no_grad():
+        free = G(z, text, present, *attrs)
+        truncated = G(z, text, present, *attrs, truncation=0.0)
+    assert not torch.allclose(free[0], free[1])
+    assert torch.allclose(truncated[0], truncated[1], atol=1e-5)  # z no longer matters, the condition does
