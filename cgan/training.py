@@ -269,7 +269,8 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
     sampler = StepSampler(len(dataset), batch_size=t.batch_size, seed=t.seed, start_step=step * t.grad_accum,
                           num_processes=accelerator.num_processes, process_index=accelerator.process_index)
     loader = iter(DataLoader(dataset, batch_size=t.batch_size, sampler=sampler, num_workers=config.data.num_workers,
-                             persistent_workers=config.data.num_workers > 0, pin_memory=device.type == "cuda"))
+                             persistent_workers=config.data.num_workers > 0, pin_memory=device.type == "cuda",
+                             generator=torch.Generator().manual_seed(t.seed)))  # keeps the global RNG untouched
 
     writer = None
     if is_main:
@@ -358,5 +359,10 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
     progress.close()
     if writer is not None:
         writer.close()
+    if accelerator.num_processes > 1:  # the manual gradient all-reduce must keep every replica identical
+        checksums = gather_object([[float(sum(p.double().sum() for p in m.parameters())) for m in (G, D, G_ema)]])
+        if any(c != checksums[0] for c in checksums):
+            raise RuntimeError(f"processes diverged: weight checksums {checksums}")
+        accelerator.print(f"weights identical on all {accelerator.num_processes} processes")
     accelerator.wait_for_everyone()
     return out_dir / "model"

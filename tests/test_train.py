@@ -1,0 +1,77 @@
+"""A few-step CPU training run: writes a state, an exported model and samples; resumes; 2 processes."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cgan.checkpoint import list_checkpoints
+from cgan.cli import train_main
+from cgan.pipeline import CGANPipeline
+from cgan.training import train
+from conftest import ROOT
+
+
+def test_train_writes_state_model_samples_and_resumes(tiny_config, tmp_path, minilm):
+    run = tmp_path / "run"
+    model = train(tiny_config, run, max_steps=2, text_encoder=minilm)
+    assert [p.name for p in list_checkpoints(run)] == ["step_00000002"]
+    assert json.loads((model / "config.json").read_text())["step"] == 2
+    assert (run / "config.yaml").is_file() and (run / "metrics.jsonl").is_file()
+    assert (run / "samples" / "step_00000002.png").is_file()
+    # Resume: continues from step 2 to train.total_steps = 4 with the same data order.
+    train(tiny_config, run, resume="latest", text_encoder=minilm)
+    assert [p.name for p in list_checkpoints(run)] == ["step_00000002", "step_00000004"]
+    assert json.loads((run / "checkpoints" / "step_00000004" / "state.json").read_text())["images_seen"] == 32
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 4]
+    images = CGANPipeline.from_pretrained(model)("a red circle", {"style": "flat"}, num_images=2)
+    assert len(images) == 2 and images[0].size == (32, 32)
+    assert not list(run.rglob("*.tmp-*"))
+
+
+def test_resume_matches_an_uninterrupted_run(tiny_config, tmp_path, minilm):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(tiny_config, straight, text_encoder=minilm)
+    train(tiny_config, split, max_steps=2, text_encoder=minilm)
+    train(tiny_config, split, resume="latest", text_encoder=minilm)
+    a = load_file(str(straight / "model" / "G_ema.safetensors"))
+    b = load_file(str(split / "model" / "G_ema.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_cli_rejects_bad_input_before_training(tmp_path, capsys):
+    assert train_main(["--config", str(ROOT / "configs" / "tiny.yaml"), "--out", str(tmp_path / "r"),
+                       "train.batchsize=4"]) == 2
+    assert "did you mean 'train.batch_size'" in capsys.readouterr().err
+    assert train_main(["--out", str(tmp_path / "r"), "data.name=folder", f"data.path={tmp_path / 'none'}"]) == 2
+    assert "data folder not found" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # nothing written for a run that could not start
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert train_main(["--config", str(ROOT / "configs" / "tiny.yaml"), "--out", str(blocker / "run"),
+                       f"data.cache_dir={tmp_path / 'cache'}"]) == 2
+    assert "not writable" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_processes_stay_in_sync_with_one_writer(tmp_path):
+    run = tmp_path / "run"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "tiny.yaml"), "--out", str(run),
+           f"data.cache_dir={tmp_path / 'cache'}"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 process(es)" in result.stdout
+    assert "weights identical on all 2 processes" in result.stdout
+    state = json.loads((run / "checkpoints" / "step_00000004" / "state.json").read_text())
+    assert state["images_seen"] == 4 * 8 * 2  # steps x batch x processes
+    assert len(torch.load(run / "checkpoints" / "step_00000004" / "rng.pt", weights_only=True)["rng"]) == 2
+    assert not list(run.rglob("*.tmp-*"))
