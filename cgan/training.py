@@ -131,7 +131,7 @@ def d_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str]) 
             "logits/mismatch_text": mis_text.detach().mean(), "logits/mismatch_attr": mis_attr.detach().mean()}
 
 
-def r1_step(D, batch: Batch, config: Config, accelerator, augment: list[str]) -> dict[str, torch.Tensor]:
+def r1_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str]) -> dict[str, torch.Tensor]:
     """Lazy R1 on real images with their own conditions, in fp32, weighted by r1_every."""
     t = config.train
     images = batch.images.detach().requires_grad_(True)
@@ -154,6 +154,18 @@ def g_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str]) 
     loss = g_loss(logits, t.loss)
     accelerator.backward(loss / t.grad_accum)
     return {"loss/G": loss.detach()}
+
+
+def run_phase(step_fn, trained, frozen, optimizer, batches: list[Batch], G, D, config: Config, accelerator,
+              augment: list[str]) -> dict[str, torch.Tensor]:
+    """One optimizer step of `trained` over the micro-batches, `frozen` without gradients."""
+    frozen.requires_grad_(False)
+    trained.requires_grad_(True)
+    optimizer.zero_grad(set_to_none=True)
+    stats = [step_fn(G, D, batch, config, accelerator, augment) for batch in batches]
+    sync_gradients(trained, accelerator)
+    optimizer.step()
+    return {key: torch.stack([s[key] for s in stats]).mean() for key in stats[0]}
 
 
 def check_output_dir(out_dir: Path, bytes_needed: int) -> None:
@@ -306,29 +318,14 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
     while step < last_step:
         batches = [to_device_batch(next(loader), text_cache, config, device, memory_format)
                    for _ in range(t.grad_accum)]
-        stats: dict[str, torch.Tensor] = {}
-        # D phase (and lazy R1), G frozen.
-        G.requires_grad_(False)
-        D.requires_grad_(True)
-        opt_D.zero_grad(set_to_none=True)
-        for batch in batches:
-            stats.update(d_step(G, D, batch, config, accelerator, augment))
-        sync_gradients(D, accelerator)
-        opt_D.step()
+        # The GAN phases as data: (what trains, what is frozen, its optimizer, the step function).
+        phases = [(D, G, opt_D, d_step)]
         if step % t.r1_every == 0:
-            opt_D.zero_grad(set_to_none=True)
-            for batch in batches:
-                stats.update(r1_step(D, batch, config, accelerator, augment))
-            sync_gradients(D, accelerator)
-            opt_D.step()
-        # G phase, D frozen.
-        D.requires_grad_(False)
-        G.requires_grad_(True)
-        opt_G.zero_grad(set_to_none=True)
-        for batch in batches:
-            stats.update(g_step(G, D, batch, config, accelerator, augment))
-        sync_gradients(G, accelerator)
-        opt_G.step()
+            phases.append((D, G, opt_D, r1_step))
+        phases.append((G, D, opt_G, g_step))
+        stats: dict[str, torch.Tensor] = {}
+        for trained, frozen, optimizer, step_fn in phases:
+            stats.update(run_phase(step_fn, trained, frozen, optimizer, batches, G, D, config, accelerator, augment))
         images_seen += global_batch
         update_ema(G_ema, G, ema_beta(global_batch, images_seen, t.ema_kimg, t.ema_rampup))
         step += 1
