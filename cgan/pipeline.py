@@ -34,21 +34,38 @@ def generate(G: Generator, text_cache: TextEmbeddingCache, schema: AttributeSche
              return_attention=return_attention)
 
 
-def image_grid(images: list[Image.Image], num_columns: int, row_labels: list[str] | None = None) -> Image.Image:
-    """Tile images row by row; optional label per row drawn in a strip on the left."""
+def _wrap(text: str, draw: ImageDraw.ImageDraw, font, max_width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split(" "):
+        candidate = f"{line} {word}".strip()
+        if line and draw.textlength(candidate, font=font) > max_width:
+            lines.append(line)
+            candidate = word
+        line = candidate
+    return lines + [line]
+
+
+def image_grid(images: list[Image.Image], num_columns: int, row_labels: list[str] | None = None,
+               label_width: int = 220) -> Image.Image:
+    """Tile images row by row. With row labels, small images are enlarged (nearest neighbour) to
+    at least 96 px so the label, wrapped to fit, sits in a strip on the left of its row."""
+    if row_labels:
+        scale = max(1, 96 // images[0].size[1])
+        images = [im.resize((im.size[0] * scale, im.size[1] * scale), Image.Resampling.NEAREST) for im in images]
+    else:
+        label_width = 0
     width, height = images[0].size
     num_rows = math.ceil(len(images) / num_columns)
-    label_width = 0
-    font = ImageFont.load_default()
-    if row_labels:
-        label_width = min(360, 12 + max(int(ImageDraw.Draw(images[0]).textlength(t, font=font)) for t in row_labels))
     grid = Image.new("RGB", (label_width + num_columns * width, num_rows * height), (255, 255, 255))
     draw = ImageDraw.Draw(grid)
+    font = ImageFont.load_default()
     for i, image in enumerate(images):
         row, col = divmod(i, num_columns)
         grid.paste(image, (label_width + col * width, row * height))
     for row, label in enumerate(row_labels or []):
-        draw.text((4, row * height + height // 2 - 6), label, fill=(0, 0, 0), font=font)
+        lines = _wrap(label, draw, font, label_width - 8)[: max(1, height // 12)]
+        for k, line in enumerate(lines):
+            draw.text((4, row * height + 4 + 12 * k), line, fill=(0, 0, 0), font=font)
     return grid
 
 

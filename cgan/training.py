@@ -197,7 +197,7 @@ def save_sample_grid(path: Path, G, text_cache, dataset, prompts, attrs, config:
     seeds = [config.sample.seed + k for _ in prompts for k in range(num)]
     images = generate(G, text_cache, dataset.schema, [p for p in prompts for _ in range(num)],
                       [a for a in attrs for _ in range(num)], seeds, config.sample.truncation, device)
-    labels = [p + "".join(f" | {k}={v:.2g}" if isinstance(v, float) else f" | {k}={v}" for k, v in a.items())
+    labels = [f"{p} |" + "".join(f" {k}={v:.2g}" if isinstance(v, float) else f" {k}={v}" for k, v in a.items())
               for p, a in zip(prompts, attrs)]
     grid = image_grid(tensor_to_images(images), num, labels)
     atomic_save(path, lambda tmp: grid.save(tmp, format="PNG"))
