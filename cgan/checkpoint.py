@@ -159,7 +159,7 @@ def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
 
 
 def save_training_state(run_dir: Path, *, step: int, images_seen: int, modules: dict[str, torch.nn.Module],
-                        optimizers: dict[str, Any], rng_states: list[torch.Tensor], keep_last: int) -> Path:
+                        optimizers: dict[str, Any], rng_states: list[dict[str, torch.Tensor]], keep_last: int) -> Path:
     """Write a complete state under a temporary name, rename it, then prune old states."""
     final = checkpoint_dir(run_dir, step)
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
@@ -178,7 +178,7 @@ def save_training_state(run_dir: Path, *, step: int, images_seen: int, modules: 
 
 
 def load_training_state(path: Path, *, modules: dict[str, torch.nn.Module], optimizers: dict[str, Any]
-                        ) -> tuple[dict[str, Any], list[torch.Tensor]]:
+                        ) -> tuple[dict[str, Any], list[dict[str, torch.Tensor]]]:
     """Restore modules and optimizers in place; -> (state.json contents, per-process RNG states)."""
     try:
         state = json.loads((path / "state.json").read_text())

@@ -1,6 +1,6 @@
 """Typed configuration: dataclasses loaded from YAML with dotted command-line overrides.
 
-A config file mirrors `Config`: top-level sections `data`, `text`, `model`, `train`, `sample`.
+A config file mirrors `Config`: top-level sections `data`, `text`, `model`, `train`, `sample`, `eval`.
 Overrides look like `train.lr_g=2e-4` or `model.g_attn_resolutions=[8,16]` (values are
 parsed as YAML). Unknown keys fail with the closest valid key suggested.
 """
@@ -99,12 +99,25 @@ class SampleConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Evaluation during training, on the main process with G_ema (0 = off)."""
+
+    fid_every: int = 0  # steps between FID evaluations
+    fid_num: int = 1000  # images generated and real (see the cost printed at the first evaluation)
+    fid_kid: bool = False  # also KID
+    fid_split: str = "heldout"  # shapes: the split FID is measured against
+    faithfulness_every: int = 0  # steps between faithfulness evaluations
+    faithfulness_num: int = 200  # records per set (shapes: seen and held-out compositions)
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     text: TextConfig = field(default_factory=TextConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -119,6 +132,10 @@ class Config:
         _choice("data.on_error", self.data.on_error, ("fail", "skip"))
         if self.data.name == "folder" and not self.data.path:
             raise ConfigError("data.path: required when data.name is 'folder' (a folder with metadata.jsonl)")
+        _choice("eval.fid_split", self.eval.fid_split, ("train", "heldout", "all"))
+        for key in ("fid_every", "faithfulness_every"):
+            if getattr(self.eval, key) < 0:
+                raise ConfigError(f"eval.{key}: expected 0 (off) or a positive number of steps")
         _choice("model.fusion", self.model.fusion, ("cross_attention", "concat"))
         _choice("train.loss", self.train.loss, ("logistic", "hinge"))
         _choice("train.mixed_precision", self.train.mixed_precision, ("no", "bf16", "fp16"))

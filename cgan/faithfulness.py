@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import sys
 import time
@@ -34,7 +33,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from safetensors.torch import safe_open, save_file
 
-from cgan.data import ShapesDataset
+from cgan.data import ShapesDataset, image_to_tensor
 from cgan.data import shapes as shapes_lib
 
 NONE = "none"
@@ -161,16 +160,19 @@ def score(pred: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) 
             "all_correct_one": rate(all_one[one]), "all_correct_two": rate(all_two[two])}
 
 
-def _render_one(job: tuple[int, int, str]) -> tuple[np.ndarray, dict[str, int]]:
-    seed, index, split = job
+def _render_one(job: tuple[int, int, str, int]) -> tuple[np.ndarray, dict[str, int]]:
+    seed, index, split, resolution = job
     scene = shapes_lib.scene_at(seed, index, split)
-    image = np.asarray(shapes_lib.render(scene, READER_SIZE), dtype=np.uint8)
+    image = np.asarray(shapes_lib.render(scene, resolution), dtype=np.uint8)  # (R, R, 3)
     return image, canonical_labels(scene.truth(), scene.style, scene.background)
 
 
-def render_set(num: int, split: str, seed: int, workers: int = 1) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """`num` real shapes images of a split -> uint8 (N, 3, 64, 64) and canonical labels {head: (N,)}."""
-    jobs = [(seed, i, split) for i in range(num)]
+def render_set(num: int, split: str, seed: int, workers: int = 1, resolutions: tuple[int, ...] = (READER_SIZE,)
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`num` real shapes images of a split -> uint8 (N, 3, 64, 64) and canonical labels {head: (N,)}.
+    Image i is drawn at resolutions[i % len(resolutions)], then resized to 64 as the reader does
+    (so a 32 px entry looks like a 32 px model's image as the reader sees it)."""
+    jobs = [(seed, i, split, resolutions[i % len(resolutions)]) for i in range(num)]
     if workers > 1:
         from multiprocessing import get_context
 
@@ -178,7 +180,11 @@ def render_set(num: int, split: str, seed: int, workers: int = 1) -> tuple[torch
             results = pool.map(_render_one, jobs, chunksize=256)
     else:
         results = [_render_one(job) for job in jobs]
-    images = rearrange(torch.from_numpy(np.stack([r[0] for r in results])), "n h w c -> n c h w").contiguous()
+    images = torch.empty(num, 3, READER_SIZE, READER_SIZE, dtype=torch.uint8)
+    for resolution in set(resolutions):
+        idx = [i for i, job in enumerate(jobs) if job[3] == resolution]
+        batch = rearrange(torch.from_numpy(np.stack([results[i][0] for i in idx])), "n h w c -> n c h w")
+        images[idx] = ((to_input(batch) + 1) * 127.5).round().to(torch.uint8)  # (n, 3, 64, 64)
     return images, {head: torch.tensor([r[1][head] for r in results]) for head in HEADS}
 
 
@@ -189,7 +195,7 @@ def augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     low = F.interpolate(F.avg_pool2d(images, 2), size=(size, size), mode="bilinear", align_corners=False)
     use_low = (torch.rand(batch, 1, 1, 1, generator=gen) < 0.3).float()
     images = use_low * low + (1 - use_low) * images
-    noise = torch.randn(images.shape, generator=gen) * torch.rand(batch, 1, 1, 1, generator=gen) * 0.1
+    noise = torch.randn(images.shape, generator=gen) * torch.rand(batch, 1, 1, 1, generator=gen) * 0.04
     offset = torch.randn(batch, 3, 1, 1, generator=gen) * 0.03
     return (images + noise + offset).clamp(-1, 1)
 
@@ -198,9 +204,8 @@ def fit(net: nn.Module, images: torch.Tensor, targets: Mapping[str, torch.Tensor
         seed: int, size: int, masks: Mapping[str, torch.Tensor] | None = None, log: Callable[[str], None] | None = None,
         lr: float = 3e-3) -> None:
     """Train `net` on uint8 images (N, 3, R, R) with cross-entropy summed over heads (entries where
-    masks[head] is False are ignored)."""
+    masks[head] is False are ignored). Dropout draws from the global RNG: callers fork it."""
     gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
     net.train()
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(steps, 2), pct_start=0.15)
@@ -216,32 +221,42 @@ def fit(net: nn.Module, images: torch.Tensor, targets: Mapping[str, torch.Tensor
         optimizer.step()
         schedule.step()
         if log and (step % 100 == 0 or step == steps):
-            log(f"step {step}/{steps}  loss {float(loss):.4f}  {time.time() - start:.0f}s")
+            log(f"step {step}/{steps}  loss {loss.item():.4f}  {time.time() - start:.0f}s")
     net.eval()
 
 
-def train_reader(out: str | Path, steps: int = 2000, batch_size: int = 64, num_images: int = 20_000,
-                 num_ceiling: int = 2000, workers: int = 2, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train the shapes reader on real split=all images (data seed 100), measure its ceiling on real
-    split=heldout images (data seed 101) and save it (safetensors; config, ceiling and training
-    details in the file's metadata)."""
+def train_reader(out: str | Path, steps: int = 3000, batch_size: int = 64, num_images: int = 20_000,
+                 num_ceiling: int = 2000, workers: int = 2, log: Callable[[str], None] = print,
+                 command: str | None = None) -> dict[str, Any]:
+    """Train the shapes reader on real split=all images (data seed 100; a third drawn at 32 px), measure
+    its ceiling on real split=heldout images (data seed 101; at 64 px, and at 32 px) and save it (safetensors; config, ceiling and training
+    details in the file's metadata). Weights are stored in float16 (the file stays ~0.5 MB)."""
     start = time.time()
-    images, targets = render_set(num_images, "all", TRAIN_DATA_SEED, workers)
+    images, targets = render_set(num_images, "all", TRAIN_DATA_SEED, workers, resolutions=(64, 64, 32))
     log(f"rendered {num_images} training images in {time.time() - start:.0f}s")
-    net = ShapesReader({h: len(c) for h, c in HEADS.items()}).to(memory_format=torch.channels_last)
-    fit(net, images, targets, steps, batch_size, seed=0, size=READER_SIZE, log=log)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = ShapesReader({h: len(c) for h, c in HEADS.items()}).to(memory_format=torch.channels_last)
+        fit(net, images, targets, steps, batch_size, seed=0, size=READER_SIZE, log=log)
+    state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in net.state_dict().items()}
+    net.load_state_dict(state)  # measure exactly what is shipped: the float16 weights
     config = {"format": "cgan-shapes-reader/1", "size": READER_SIZE, "width": 32, "heads": HEADS}
     reader = FaithfulnessReader(net, config, {})
     real, truth = render_set(num_ceiling, "heldout", CEILING_DATA_SEED, workers)
     ceiling = {**score(reader.predict(real), truth), "split": "heldout", "data_seed": CEILING_DATA_SEED}
+    real_32, _ = render_set(num_ceiling, "heldout", CEILING_DATA_SEED, workers, resolutions=(32,))
+    ceiling_32 = {**score(reader.predict(real_32), truth), "resolution": 32}
     training = {"steps": steps, "batch_size": batch_size, "num_images": num_images, "split": "all",
                 "data_seed": TRAIN_DATA_SEED, "seconds": round(time.time() - start, 1),
-                "command": f"python -m cgan.faithfulness train --out {out} --steps {steps}"}
+                "threads": torch.get_num_threads(),
+                "command": command or f"python -m cgan.faithfulness train --out {out} --steps {steps}"}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in net.state_dict().items()}
-    save_file(state, str(out), metadata={"config": json.dumps(config), "ceiling": json.dumps(ceiling),
-                                         "training": json.dumps(training)})
+    tmp = out.with_name(out.name + ".tmp")
+    save_file(state, str(tmp), metadata={"config": json.dumps(config), "ceiling": json.dumps(ceiling),
+                                         "ceiling_32px": json.dumps(ceiling_32), "training": json.dumps(training)})
+    tmp.chmod(0o644)  # safetensors writes 0600; a shipped asset must be readable by all
+    tmp.replace(out)  # atomic: a reader never sees a half-written file
     log(f"saved {out} ({out.stat().st_size / 1024:.0f} KiB) in {training['seconds']:.0f}s; ceiling on real "
         f"held-out images: {json.dumps(ceiling)}")
     return {"ceiling": ceiling, "training": training}
@@ -273,9 +288,11 @@ def _conditions(records: list[dict[str, Any]], tag: str) -> tuple[list[str], lis
 
 
 def evaluate_shapes(generate_fn: GenerateFn, reader: FaithfulnessReader | None = None, num: int = 500,
-                    seed: int = 0, data_seed: int = EVAL_DATA_SEED) -> dict[str, Any]:
+                    seed: int = 0, data_seed: int = EVAL_DATA_SEED, resolution: int | None = None) -> dict[str, Any]:
     """Faithfulness on `num` seen (split=train) and `num` held-out (split=heldout) shapes records.
-    Usable during training: pass a generate_fn built on G_ema."""
+    With `resolution` (the model's), the same records' real images, rendered at that resolution
+    (at most 64), are read too: the reference under "real". Usable during training: pass a
+    generate_fn built on G_ema."""
     reader = reader or FaithfulnessReader.load()
     result: dict[str, Any] = {}
     for name, split, offset in (("seen", "train", 0), ("heldout", "heldout", 1_000_000)):
@@ -285,7 +302,12 @@ def evaluate_shapes(generate_fn: GenerateFn, reader: FaithfulnessReader | None =
         images = generate_fn(prompts, attributes, [seed + offset + i for i in range(num)])
         truth = [canonical_labels(r["truth"], r["attributes"]["style"], r["attributes"]["background"])
                  for r in records]
-        result[name] = score(reader.predict(images), {h: torch.tensor([t[h] for t in truth]) for h in HEADS})
+        targets = {h: torch.tensor([t[h] for t in truth]) for h in HEADS}
+        result[name] = score(reader.predict(images), targets)
+        if resolution:
+            real = torch.stack([image_to_tensor(shapes_lib.render(dataset.scene(i), min(resolution, READER_SIZE)))
+                                for i in range(num)])
+            result[name]["real"] = score(reader.predict(real), targets)
     return result
 
 
@@ -296,7 +318,8 @@ def evaluate_faithfulness(model: Any, num: int = 500, seed: int = 0, truncation:
     pipe = _as_pipeline(model, device)
     reader = reader if isinstance(reader, FaithfulnessReader) else FaithfulnessReader.load(reader)
     start = time.time()
-    result = evaluate_shapes(pipeline_generate_fn(pipe, truncation, batch_size), reader, num, seed, data_seed)
+    result = evaluate_shapes(pipeline_generate_fn(pipe, truncation, batch_size), reader, num, seed, data_seed,
+                             pipe.resolution)
     return {"kind": "shapes", "model": str(model) if not hasattr(model, "G") else None,
             "step": pipe.meta.get("step"), "resolution": pipe.resolution, "num": num, "seed": seed,
             "truncation": truncation, "data_seed": data_seed, **result,
@@ -321,38 +344,56 @@ class AttributeClassifier:
 
 
 def _attribute_targets(dataset, indices: list[int], names: list[str]) -> tuple[dict, dict]:
-    specs = dataset.schema.by_name
+    """Class index and presence per categorical attribute: ({name: (N,) long}, {name: (N,) bool})."""
     values = [[dataset.record(i)["attributes"].get(n) for i in indices] for n in names]
-    targets = {n: torch.tensor([specs[n].values.index(str(v)) if v is not None else 0 for v in vs])
+    targets = {n: torch.tensor([dataset.schema.by_name[n].values.index(str(v)) if v is not None else 0 for v in vs])
                for n, vs in zip(names, values)}
     return targets, {n: torch.tensor([v is not None for v in vs]) for n, vs in zip(names, values)}
+
+
+def _accuracy(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> float | None:
+    return round(float((pred == target)[mask].float().mean()), 4) if mask.any() else None
 
 
 def train_attribute_classifier(dataset, steps: int = 300, batch_size: int = 32, seed: int = 0,
                                max_images: int = 10_000, log: Callable[[str], None] | None = None
                                ) -> AttributeClassifier:
-    """Train on 80 % of a FolderDataset's records (its categorical attributes), measure on the rest."""
+    """Train on 80 % of a FolderDataset's records (its categorical attributes), measure on the rest.
+    The split depends on `seed` only, so evaluations with any generation seed share it."""
     names = [s.name for s in dataset.schema.specs if s.kind == "categorical"]
     if not names:
         raise ValueError("the data set has no categorical attributes to check")
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()[:max_images]
     cut = max(1, min(len(order) - 1, round(0.8 * len(order))))
     train_idx, eval_idx = order[:cut], order[cut:]
-    size = min(READER_SIZE, dataset.resolution)
     load = lambda idx: rearrange(torch.from_numpy(np.stack([np.asarray(dataset.image(i), np.uint8) for i in idx])),
                                  "n h w c -> n c h w")  # (N, 3, R, R) uint8
     targets, masks = _attribute_targets(dataset, train_idx, names)
-    net = ShapesReader({n: len(dataset.schema.by_name[n].values) for n in names}, width=24)
-    fit(net, load(train_idx), targets, steps, batch_size, seed, size, masks, log)
+    size = min(READER_SIZE, dataset.resolution)
+    with torch.random.fork_rng(devices=[]):  # leaves the caller's (e.g. a training run's) RNG untouched
+        torch.manual_seed(seed)
+        net = ShapesReader({n: len(dataset.schema.by_name[n].values) for n in names}, width=24)
+        fit(net, load(train_idx), targets, steps, batch_size, seed, size, masks, log)
     classifier = AttributeClassifier(net, names, size, eval_idx, {}, {})
     eval_targets, eval_masks = _attribute_targets(dataset, eval_idx, names)
     pred = classifier.predict(load(eval_idx))
     for n in names:
         m = eval_masks[n]
-        classifier.ceiling[n] = round(float((pred[n] == eval_targets[n])[m].float().mean()), 4) if m.any() else None
-        counts = torch.bincount(eval_targets[n][m]) if m.any() else None
-        classifier.majority[n] = round(float(counts.max() / m.sum()), 4) if counts is not None else None
+        classifier.ceiling[n] = _accuracy(pred[n], eval_targets[n], m)
+        majority = torch.full_like(eval_targets[n], int(torch.bincount(eval_targets[n][m]).argmax()) if m.any() else 0)
+        classifier.majority[n] = _accuracy(majority, eval_targets[n], m)
     return classifier
+
+
+def evaluate_attributes(generate_fn: GenerateFn, dataset, classifier: AttributeClassifier, num: int = 500,
+                        seed: int = 0) -> dict[str, float | None]:
+    """Attribute accuracy of images generated from (up to `num` of) the classifier's held-out records.
+    Usable during training: train the classifier once, pass a generate_fn built on G_ema."""
+    indices = classifier.eval_indices[:num]
+    prompts, attributes = _conditions([dataset.record(i) for i in indices], f"{seed}/custom")
+    pred = classifier.predict(generate_fn(prompts, attributes, [seed + i for i in indices]))
+    targets, masks = _attribute_targets(dataset, indices, classifier.names)
+    return {n: _accuracy(pred[n], targets[n], masks[n]) for n in classifier.names}
 
 
 def evaluate_custom(model: Any, data_dir: str | Path, num: int = 500, seed: int = 0, truncation: float = 1.0,
@@ -365,18 +406,11 @@ def evaluate_custom(model: Any, data_dir: str | Path, num: int = 500, seed: int 
     pipe = _as_pipeline(model, device)
     start = time.time()
     dataset = FolderDataset(data_dir, resolution=pipe.resolution)
-    classifier = classifier or train_attribute_classifier(dataset, steps, seed=seed)
-    indices = classifier.eval_indices[:num]
-    records = [dataset.record(i) for i in indices]
-    prompts, attributes = _conditions(records, f"{seed}/custom")
-    images = pipeline_generate_fn(pipe, truncation, batch_size)(prompts, attributes, [seed + i for i in indices])
-    targets, masks = _attribute_targets(dataset, indices, classifier.names)
-    pred = classifier.predict(images)
-    accuracy = {n: round(float((pred[n] == targets[n])[masks[n]].float().mean()), 4) if masks[n].any() else None
-                for n in classifier.names}
+    classifier = classifier or train_attribute_classifier(dataset, steps)
+    accuracy = evaluate_attributes(pipeline_generate_fn(pipe, truncation, batch_size), dataset, classifier, num, seed)
     return {"kind": "custom", "model": str(model) if not hasattr(model, "G") else None, "data": str(data_dir),
-            "step": pipe.meta.get("step"), "num": len(indices), "seed": seed, "truncation": truncation,
-            "classifier_steps": steps, "accuracy": accuracy, "ceiling": classifier.ceiling,
+            "step": pipe.meta.get("step"), "num": min(num, len(classifier.eval_indices)), "seed": seed,
+            "truncation": truncation, "classifier_steps": steps, "accuracy": accuracy, "ceiling": classifier.ceiling,
             "majority": classifier.majority, "seconds": round(time.time() - start, 1)}
 
 
@@ -391,13 +425,17 @@ def format_table(result: dict[str, Any]) -> str:
         lines += [f"{n:<24}{fmt(result['ceiling'][n]):>16}{fmt(v):>11}{fmt(result['majority'][n]):>10}"
                   for n, v in result["accuracy"].items()]
         return "\n".join(lines)
-    ceiling, seen, held = result["reader"]["ceiling"], result["seen"], result["heldout"]
+    seen, held = result["seen"], result["heldout"]
+    columns = [result["reader"]["ceiling"], seen.get("real", {}), seen, held.get("real", {}), held]
     lines = [head + f", {seen['num']} seen + {held['num']} held-out compositions",
-             f"{'field':<24}{'ceiling (real)':>16}{'seen':>8}{'held-out':>10}"]
+             "reader ceiling: real held-out images at 64 px (from the reader file); real: the same records' "
+             f"real images at {min(result['resolution'], READER_SIZE)} px",
+             f"{'field':<24}{'ceiling':>9}{'seen real':>11}{'seen':>7}{'held-out real':>15}{'held-out':>10}"]
     rows = [(f, lambda r, f=f: r.get("accuracy", {}).get(f)) for f in FIELDS]
     rows += [("all-correct, 1 object", lambda r: r.get("all_correct_one")),
              ("all-correct, 2 objects", lambda r: r.get("all_correct_two"))]
-    lines += [f"{name:<24}{fmt(get(ceiling)):>16}{fmt(get(seen)):>8}{fmt(get(held)):>10}" for name, get in rows]
+    lines += [f"{name:<24}" + "".join(f"{fmt(get(c)):>{w}}" for c, w in zip(columns, (9, 11, 7, 15, 10)))
+              for name, get in rows]
     return "\n".join(lines)
 
 
@@ -406,11 +444,15 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["train"]:
         parser = argparse.ArgumentParser(prog="python -m cgan.faithfulness train", description="train the shapes reader")
         parser.add_argument("--out", default=str(DEFAULT_READER))
-        parser.add_argument("--steps", type=int, default=2000)
+        parser.add_argument("--steps", type=int, default=3000)
         parser.add_argument("--num-images", type=int, default=20_000)
-        parser.add_argument("--workers", type=int, default=2)
+        parser.add_argument("--workers", type=int, default=2, help="processes that render the training images")
+        parser.add_argument("--threads", type=int, help="torch threads (on a busy machine 1 is often fastest)")
         args = parser.parse_args(argv[1:])
-        train_reader(args.out, args.steps, num_images=args.num_images, workers=args.workers)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        train_reader(args.out, args.steps, num_images=args.num_images, workers=args.workers,
+                     command="python -m cgan.faithfulness " + " ".join(argv))
         return 0
     parser = argparse.ArgumentParser(prog="python -m cgan.faithfulness", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -428,12 +470,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.num < 1:
         parser.error("--num: expected at least 1")
-    if args.data:
-        result = evaluate_custom(args.model, args.data, args.num, args.seed, args.truncation, args.steps,
-                                 args.batch_size, args.device)
-    else:
-        result = evaluate_faithfulness(args.model, args.num, args.seed, args.truncation, args.data_seed,
-                                       args.batch_size, args.device, args.reader)
+    from cgan.checkpoint import CheckpointError
+
+    try:
+        if args.data:
+            result = evaluate_custom(args.model, args.data, args.num, args.seed, args.truncation, args.steps,
+                                     args.batch_size, args.device)
+        else:
+            result = evaluate_faithfulness(args.model, args.num, args.seed, args.truncation, args.data_seed,
+                                           args.batch_size, args.device, args.reader)
+    except (CheckpointError, FileNotFoundError, ValueError) as err:  # DataValidationError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(format_table(result))
     if args.json:
         print(json.dumps(result))

@@ -84,6 +84,20 @@ def sync_gradients(module: torch.nn.Module, accelerator) -> None:
         offset += p.numel()
 
 
+def rng_state() -> dict[str, torch.Tensor]:
+    """This process's RNG states (CPU, and CUDA where used): noise, dropout and mismatches draw from them."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mask = mask.to(values.dtype)
     return (values * mask).sum() / mask.sum().clamp(min=1)
@@ -203,6 +217,58 @@ def save_sample_grid(path: Path, G, text_cache, dataset, prompts, attrs, config:
     atomic_save(path, lambda tmp: grid.save(tmp, format="PNG"))
 
 
+class Evaluator:
+    """FID / KID and faithfulness of G_ema during training, logged as metric/* (main process only)."""
+
+    def __init__(self, config: Config, dataset: CaptionedDataset, text_encoder: FrozenTextEncoder,
+                 text_cache: TextEmbeddingCache, device):
+        self.config, self.dataset, self.text_encoder, self.text_cache = config, dataset, text_encoder, text_cache
+        self.device = device
+        self.custom_classifier = None  # trained once on the data set's own images, then reused
+
+    def due(self, step: int) -> bool:
+        e = self.config.eval
+        return any(every and step % every == 0 for every in (e.fid_every, e.faithfulness_every))
+
+    def __call__(self, G_ema, step: int) -> dict[str, float]:
+        from cgan.pipeline import CGANPipeline
+
+        e, data = self.config.eval, self.config.data
+        metrics: dict[str, float] = {}
+        if e.fid_every and step % e.fid_every == 0:
+            from cgan.fid import fid_generator_vs_data
+
+            result = fid_generator_vs_data(
+                G_ema, self.text_cache, self.dataset.schema, "shapes" if data.name == "shapes" else data.path,
+                split=e.fid_split if data.name == "shapes" else None, num=e.fid_num, kid=e.fid_kid,
+                device=self.device, cache_dir=Path(data.cache_dir) / "fid", model_step=step)
+            metrics["metric/fid"] = result.fid
+            if result.kid is not None:
+                metrics["metric/kid"] = result.kid
+            print(f"step {step}: {result.summary()} in {result.seconds:.0f} s")
+        if e.faithfulness_every and step % e.faithfulness_every == 0:
+            from cgan import faithfulness
+
+            start = time.perf_counter()
+            pipe = CGANPipeline(G_ema, self.text_encoder, self.dataset.schema, {"step": step}, self.device)
+            if data.name == "shapes":
+                result = faithfulness.evaluate_faithfulness(pipe, num=e.faithfulness_num, device=str(self.device))
+                for part in ("seen", "heldout"):
+                    for key in ("all_correct_one", "all_correct_two"):
+                        if result[part][key] is not None:
+                            metrics[f"metric/faithfulness/{part}/{key}"] = result[part][key]
+            else:
+                if self.custom_classifier is None:
+                    self.custom_classifier = faithfulness.train_attribute_classifier(self.dataset)
+                result = faithfulness.evaluate_custom(pipe, data.path, num=e.faithfulness_num,
+                                                      device=str(self.device), classifier=self.custom_classifier)
+                for name, value in result["accuracy"].items():
+                    if value is not None:
+                        metrics[f"metric/faithfulness/{name}"] = value
+            print(f"step {step}: faithfulness {metrics} in {time.perf_counter() - start:.0f} s")
+        return metrics
+
+
 def to_device_batch(raw: dict[str, Any], text_cache: TextEmbeddingCache, config: Config, device,
                     memory_format) -> Batch:
     t = config.train
@@ -268,7 +334,7 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
                                                 optimizers={"opt_G": opt_G, "opt_D": opt_D})
         step, images_seen = state["step"], state["images_seen"]
         if len(rng_states) == accelerator.num_processes:
-            torch.set_rng_state(rng_states[accelerator.process_index])
+            set_rng_state(rng_states[accelerator.process_index])
         else:
             torch.manual_seed(t.seed + 1 + step * accelerator.num_processes + accelerator.process_index)
         accelerator.print(f"resumed from {resume_path} at step {step} ({images_seen} images seen)")
@@ -295,7 +361,7 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
                           f"{accelerator.num_processes} process(es) on {device}")
 
     def checkpoint(at_step: int) -> None:
-        rng_states = gather_object([torch.get_rng_state()])
+        rng_states = gather_object([rng_state()])
         if is_main:
             save_training_state(out_dir, step=at_step, images_seen=images_seen,
                                 modules={"G": G, "D": D, "G_ema": G_ema},
@@ -307,13 +373,14 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
                          config_dict=config.to_dict(), step=at_step, images_seen=images_seen)
         accelerator.wait_for_everyone()
 
+    evaluator = Evaluator(config, dataset, text_encoder, text_cache, device)
     last_step = t.total_steps if max_steps is None else min(t.total_steps, step + max_steps)
     global_batch = t.batch_size * t.grad_accum * accelerator.num_processes
     from tqdm.auto import tqdm
 
     progress = tqdm(total=last_step, initial=step, disable=not is_main, unit="step", dynamic_ncols=True,
                     file=sys.stdout)
-    sums: dict[str, torch.Tensor] = {}
+    sums: dict[str, list[torch.Tensor]] = {}
     window_start, window_images = time.perf_counter(), 0
     while step < last_step:
         batches = [to_device_batch(next(loader), text_cache, config, device, memory_format)
@@ -332,11 +399,11 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
         window_images += global_batch
         progress.update(1)
         for key, value in stats.items():
-            sums.setdefault(key, []).append(value)  # type: ignore[attr-defined]
+            sums.setdefault(key, []).append(value)
 
         if step % t.log_every == 0 or step == last_step:  # the only host syncs of the loop
             elapsed = time.perf_counter() - window_start
-            means = {k: float(torch.stack(v).mean()) for k, v in sums.items()}  # type: ignore[arg-type]
+            means = {k: float(torch.stack(v).mean()) for k, v in sums.items()}
             means["speed/images_per_s"] = window_images / max(elapsed, 1e-9)
             if is_main:
                 progress.set_postfix({"img/s": f"{means['speed/images_per_s']:.1f}",
@@ -348,6 +415,12 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
                 if not all(math.isfinite(v) for v in means.values()):
                     progress.write(f"warning: non-finite loss at step {step}: {means}")
             sums, window_start, window_images = {}, time.perf_counter(), 0
+        if is_main and evaluator.due(step):
+            metrics = evaluator(G_ema, step)
+            for key, value in metrics.items():
+                writer.add_scalar(key, value, step)  # type: ignore[union-attr]
+            with (out_dir / "metrics.jsonl").open("a") as handle:
+                handle.write(json.dumps({"step": step, "images_seen": images_seen, **metrics}) + "\n")
         if is_main and (step % t.sample_every == 0 or step == last_step):
             save_sample_grid(out_dir / "samples" / f"step_{step:08d}.png", G_ema, text_cache, dataset,
                              grid_prompts, grid_attrs, config, device)

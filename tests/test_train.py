@@ -75,3 +75,19 @@ def test_two_processes_stay_in_sync_with_one_writer(tmp_path):
     assert state["images_seen"] == 4 * 8 * 2  # steps x batch x processes
     assert len(torch.load(run / "checkpoints" / "step_00000004" / "rng.pt", weights_only=True)["rng"]) == 2
     assert not list(run.rglob("*.tmp-*"))
+
+
+def test_evaluation_during_training_is_logged(tiny_config, tmp_path, minilm):
+    tiny_config.eval.fid_every = 4
+    tiny_config.eval.fid_num = 6
+    tiny_config.eval.faithfulness_every = 4
+    tiny_config.eval.faithfulness_num = 4
+    run = tmp_path / "run"
+    train(tiny_config, run, text_encoder=minilm)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    metrics = [r for r in rows if "metric/fid" in r]
+    assert len(metrics) == 1 and metrics[0]["step"] == 4
+    assert metrics[0]["metric/fid"] > 0
+    assert "metric/faithfulness/seen/all_correct_one" in metrics[0] or \
+        "metric/faithfulness/seen/all_correct_two" in metrics[0]
+    assert list((tmp_path / "cache" / "fid").glob("*.npz"))  # reference statistics cached in the run's cache
