@@ -251,6 +251,7 @@ class Evaluator:
 
             start = time.perf_counter()
             pipe = CGANPipeline(G_ema, self.text_encoder, self.dataset.schema, {"step": step}, self.device)
+            pipe.text_cache = self.text_cache  # the run's captions are encoded already
             if data.name == "shapes":
                 result = faithfulness.evaluate_faithfulness(pipe, num=e.faithfulness_num, device=str(self.device))
                 for part in ("seen", "heldout"):
@@ -260,7 +261,7 @@ class Evaluator:
             else:
                 if self.custom_classifier is None:
                     self.custom_classifier = faithfulness.train_attribute_classifier(self.dataset)
-                result = faithfulness.evaluate_custom(pipe, data.path, num=e.faithfulness_num,
+                result = faithfulness.evaluate_custom(pipe, self.dataset, num=e.faithfulness_num,
                                                       device=str(self.device), classifier=self.custom_classifier)
                 for name, value in result["accuracy"].items():
                     if value is not None:

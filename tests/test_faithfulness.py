@@ -126,6 +126,14 @@ def test_custom_data_path(model_dir, tmp_path, capsys):
     for key in ("accuracy", "ceiling", "majority"):
         assert set(result[key]) == {"style", "background"}  # the categorical attributes; size is continuous
         assert all(v is None or 0 <= v <= 1 for v in result[key].values())
+    # as during training: the run's own dataset object and a classifier trained once, reused
+    from cgan.data import FolderDataset
+    from cgan.faithfulness import evaluate_custom, train_attribute_classifier
+
+    dataset = FolderDataset(folder, resolution=32)
+    classifier = train_attribute_classifier(dataset, steps=5)
+    again = evaluate_custom(str(model_dir), dataset, num=4, classifier=classifier)
+    assert again["ceiling"] == classifier.ceiling and again["data"] == str(folder) and again["num"] == 4
 
 
 def test_bad_model_folder_is_a_clear_error(tmp_path, capsys):
