@@ -36,12 +36,10 @@ def train_main(argv: list[str] | None = None) -> int:
             return 0
         from cgan.training import train
 
-        model_dir = train(config, args.out, resume=args.resume, max_steps=args.max_steps)
+        train(config, args.out, resume=args.resume, max_steps=args.max_steps)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if model_dir.exists():
-        print(f"exported model: {model_dir}")
     return 0
 
 

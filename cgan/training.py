@@ -436,4 +436,5 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
             raise RuntimeError(f"processes diverged: weight checksums {checksums}")
         accelerator.print(f"weights identical on all {accelerator.num_processes} processes")
     accelerator.wait_for_everyone()
+    accelerator.print(f"exported model: {out_dir / 'model'}")
     return out_dir / "model"
