@@ -1,5 +1,6 @@
 """A few-step CPU training run: writes a state, an exported model and samples; resumes; 2 processes."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -91,3 +92,13 @@ def test_evaluation_during_training_is_logged(tiny_config, tmp_path, minilm):
     assert "metric/faithfulness/seen/all_correct_one" in metrics[0] or \
         "metric/faithfulness/seen/all_correct_two" in metrics[0]
     assert list((tmp_path / "cache" / "fid").glob("*.npz"))  # reference statistics cached in the run's cache
+
+
+def test_gradient_accumulation_counts_every_micro_batch(tiny_config, tmp_path, minilm):
+    tiny_config.train.grad_accum = 2
+    run = tmp_path / "run"
+    train(tiny_config, run, max_steps=2, text_encoder=minilm)
+    state = json.loads((run / "checkpoints" / "step_00000002" / "state.json").read_text())
+    assert state["images_seen"] == 2 * 8 * 2  # steps x batch x micro-batches
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 2 and all(math.isfinite(v) for v in rows[-1].values())
