@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -94,6 +93,3 @@ def sample_main(argv: list[str] | None = None) -> int:
         print(f"wrote a grid of {len(images)} images to {args.out}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(train_main() if os.path.basename(sys.argv[0]).startswith("train") else sample_main())
