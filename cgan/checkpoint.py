@@ -35,19 +35,16 @@ class CheckpointError(RuntimeError):
     """A model folder or training state is missing, incomplete, corrupt or incompatible."""
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def atomic_save(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(tmp_path), then rename the temporary file into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     write(tmp)
     os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_save(path, lambda tmp: tmp.write_text(text))
 
 
 def _publish_folder(tmp: Path, final: Path) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,10 +153,9 @@ class TextEmbeddingCache:
             tokens = torch.stack([self.memory[c][0] for c in unique]).contiguous()
             mask = torch.stack([self.memory[c][1] for c in unique]).contiguous()
             pooled = torch.stack([self.memory[c][2] for c in unique]).contiguous()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-            save_file({"tokens": tokens, "mask": mask, "pooled": pooled}, str(tmp))
-            os.replace(tmp, path)
+            from cgan.checkpoint import atomic_save
+
+            atomic_save(path, lambda tmp: save_file({"tokens": tokens, "mask": mask, "pooled": pooled}, str(tmp)))
 
     def _encode_missing(self, captions: list[str]) -> None:
         missing = sorted({c for c in captions if c not in self.memory})
