@@ -52,14 +52,48 @@ def parse_attr(items: list[str]) -> dict[str, str]:
     return attributes
 
 
+def parse_sweep(spec: str, schema) -> tuple[str, list]:
+    """'size=0:1:8' -> 8 values from 0 to 1; 'style' -> every value; 'style=flat,outline' -> those."""
+    name, _, values = spec.partition("=")
+    name = name.strip()
+    if name not in schema.by_name:
+        raise InvalidAttributeError(f"--sweep {spec!r}: unknown attribute '{name}'; this model's attributes are:\n"
+                                    f"{schema.describe()}")
+    attr = schema.by_name[name]
+    if attr.kind == "continuous":
+        parts = values.split(":") if values else []
+        if len(parts) != 3:
+            raise ValueError(f"--sweep {spec!r}: a continuous attribute takes name=low:high:count, e.g. {name}=0:1:8")
+        try:
+            low, high, count = float(parts[0]), float(parts[1]), int(parts[2])
+        except ValueError:
+            raise ValueError(f"--sweep {spec!r}: low and high must be numbers and count an integer") from None
+        if count < 2:
+            raise ValueError(f"--sweep {spec!r}: count must be at least 2")
+        return name, [low + (high - low) * k / (count - 1) for k in range(count)]
+    return name, [v.strip() for v in values.split(",")] if values else list(attr.values)
+
+
+def save_image(path: Path, image) -> None:
+    atomic_save(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
 def sample_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Generate images from a prompt and style attributes.")
     parser.add_argument("--model", required=True, help="exported model folder (e.g. runs/NAME/model)")
     parser.add_argument("--prompt", default=None, help="text prompt")
     parser.add_argument("--attr", action="append", default=[], help="attribute as name=value (repeatable)")
-    parser.add_argument("--num", type=int, default=16, help="number of images")
+    parser.add_argument("--num", type=int, default=16,
+                        help="number of images (with --interpolate / --sweep: number of seeds, one row each)")
     parser.add_argument("--seed", type=int, default=0, help="image k uses seed + k")
     parser.add_argument("--truncation", type=float, default=1.0, help="psi in (0, 1]: lower = closer to typical")
+    parser.add_argument("--interpolate", nargs=2, metavar=("PROMPT_A", "PROMPT_B"),
+                        help="a row per seed moving from PROMPT_A to PROMPT_B (same z); see --steps")
+    parser.add_argument("--steps", type=int, default=8, help="images per interpolation row")
+    parser.add_argument("--sweep", metavar="NAME[=LOW:HIGH:COUNT | =V1,V2]",
+                        help="a column per value of one attribute, e.g. size=0:1:8 or style")
+    parser.add_argument("--attention-maps", action="store_true",
+                        help="also write, beside each image, where each word and attribute was attended to")
     parser.add_argument("--out", default="samples.png", help="grid image to write")
     parser.add_argument("--out-dir", help="write one PNG per image into this folder instead of a grid")
     parser.add_argument("--device", default="cpu")
@@ -68,28 +102,71 @@ def sample_main(argv: list[str] | None = None) -> int:
                         help="allow the text encoder's own code to run (off by default)")
     args = parser.parse_args(argv)
     try:
-        from cgan.pipeline import CGANPipeline, image_grid
+        if args.interpolate and args.sweep:
+            raise ValueError("--interpolate and --sweep: choose one")
+        if args.attention_maps and (args.interpolate or args.sweep):
+            raise ValueError("--attention-maps works with a single --prompt, not with --interpolate or --sweep")
+        if not 0.0 < args.truncation <= 1.0:
+            raise ValueError(f"--truncation: expected a number in (0, 1], got {args.truncation}")
+        if args.prompt is None and not args.interpolate and not args.list_attributes:
+            raise ValueError("--prompt: required (use --prompt \"\" for none if the model allows it)")
+        from cgan.pipeline import CGANPipeline, describe_condition, image_grid
 
         pipe = CGANPipeline.from_pretrained(args.model, device=args.device, trust_remote_code=args.trust_remote_code)
         if args.list_attributes:
             print(pipe.schema.describe())
             return 0
-        if args.prompt is None:
-            raise ValueError("--prompt: required (use --prompt \"\" for none if the model allows it)")
-        images = pipe(args.prompt, parse_attr(args.attr), num_images=args.num, seed=args.seed,
-                      truncation=args.truncation)
+        attributes = pipe.schema.validate(parse_attr(args.attr), source="--attr")
+        column_labels, maps = None, None
+        if args.interpolate:
+            prompt_a, prompt_b = args.interpolate
+            tensor = pipe.interpolate(prompt_a, prompt_b, attributes, steps=args.steps, num_seeds=args.num,
+                                      seed=args.seed, truncation=args.truncation)
+            num_columns = args.steps
+            row_labels = [f"seed {args.seed + s}: {describe_condition(prompt_a, attributes)} -> {prompt_b}"
+                          for s in range(args.num)]
+        elif args.sweep:
+            name, values = parse_sweep(args.sweep, pipe.schema)
+            tensor = pipe.sweep(args.prompt, attributes, name, values, num_seeds=args.num, seed=args.seed,
+                                truncation=args.truncation)
+            num_columns = len(values)
+            row_labels = [f"seed {args.seed + s}: {describe_condition(args.prompt, attributes)}"
+                          for s in range(args.num)]
+            column_labels = [f"{name}={v:.2g}" if isinstance(v, float) else f"{name}={v}" for v in values]
+        elif args.attention_maps:
+            tensor, maps = pipe.attention_maps(args.prompt, attributes, num_images=args.num, seed=args.seed,
+                                               truncation=args.truncation)
+        else:
+            tensor = pipe.generate_tensor(args.prompt, attributes, num_images=args.num, seed=args.seed,
+                                          truncation=args.truncation)
+        if not (args.interpolate or args.sweep):
+            num_columns = min(args.num, 8)
+            row_labels = [f"{describe_condition(args.prompt, attributes)} | seeds {args.seed + r * num_columns}+"
+                          for r in range(math.ceil(args.num / num_columns))]
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from cgan.attention_maps import attention_figure
+    from cgan.data import tensor_to_images
+
+    images = tensor_to_images(tensor)
     if args.out_dir:
         out_dir = Path(args.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         for k, image in enumerate(images):
-            atomic_save(out_dir / f"seed{args.seed + k:06d}.png", lambda tmp, im=image: im.save(tmp, format="PNG"))
+            save_image(out_dir / f"{k:04d}.png" if (args.interpolate or args.sweep) else
+                       out_dir / f"seed{args.seed + k:06d}.png", image)
         print(f"wrote {len(images)} images to {out_dir}")
     else:
-        grid = image_grid(images, num_columns=math.ceil(math.sqrt(len(images))))
-        atomic_save(Path(args.out), lambda tmp: grid.save(tmp, format="PNG"))
+        out_dir = Path(args.out).parent
+        save_image(Path(args.out), image_grid(images, num_columns, row_labels, column_labels=column_labels))
         print(f"wrote a grid of {len(images)} images to {args.out}")
+    if maps is not None:
+        stem = Path(args.out).stem if not args.out_dir else "seed"
+        for k, token_maps in enumerate(maps):
+            title = f"{describe_condition(args.prompt, attributes)} | seed {args.seed + k}"
+            path = out_dir / (f"seed{args.seed + k:06d}_attention.png" if args.out_dir
+                              else f"{stem}_attention_seed{args.seed + k:06d}.png")
+            save_image(path, attention_figure(tensor[k], token_maps, title))
+        print(f"wrote {len(maps)} attention figures to {out_dir}")
     return 0
-

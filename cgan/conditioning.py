@@ -70,8 +70,10 @@ class Conditioner(nn.Module):
             raise ValueError(f"fusion: expected cross_attention or concat, got {fusion!r}")
         self.fusion = fusion
         self.num_attrs = len(schema)
+        self.num_queries = num_queries if fusion == "cross_attention" else 0  # fused tokens G and D attend to
         self.attr_embedder = AttributeEmbedder(schema=schema, dim=cond_dim)
         self.null_prompt = nn.Parameter(torch.randn(cond_dim))
+        self.pooled_proj = EqualLinear(text_dim, cond_dim)
         if fusion == "cross_attention":
             self.text_proj = EqualLinear(text_dim, cond_dim)
             self.type_embedding = nn.Parameter(torch.randn(3, cond_dim))  # null-prompt, text, attribute
@@ -79,8 +81,8 @@ class Conditioner(nn.Module):
             self.blocks = nn.ModuleList(FusionBlock(cond_dim, num_heads) for _ in range(num_layers))
             self.norm_out = nn.LayerNorm(cond_dim)
             self.pool = EqualLinear(cond_dim, cond_dim)
+            self.norm_direct = nn.LayerNorm(cond_dim)
         else:
-            self.pooled_proj = EqualLinear(text_dim, cond_dim)
             self.mlp = nn.Sequential(EqualLinear((1 + self.num_attrs) * cond_dim, cond_dim, activation=True),
                                      EqualLinear(cond_dim, cond_dim))
 
@@ -90,9 +92,8 @@ class Conditioner(nn.Module):
         batch = attr_tokens.shape[0]
         prompt_present = prompt_present.to(torch.bool)
         null_prompt = repeat(self.null_prompt, "d -> b 1 d", b=batch)
+        pooled = torch.where(prompt_present[:, None], self.pooled_proj(text.text_pooled), null_prompt[:, 0])  # (B, D)
         if self.fusion == "concat":
-            pooled = self.pooled_proj(text.text_pooled)  # (B, D)
-            pooled = torch.where(prompt_present[:, None], pooled, null_prompt[:, 0])
             flat = torch.cat([pooled, rearrange(attr_tokens, "b a d -> b (a d)")], dim=-1)
             cond_vector = self.mlp(flat)  # (B, D)
             tokens = cond_vector[:, None]  # (B, 1, D)
@@ -109,7 +110,10 @@ class Conditioner(nn.Module):
         for block in self.blocks:
             queries, weights = block(queries, context, context_mask, return_attention)
         cond_tokens = self.norm_out(queries)  # (B, Q, D)
-        cond_vector = self.pool(cond_tokens.mean(dim=1))  # (B, D)
+        # Pooled fused tokens plus a direct path (pooled text + attributes), so the condition
+        # differs between prompts from the first step, before the queries have learned to attend.
+        direct = self.norm_direct(pooled + attr_tokens.mean(dim=1))  # (B, D)
+        cond_vector = self.pool(cond_tokens.mean(dim=1)) + direct  # (B, D)
         attn_tokens = torch.cat([cond_tokens, context], dim=1)  # (B, Q + 1 + T + A, D)
         attn_mask = torch.cat([torch.ones_like(cond_tokens[..., 0], dtype=torch.bool), context_mask], dim=1)
         return Condition(cond_vector, attn_tokens, attn_mask, weights)

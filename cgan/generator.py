@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 
 from cgan.attributes import AttributeSchema
 from cgan.conditioning import Condition, Conditioner
@@ -51,7 +52,9 @@ class SynthesisBlock(nn.Module):
         super().__init__()
         self.resolution = resolution
         if resolution == 4:
+            # learned constant plus a w-dependent layout, so z can move and resize objects
             self.const = nn.Parameter(torch.randn(out_channels, 4, 4))
+            self.input_from_w = EqualLinear(w_dim, out_channels * 16)
             self.conv0 = None
         else:
             self.conv0 = ModulatedConv2d(in_channels, out_channels, 3, w_dim=w_dim)
@@ -61,7 +64,8 @@ class SynthesisBlock(nn.Module):
 
     def forward(self, x, w, cond: Condition, return_attention=False):
         if self.conv0 is None:
-            x = self.const[None].expand(w.shape[0], -1, -1, -1)
+            layout = rearrange(self.input_from_w(w), "b (c h w) -> b c h w", h=4, w=4)  # (B, C, 4, 4)
+            x = self.const[None] + layout
         else:
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
             x = self.conv0(x, w)
@@ -129,6 +133,11 @@ class Generator(nn.Module):
                 attr_value: torch.Tensor, attr_present: torch.Tensor, truncation: float = 1.0,
                 return_attention: bool = False):
         cond = self.condition(text, prompt_present, attr_index, attr_value, attr_present, return_attention)
+        return self.from_condition(z, cond, truncation, return_attention)
+
+    def from_condition(self, z: torch.Tensor, cond: Condition, truncation: float = 1.0,
+                       return_attention: bool = False):
+        """Images from z (B, z_dim) and an already fused condition (e.g. one interpolated between prompts)."""
         w = self.mapping(z, cond.cond_vector)
         if truncation != 1.0:  # z only: w moves toward this condition's own average, the condition stays
             w = torch.lerp(self.mean_w(cond.cond_vector), w, truncation)

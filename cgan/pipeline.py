@@ -8,8 +8,10 @@ from typing import Any, Mapping
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from cgan.attention_maps import TokenAttention, token_attention
 from cgan.attributes import AttributeSchema, InvalidAttributeError
 from cgan.checkpoint import CheckpointError, read_exported
+from cgan.conditioning import Condition
 from cgan.data import tensor_to_images
 from cgan.generator import Generator
 from cgan.text_encoder import FrozenTextEncoder, TextEmbeddingCache
@@ -46,27 +48,37 @@ def _wrap(text: str, draw: ImageDraw.ImageDraw, font, max_width: int) -> list[st
 
 
 def image_grid(images: list[Image.Image], num_columns: int, row_labels: list[str] | None = None,
-               label_width: int = 220) -> Image.Image:
-    """Tile images row by row. With row labels, small images are enlarged (nearest neighbour) to
-    at least 96 px so the label, wrapped to fit, sits in a strip on the left of its row."""
-    if row_labels:
+               label_width: int = 220, column_labels: list[str] | None = None) -> Image.Image:
+    """Tile images row by row. With labels, small images are enlarged (nearest neighbour) to at
+    least 96 px; row labels, wrapped to fit, sit in a strip on the left of their row, column
+    labels in a strip above their column."""
+    if row_labels or column_labels:
         scale = max(1, 96 // images[0].size[1])
         images = [im.resize((im.size[0] * scale, im.size[1] * scale), Image.Resampling.NEAREST) for im in images]
-    else:
+    if not row_labels:
         label_width = 0
+    header = 16 if column_labels else 0
     width, height = images[0].size
     num_rows = math.ceil(len(images) / num_columns)
-    grid = Image.new("RGB", (label_width + num_columns * width, num_rows * height), (255, 255, 255))
+    grid = Image.new("RGB", (label_width + num_columns * width, header + num_rows * height), (255, 255, 255))
     draw = ImageDraw.Draw(grid)
     font = ImageFont.load_default()
     for i, image in enumerate(images):
         row, col = divmod(i, num_columns)
-        grid.paste(image, (label_width + col * width, row * height))
+        grid.paste(image, (label_width + col * width, header + row * height))
     for row, label in enumerate(row_labels or []):
         lines = _wrap(label, draw, font, label_width - 8)[: max(1, height // 12)]
         for k, line in enumerate(lines):
-            draw.text((4, row * height + 4 + 12 * k), line, fill=(0, 0, 0), font=font)
+            draw.text((4, header + row * height + 4 + 12 * k), line, fill=(0, 0, 0), font=font)
+    for col, label in enumerate(column_labels or []):
+        draw.text((label_width + col * width + 4, 2), label, fill=(0, 0, 0), font=font)
     return grid
+
+
+def describe_condition(prompt: str, attributes: Mapping[str, Any]) -> str:
+    """'a red circle | style=flat size=0.7': the caption of a grid row."""
+    parts = [f"{k}={v:.2g}" if isinstance(v, float) else f"{k}={v}" for k, v in attributes.items()]
+    return " ".join([f"{prompt or '(no prompt)'} |"] + parts) if parts else prompt or "(no prompt)"
 
 
 class CGANPipeline:
@@ -118,6 +130,58 @@ class CGANPipeline:
         seeds = [seed + i for i in range(num_images)]
         return generate(self.G, self.text_cache, self.schema, [prompt] * num_images, [clean] * num_images, seeds,
                         truncation, self.device, return_attention)
+
+    def interpolate(self, prompt_a: str, prompt_b: str, attributes: Mapping[str, Any] | None = None, steps: int = 8,
+                    num_seeds: int = 1, seed: int = 0, truncation: float = 1.0) -> torch.Tensor:
+        """Images (num_seeds * steps, 3, R, R), row per seed: the fused condition moves linearly from
+        prompt_a to prompt_b while z stays fixed."""
+        if steps < 2:
+            raise ValueError(f"steps: expected at least 2 for an interpolation, got {steps}")
+        clean = self.check_inputs(prompt_a, attributes, num_seeds)
+        self.check_inputs(prompt_b, attributes, num_seeds)
+        text = self.text_cache([prompt_a, prompt_b], device=self.device)
+        prompt_present = torch.tensor([bool(prompt_a.strip()), bool(prompt_b.strip())], device=self.device)
+        attr_index, attr_value, attr_present = (t.to(self.device) for t in self.schema.encode([clean, clean]))
+        with torch.no_grad():
+            ends = self.G.condition(text, prompt_present, attr_index, attr_value, attr_present)
+            fractions = torch.linspace(0, 1, steps, device=self.device)
+            weight = fractions.repeat(num_seeds)[:, None]  # (N = S * steps, 1), seed-major rows
+            cond_vector = torch.lerp(ends.cond_vector[0:1], ends.cond_vector[1:2], weight)  # (N, D)
+            attn_tokens = torch.lerp(ends.attn_tokens[0:1], ends.attn_tokens[1:2], weight[:, :, None])  # (N, M, D)
+            either = ends.attn_mask[0:1] | ends.attn_mask[1:2]  # (1, M): a token either prompt has stays visible
+            cond = Condition(cond_vector, attn_tokens, either.expand(weight.shape[0], -1))
+            seeds = [seed + s for s in range(num_seeds) for _ in range(steps)]
+            z = make_latents(seeds, self.G.z_dim).to(self.device)
+            return self.G.from_condition(z, cond, truncation)
+
+    def sweep(self, prompt: str, attributes: Mapping[str, Any] | None, name: str, values: list[Any],
+              num_seeds: int = 1, seed: int = 0, truncation: float = 1.0) -> torch.Tensor:
+        """Images (num_seeds * len(values), 3, R, R), row per seed, one column per value of attribute `name`."""
+        base = self.check_inputs(prompt, attributes, num_seeds)
+        settings = [self.schema.validate({**base, name: value}, source="--sweep") for value in values]
+        conditions = [(s, a) for s in range(num_seeds) for a in settings]
+        return generate(self.G, self.text_cache, self.schema, [prompt] * len(conditions), [a for _, a in conditions],
+                        [seed + s for s, _ in conditions], truncation, self.device)
+
+    def attention_maps(self, prompt: str, attributes: Mapping[str, Any] | None = None, num_images: int = 1,
+                       seed: int = 0, truncation: float = 1.0) -> tuple[torch.Tensor, list[TokenAttention]]:
+        """Images and, per image, where the generator attended for each word and each given attribute."""
+        clean = self.check_inputs(prompt, attributes, num_images)
+        images, attention = self.generate_tensor(prompt, clean, num_images, seed, truncation, return_attention=True)
+        if not attention["generator"]:
+            raise ValueError("attention maps: this model's generator has no cross-attention layers "
+                             "(model.g_attn_resolutions is empty)")
+        words, word_keep = self.text_encoder.token_strings(prompt)
+        if not prompt.strip():
+            word_keep = [False] * len(words)
+        attr_labels = [f"{n}={clean[n]:.2g}" if isinstance(clean.get(n), float) else f"{n}={clean.get(n)}"
+                       for n in self.schema.names]
+        attr_keep = [n in clean for n in self.schema.names]
+        per_image = [token_attention(attention["generator"], attention["fusion"], i,
+                                     num_queries=self.G.conditioner.num_queries, text_labels=words,
+                                     text_keep=word_keep, attr_labels=attr_labels, attr_keep=attr_keep,
+                                     resolution=self.resolution) for i in range(num_images)]
+        return images, per_image
 
     def __call__(self, prompt: str, attributes: Mapping[str, Any] | None = None, num_images: int = 1,
                  seed: int = 0, truncation: float = 1.0) -> list[Image.Image]:

@@ -92,6 +92,14 @@ class FrozenTextEncoder(nn.Module):
     def cache_key(self) -> str:
         return f"{self.name}|{self.max_length}"
 
+    def token_strings(self, prompt: str) -> tuple[list[str], list[bool]]:
+        """The prompt's max_length token positions as strings, and which are words (not padding or
+        special tokens such as [CLS]): the labels of the text tokens in attention maps."""
+        ids = self.tokenizer(prompt, padding="max_length", truncation=True, max_length=self.max_length)["input_ids"]
+        strings = self.tokenizer.convert_ids_to_tokens(ids)
+        special = set(self.tokenizer.all_special_tokens)
+        return list(strings), [s not in special for s in strings]
+
     @torch.no_grad()
     def forward(self, prompts: list[str]) -> TextEncoding:
         tokens = self.tokenizer(list(prompts), padding="max_length", truncation=False,

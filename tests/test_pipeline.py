@@ -67,7 +67,7 @@ def test_sample_cli_grid_files_and_list(model_dir, tmp_path, capsys):
                         "--out", str(out)]) == 0
     from PIL import Image
 
-    assert Image.open(out).size == (64, 64)
+    assert Image.open(out).size == (220 + 4 * 96, 96)  # a labelled row of 4 images enlarged to 96 px
     assert sample_main(["--model", str(model_dir), "--prompt", "a red circle", "--num", "3",
                         "--out-dir", str(tmp_path / "many")]) == 0
     assert sorted(p.name for p in (tmp_path / "many").iterdir()) == ["seed000000.png", "seed000001.png",
@@ -97,3 +97,68 @@ def test_broken_model_folders(model_dir, tmp_path):
     (model_dir / "config.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="model format 99"):
         CGANPipeline.from_pretrained(model_dir)
+
+
+def test_interpolation_ends_at_both_prompts(model_dir):
+    pipe = CGANPipeline.from_pretrained(model_dir)
+    images = pipe.interpolate("a red circle", "a blue square left of a green diamond", {"style": "flat"}, steps=4,
+                              num_seeds=2, seed=3)
+    assert images.shape == (8, 3, 32, 32)
+    a = pipe.generate_tensor("a red circle", {"style": "flat"}, num_images=2, seed=3)
+    b = pipe.generate_tensor("a blue square left of a green diamond", {"style": "flat"}, num_images=2, seed=3)
+    torch.testing.assert_close(images[[0, 4]], a, atol=1e-5, rtol=1e-5)  # row per seed, first column = prompt A
+    torch.testing.assert_close(images[[3, 7]], b, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(images[1], images[2])
+    with pytest.raises(ValueError, match="at least 2"):
+        pipe.interpolate("a", "b", steps=1)
+
+
+def test_sweep_matches_single_generations_and_parses(model_dir):
+    from cgan.cli import parse_sweep
+
+    pipe = CGANPipeline.from_pretrained(model_dir)
+    assert parse_sweep("size=0:1:5", pipe.schema) == ("size", [0.0, 0.25, 0.5, 0.75, 1.0])
+    assert parse_sweep("style", pipe.schema) == ("style", ["flat", "outline", "shaded"])
+    assert parse_sweep("style=flat,shaded", pipe.schema) == ("style", ["flat", "shaded"])
+    with pytest.raises(ValueError, match="name=low:high:count"):
+        parse_sweep("size", pipe.schema)
+    with pytest.raises(InvalidAttributeError, match="unknown attribute 'colour'"):
+        parse_sweep("colour", pipe.schema)
+    images = pipe.sweep("a red circle", {"style": "flat"}, "size", [0.2, 0.8], num_seeds=2, seed=7)
+    assert images.shape == (4, 3, 32, 32)
+    single = pipe.generate_tensor("a red circle", {"style": "flat", "size": 0.8}, num_images=1, seed=8)
+    torch.testing.assert_close(images[3:4], single, atol=1e-5, rtol=1e-5)
+    with pytest.raises(InvalidAttributeError, match="outside its range"):
+        pipe.sweep("a red circle", {}, "size", [0.5, 3.0])
+
+
+def test_attention_maps_name_every_word_and_given_attribute(model_dir, tmp_path):
+    pipe = CGANPipeline.from_pretrained(model_dir)
+    images, maps = pipe.attention_maps("a red circle", {"style": "outline", "size": 0.5}, num_images=2, seed=0)
+    assert images.shape == (2, 3, 32, 32) and len(maps) == 2
+    assert maps[0].labels == ["a", "red", "circle", "style=outline", "size=0.5"]
+    assert maps[0].maps.shape == (5, 32, 32)
+    assert torch.allclose(maps[0].maps.amax(dim=(1, 2)), torch.ones(5))
+    assert maps[0].fusion is not None and bool((maps[0].fusion >= 0).all()) and float(maps[0].fusion.sum()) <= 1 + 1e-5
+    assert sample_main(["--model", str(model_dir), "--prompt", "a red circle", "--attr", "style=outline", "--num", "2",
+                        "--attention-maps", "--out-dir", str(tmp_path / "maps")]) == 0
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == [
+        "seed000000.png", "seed000000_attention.png", "seed000001.png", "seed000001_attention.png"]
+
+
+def test_sample_cli_interpolate_and_sweep_grids(model_dir, tmp_path, capsys):
+    from PIL import Image
+
+    out = tmp_path / "interp.png"
+    assert sample_main(["--model", str(model_dir), "--interpolate", "a red circle", "a blue square", "--steps", "3",
+                        "--num", "2", "--out", str(out)]) == 0
+    assert Image.open(out).size == (220 + 3 * 96, 2 * 96)
+    out = tmp_path / "sweep.png"
+    assert sample_main(["--model", str(model_dir), "--prompt", "a red circle", "--sweep", "size=0:1:4", "--num", "1",
+                        "--out", str(out)]) == 0
+    assert Image.open(out).size == (220 + 4 * 96, 16 + 96)  # a header strip names each column
+    assert sample_main(["--model", str(model_dir), "--prompt", "x", "--sweep", "size=0:1:4",
+                        "--interpolate", "a", "b"]) == 2
+    assert "choose one" in capsys.readouterr().err
+    assert sample_main(["--model", str(model_dir), "--prompt", "x", "--truncation", "0"]) == 2
+    assert "--truncation" in capsys.readouterr().err
