@@ -81,6 +81,18 @@ def describe_condition(prompt: str, attributes: Mapping[str, Any]) -> str:
     return " ".join([f"{prompt or '(no prompt)'} |"] + parts) if parts else prompt or "(no prompt)"
 
 
+# Models that ship inside the package: `--model shapes64` works right after `pip install`.
+PRETRAINED = {"shapes64": "assets/models/shapes64"}
+
+
+def resolve_model_dir(model: str | Path) -> Path:
+    """A folder path, or the name of a shipped model (see PRETRAINED) when no such folder exists."""
+    path = Path(model)
+    if not path.exists() and str(model) in PRETRAINED:
+        return Path(__file__).resolve().parent / PRETRAINED[str(model)]
+    return path
+
+
 class CGANPipeline:
     """An exported model ready to generate: prompt + attributes + seed -> PIL images."""
 
@@ -94,6 +106,7 @@ class CGANPipeline:
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, device: str | torch.device = "cpu",
                         trust_remote_code: bool = False) -> "CGANPipeline":
+        model_dir = resolve_model_dir(model_dir)
         meta, schema_dict, weights = read_exported(model_dir)
         schema = AttributeSchema.from_dict(schema_dict, f"{model_dir}/attributes.json")
         try:
