@@ -10,8 +10,9 @@ Training state, `RUN/checkpoints/step_XXXXXXXX/`:
     optimizers.pt     optimizer and grad-scaler state dicts (tensors and numbers only)
     rng.pt            every process's torch RNG state
     state.json        step, images seen
-Every folder is built under a temporary name and renamed into place when complete, so a
-crash never leaves a half-written model or checkpoint where a loader would find it.
+Every folder is built under a temporary name (`NAME.tmp-PID`), its files flushed to disk, and
+renamed into place when complete, so a crash never leaves a half-written model or checkpoint
+where a loader would find it; `remove_stale_temporaries` clears what a killed run left behind.
 Nothing is unpickled: safetensors for weights, `torch.load(weights_only=True)` for the rest.
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 FORMAT_VERSION = 1
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d{8})$")
+STALE_PATTERN = re.compile(r"^(?P<name>.+)\.(?P<kind>tmp|old)-\d+$")  # leftovers of atomic_save / _publish_folder
 
 
 class CheckpointError(RuntimeError):
@@ -47,8 +49,19 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_save(path, lambda tmp: tmp.write_text(text))
 
 
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def _publish_folder(tmp: Path, final: Path) -> None:
     """Rename a finished folder into place, replacing an older one without ever deleting it first."""
+    for path in tmp.iterdir():  # on disk before the rename, so a power loss cannot publish empty files
+        _fsync(path)
+    _fsync(tmp)
     if final.exists():
         old = final.with_name(f"{final.name}.old-{os.getpid()}")
         os.replace(final, old)
@@ -56,6 +69,7 @@ def _publish_folder(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
+    _fsync(final.parent)
 
 
 def _state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -156,19 +170,31 @@ def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
 
 
 def save_training_state(run_dir: Path, *, step: int, images_seen: int, modules: dict[str, torch.nn.Module],
-                        optimizers: dict[str, Any], rng_states: list[dict[str, torch.Tensor]], keep_last: int) -> Path:
-    """Write a complete state under a temporary name, rename it, then prune old states."""
+                        optimizers: dict[str, Any], rng_states: list[dict[str, torch.Tensor]], keep_last: int,
+                        extra: dict[str, Any] | None = None) -> Path:
+    """Write a complete state under a temporary name, rename it, then prune old states.
+
+    optimizers: anything with state_dict() (optimizers, the fp16 grad scaler). extra: more JSON fields
+    for state.json. A failed write (a full disk) removes its temporary folder and prunes nothing.
+    """
     final = checkpoint_dir(run_dir, step)
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, module in modules.items():
-        save_file(_state_dict(module), str(tmp / f"{name}.safetensors"), metadata={"format": "pt"})
-    torch.save({name: opt.state_dict() for name, opt in optimizers.items()}, tmp / "optimizers.pt")
-    torch.save({"rng": rng_states}, tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "images_seen": images_seen,
-                                                "format_version": FORMAT_VERSION}))  # written last
-    _publish_folder(tmp, final)
+    try:
+        tmp.mkdir(parents=True)
+        for name, module in modules.items():
+            save_file(_state_dict(module), str(tmp / f"{name}.safetensors"), metadata={"format": "pt"})
+        torch.save({name: opt.state_dict() for name, opt in optimizers.items()}, tmp / "optimizers.pt")
+        torch.save({"rng": rng_states}, tmp / "rng.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step, "images_seen": images_seen,
+                                                    "format_version": FORMAT_VERSION, **(extra or {})}))  # last
+        _publish_folder(tmp, final)
+    except (OSError, RuntimeError, SafetensorError) as err:  # torch.save reports a full disk as RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)
+        states = list_checkpoints(run_dir)
+        kept = f"the newest complete state, {states[-1]}, is intact" if states else "no earlier state exists"
+        raise CheckpointError(f"{final}: could not write the training state ({err}); {kept}. Free disk space "
+                              "and continue with --resume latest") from err
     for old in list_checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -181,6 +207,9 @@ def load_training_state(path: Path, *, modules: dict[str, torch.nn.Module], opti
         state = json.loads((path / "state.json").read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{path / 'state.json'}: unreadable: {err}") from err
+    if state.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: training state format {state.get('format_version')!r}; this cgan reads "
+                              f"format {FORMAT_VERSION}")
     for name, module in modules.items():
         load_module_weights(module, path / f"{name}.safetensors")
     try:
@@ -190,5 +219,34 @@ def load_training_state(path: Path, *, modules: dict[str, torch.nn.Module], opti
         raise CheckpointError(f"{path}: optimizers.pt or rng.pt unreadable (truncated, corrupt, or not "
                               f"written by cgan): {err}") from err
     for name, opt in optimizers.items():
-        opt.load_state_dict(optimizer_states[name])
+        if name in optimizer_states:
+            opt.load_state_dict(optimizer_states[name])
+        elif name != "scaler":  # states from before the fp16 scaler was saved: it recalibrates in a few steps
+            raise CheckpointError(f"{path / 'optimizers.pt'}: has no {name} state")
     return state, rng
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[str]:
+    """Clear what a killed run left in run_dir; -> one line per action, for the log.
+
+    `NAME.tmp-PID` (being written when the process died) is removed. `NAME.old-PID` (a complete
+    folder being replaced) is removed, or renamed back to NAME when the kill fell between the two
+    renames of _publish_folder and NAME is missing. Call it before any process of the run writes.
+    """
+    actions = []
+    for folder in (run_dir, run_dir / "checkpoints", run_dir / "samples"):
+        for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+            match = STALE_PATTERN.match(path.name)
+            if match is None:
+                continue
+            final = path.with_name(match.group("name"))
+            if match.group("kind") == "old" and not final.exists():
+                os.replace(path, final)
+                actions.append(f"restored {final} from {path.name}, left by a run that was killed")
+                continue
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            actions.append(f"removed {path}, left by a run that was killed")
+    return actions

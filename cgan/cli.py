@@ -33,9 +33,13 @@ def train_main(argv: list[str] | None = None) -> int:
             print(config_json(config))
             print(f"data: {len(dataset)} records; attributes:\n{dataset.schema.describe()}")
             return 0
-        from cgan.training import train
+        from cgan.training import TrainingDiverged, train
 
-        train(config, args.out, resume=args.resume, max_steps=args.max_steps)
+        try:
+            train(config, args.out, resume=args.resume, max_steps=args.max_steps)
+        except TrainingDiverged as err:  # not bad input: the message says what to change before resuming
+            print(f"error: {err}", file=sys.stderr)
+            return 3
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -87,6 +87,10 @@ class TrainConfig:
     sample_every: int = 1000
     checkpoint_every: int = 1000
     keep_last: int = 2  # training states kept; older ones are pruned after a newer one is complete
+    nonfinite_patience: int = 8  # steps in a row with a skipped (NaN/inf) phase before rolling back
+    rollback_lr_factor: float = 0.5  # both learning rates are multiplied by this at each rollback
+    max_rollbacks: int = 3  # rollbacks per invocation before training stops with an error
+    dist_timeout_s: float = 600.0  # several processes: a collective waiting longer than this ends the run
 
 
 @dataclass
@@ -149,6 +153,12 @@ class Config:
                     "checkpoint_every", "keep_last", "r1_every"):
             if getattr(self.train, key) < 1:
                 raise ConfigError(f"train.{key}: expected a positive integer, got {getattr(self.train, key)}")
+        for key, ok, expected in (("nonfinite_patience", lambda v: v >= 1, "a positive integer"),
+                                  ("max_rollbacks", lambda v: v >= 0, "0 or more"),
+                                  ("rollback_lr_factor", lambda v: 0.0 < v <= 1.0, "a factor in (0, 1]"),
+                                  ("dist_timeout_s", lambda v: v > 0, "a positive number of seconds")):
+            if not ok(getattr(self.train, key)):
+                raise ConfigError(f"train.{key}: expected {expected}, got {getattr(self.train, key)}")
         for key in ("drop_prompt", "drop_attr"):
             if not 0.0 <= getattr(self.train, key) < 1.0:
                 raise ConfigError(f"train.{key}: expected a probability in [0, 1), got {getattr(self.train, key)}")

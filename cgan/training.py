@@ -5,6 +5,11 @@ and the fp16 grad scaler. Gradients are averaged across processes by `sync_gradi
 (one flattened all-reduce per phase, as StyleGAN2-ADA does) rather than by DDP, because the
 discriminator phase runs several forwards and R1 a double backward, which DDP handles poorly.
 All processes start from the same seed, so weights stay identical; only the main process writes.
+
+Reliability: a phase whose loss or gradient is NaN or inf skips its optimizer step (on the device,
+one host sync per step to count it); after train.nonfinite_patience such steps in a row the run
+rolls back to the newest complete checkpoint with lower learning rates, or stops with
+`TrainingDiverged`. Leftovers of a killed run are cleared at start.
 """
 from __future__ import annotations
 
@@ -24,7 +29,8 @@ from torch.utils.data import DataLoader
 
 from cgan.attributes import drop_attributes
 from cgan.augment import diff_augment, parse_policy
-from cgan.checkpoint import (atomic_save, export_model, load_training_state, resolve_resume, save_training_state)
+from cgan.checkpoint import (CheckpointError, atomic_save, export_model, list_checkpoints, load_training_state,
+                             remove_stale_temporaries, resolve_resume, save_training_state)
 from cgan.config import Config, ConfigError, save_config
 from cgan.data import CaptionedDataset, StepSampler, build_dataset, tensor_to_images
 from cgan.discriminator import Discriminator
@@ -33,6 +39,10 @@ from cgan.generator import Generator
 from cgan.losses import d_fake_term, d_real_term, g_loss, mismatched_attributes, mismatched_prompt_index, r1_penalty
 from cgan.pipeline import generate, image_grid
 from cgan.text_encoder import FrozenTextEncoder, TextEmbeddingCache, TextEncoding
+
+
+class TrainingDiverged(RuntimeError):
+    """Losses or gradients stayed NaN/inf through every rollback allowed, or there was no checkpoint."""
 
 
 @dataclass
@@ -170,16 +180,99 @@ def g_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str]) 
     return {"loss/G": loss.detach()}
 
 
+def skip_if_nonfinite(trained: torch.nn.Module, optimizer, stats: dict[str, torch.Tensor], accelerator
+                      ) -> torch.Tensor:
+    """Make the coming optimizer.step() a no-op if a loss or gradient of this phase is NaN or inf.
+
+    -> a 0-dim float on the device, 1.0 = skipped, the same on every process; no host sync. The skip
+    is fused Adam's `found_inf` (as the fp16 grad scaler uses it): weights, moments and the step count
+    stay as they were. Gradients are averaged over processes already, losses are not, hence the
+    max-reduce. Under fp16 the grad scaler owns gradient overflow (routine there; it skips those steps
+    itself), so only the losses are checked.
+    """
+    values = [v.float().reshape(1) for v in stats.values()]
+    grads = [p.grad for p in trained.parameters() if p.grad is not None]
+    if accelerator.scaler is None and grads:
+        values += [norm.float().reshape(1) for norm in torch._foreach_norm(grads, math.inf)]  # max |g|, NaN kept
+    bad = (~torch.isfinite(torch.cat(values)).all()).float()
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad, reduction="max")
+    if accelerator.scaler is None:
+        getattr(optimizer, "optimizer", optimizer).found_inf = bad  # the Adam inside Accelerate's wrapper
+    return bad
+
+
 def run_phase(step_fn, trained, frozen, optimizer, batches: list[Batch], G, D, config: Config, accelerator,
-              augment: list[str]) -> dict[str, torch.Tensor]:
-    """One optimizer step of `trained` over the micro-batches, `frozen` without gradients."""
+              augment: list[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One optimizer step of `trained` over the micro-batches, `frozen` without gradients.
+
+    -> (stats averaged over the micro-batches, 1.0 if the step was skipped as non-finite else 0.0).
+    """
     frozen.requires_grad_(False)
     trained.requires_grad_(True)
     optimizer.zero_grad(set_to_none=True)
-    stats = [step_fn(G, D, batch, config, accelerator, augment) for batch in batches]
+    per_batch = [step_fn(G, D, batch, config, accelerator, augment) for batch in batches]
     sync_gradients(trained, accelerator)
+    stats = {key: torch.stack([s[key] for s in per_batch]).mean() for key in per_batch[0]}
+    skipped = skip_if_nonfinite(trained, optimizer, stats, accelerator)
     optimizer.step()
-    return {key: torch.stack([s[key] for s in stats]).mean() for key in stats[0]}
+    return stats, skipped
+
+
+def make_loader(dataset: CaptionedDataset, config: Config, step: int, accelerator):
+    """An endless iterator of this process's micro-batches, from `step` on (the same order after a resume)."""
+    t = config.train
+    sampler = StepSampler(len(dataset), batch_size=t.batch_size, seed=t.seed, start_step=step * t.grad_accum,
+                          num_processes=accelerator.num_processes, process_index=accelerator.process_index)
+    return iter(DataLoader(dataset, batch_size=t.batch_size, sampler=sampler, num_workers=config.data.num_workers,
+                           persistent_workers=config.data.num_workers > 0,
+                           pin_memory=accelerator.device.type == "cuda",
+                           generator=torch.Generator().manual_seed(t.seed)))  # keeps the global RNG untouched
+
+
+def restore_training_state(path: Path, modules: dict[str, torch.nn.Module], optimizers: dict[str, Any],
+                           config: Config, accelerator, lr_scale: float | None = None) -> dict[str, Any]:
+    """Load a state into the models and optimizers, this process's RNG, and the learning rates.
+
+    The learning rates are the config's times lr_scale (default: the state's own, lowered by earlier
+    rollbacks), so a lower train.lr_g given at --resume takes effect. -> state.json with lr_scale.
+    """
+    state, rng_states = load_training_state(path, modules=modules, optimizers=optimizers)
+    if len(rng_states) == accelerator.num_processes:
+        set_rng_state(rng_states[accelerator.process_index])
+    else:
+        torch.manual_seed(config.train.seed + 1 + state["step"] * accelerator.num_processes
+                          + accelerator.process_index)
+    state["lr_scale"] = state.get("lr_scale", 1.0) if lr_scale is None else lr_scale
+    for name, lr in (("opt_G", config.train.lr_g), ("opt_D", config.train.lr_d)):
+        for group in optimizers[name].param_groups:
+            group["lr"] = lr * state["lr_scale"]
+    return state
+
+
+def roll_back(out_dir: Path, modules: dict[str, torch.nn.Module], optimizers: dict[str, Any], config: Config,
+              accelerator, *, step: int, streak: int, rollbacks: int, lr_scale: float) -> dict[str, Any]:
+    """After `streak` skipped steps in a row: the newest complete checkpoint with lower learning rates.
+
+    Raises TrainingDiverged when train.max_rollbacks are used up or there is no checkpoint.
+    """
+    t = config.train
+    states = list_checkpoints(out_dir)
+    if rollbacks >= t.max_rollbacks or not states:
+        why = (f"after {rollbacks} rollback(s) (train.max_rollbacks={t.max_rollbacks})" if states else
+               f"and there is no complete checkpoint in {out_dir / 'checkpoints'} to roll back to")
+        raise TrainingDiverged(
+            f"training stopped at step {step}: {streak} step(s) in a row had a NaN or inf loss or gradient, {why}. "
+            f"Try lower learning rates (train.lr_g={t.lr_g * lr_scale:.3g} and train.lr_d={t.lr_d * lr_scale:.3g} "
+            "now), train.mixed_precision=no, or check the data (python -m cgan.data check DIR); then continue "
+            "with --resume latest")
+    state = restore_training_state(states[-1], modules, optimizers, config, accelerator,
+                                   lr_scale=lr_scale * t.rollback_lr_factor)
+    accelerator.print(f"warning: {streak} step(s) in a row up to step {step} were skipped (NaN or inf); rolled back "
+                      f"to {states[-1]} (step {state['step']}), learning rates x{state['lr_scale']:.3g}: "
+                      f"lr_g {t.lr_g * state['lr_scale']:.3g}, lr_d {t.lr_d * state['lr_scale']:.3g} "
+                      f"(rollback {rollbacks + 1} of at most {t.max_rollbacks})")
+    return state
 
 
 def check_output_dir(out_dir: Path, bytes_needed: int) -> None:
@@ -190,10 +283,17 @@ def check_output_dir(out_dir: Path, bytes_needed: int) -> None:
         probe.unlink()
     except OSError as err:
         raise ConfigError(f"--out {out_dir}: not writable ({err.strerror or err})") from err
+    check_free_space(out_dir, bytes_needed)
+
+
+def check_free_space(out_dir: Path, bytes_needed: int) -> None:
+    """Checked at start and before every checkpoint, so a full disk stops the run before a write fails."""
     free = shutil.disk_usage(out_dir).free
     if free < bytes_needed:
+        newest = list_checkpoints(out_dir)
+        kept = f"; the newest complete state is {newest[-1]}, continue with --resume latest" if newest else ""
         raise ConfigError(f"--out {out_dir}: {free / 2**20:.0f} MiB free, but a checkpoint and an exported "
-                          f"model need about {bytes_needed / 2**20:.0f} MiB")
+                          f"model need about {bytes_needed / 2**20:.0f} MiB{kept}")
 
 
 def sample_conditions(config: Config, dataset: CaptionedDataset) -> tuple[list[str], list[dict[str, Any]]]:
@@ -290,8 +390,10 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
 
     max_steps: stop after this many steps in this call (the run's length stays train.total_steps).
     """
+    from datetime import timedelta
+
     from accelerate import Accelerator
-    from accelerate.utils import gather_object
+    from accelerate.utils import InitProcessGroupKwargs, gather_object
 
     config.validate()
     t = config.train
@@ -299,7 +401,9 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
         raise ConfigError("train.mixed_precision: fp16 needs a GPU; on the CPU use bf16 or no")
     augment = parse_policy(t.augment)
     out_dir = Path(out_dir)
-    accelerator = Accelerator(mixed_precision=t.mixed_precision)
+    # A process that dies ends the run through the launcher; one that hangs, through this timeout.
+    accelerator = Accelerator(mixed_precision=t.mixed_precision,
+                              kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=t.dist_timeout_s))])
     device, is_main = accelerator.device, accelerator.is_main_process
 
     # Everything that can fail on bad input fails here, before the first step.
@@ -310,8 +414,6 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
     text_encoder = text_encoder.to(device)
     text_cache = TextEmbeddingCache(text_encoder, config.data.cache_dir)
     grid_prompts, grid_attrs = sample_conditions(config, dataset)
-    with accelerator.main_process_first():  # main encodes and writes the disk cache, the others read it
-        text_cache.precompute(dataset.all_captions() + grid_prompts)
 
     torch.manual_seed(t.seed)  # identical initial weights on every process
     G = Generator(schema=dataset.schema, **generator_kwargs(config, text_encoder.dim))
@@ -321,35 +423,40 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     for module in (G, D, G_ema):
         module.to(device, memory_format=memory_format)
-    opt_G = torch.optim.Adam(G.parameters(), lr=t.lr_g, betas=tuple(t.betas), eps=1e-8)
-    opt_D = torch.optim.Adam(D.parameters(), lr=t.lr_d, betas=tuple(t.betas), eps=1e-8)
+    # fused: its found_inf lets a non-finite step be skipped on the device (skip_if_nonfinite)
+    opt_G = torch.optim.Adam(G.parameters(), lr=t.lr_g, betas=tuple(t.betas), eps=1e-8, fused=True)
+    opt_D = torch.optim.Adam(D.parameters(), lr=t.lr_d, betas=tuple(t.betas), eps=1e-8, fused=True)
     num_params = sum(p.numel() for m in (G, D, G_ema) for p in m.parameters())
+    checkpoint_bytes = num_params * 4 * 3 + 2 ** 20  # weights + 2 Adam moments
     if is_main:
-        check_output_dir(out_dir, bytes_needed=num_params * 4 * 3 + 2 ** 20)  # weights + 2 Adam moments
-    accelerator.wait_for_everyone()
+        check_output_dir(out_dir, bytes_needed=checkpoint_bytes)
+        for line in remove_stale_temporaries(out_dir):  # before anything of this run is written
+            accelerator.print(line)
+    with accelerator.main_process_first():  # main encodes and writes the disk cache, the others read it
+        text_cache.precompute(dataset.all_captions() + grid_prompts)
+    opt_G, opt_D = accelerator.prepare(opt_G, opt_D)  # device placement and the fp16 grad scaler
+    modules = {"G": G, "D": D, "G_ema": G_ema}
+    optimizers = {"opt_G": opt_G, "opt_D": opt_D}
+    if accelerator.scaler is not None:
+        optimizers["scaler"] = accelerator.scaler
 
-    step, images_seen = 0, 0
+    step, images_seen, lr_scale = 0, 0, 1.0
     resume_path = resolve_resume(out_dir, resume)
     if resume_path is not None:
-        state, rng_states = load_training_state(resume_path, modules={"G": G, "D": D, "G_ema": G_ema},
-                                                optimizers={"opt_G": opt_G, "opt_D": opt_D})
-        step, images_seen = state["step"], state["images_seen"]
-        if len(rng_states) == accelerator.num_processes:
-            set_rng_state(rng_states[accelerator.process_index])
-        else:
-            torch.manual_seed(t.seed + 1 + step * accelerator.num_processes + accelerator.process_index)
-        accelerator.print(f"resumed from {resume_path} at step {step} ({images_seen} images seen)")
+        state = restore_training_state(resume_path, modules, optimizers, config, accelerator)
+        step, images_seen, lr_scale = state["step"], state["images_seen"], state["lr_scale"]
+        accelerator.print(f"resumed from {resume_path} at step {step} ({images_seen} images seen)"
+                          + (f", learning rates x{lr_scale:.3g} after earlier rollbacks" if lr_scale != 1 else ""))
+        if accelerator.num_processes > 1:
+            steps = gather_object([step])
+            if len(set(steps)) > 1:
+                raise CheckpointError(f"processes resumed at different steps {steps} from {resume_path}")
+            accelerator.print(f"all {accelerator.num_processes} processes resumed at step {step}")
     else:
         if resume == "latest":
             accelerator.print(f"--resume latest: no checkpoint in {out_dir}/checkpoints yet, starting fresh")
         torch.manual_seed(t.seed + 1 + accelerator.process_index)  # per-process noise, dropout and mismatches
-    opt_G, opt_D = accelerator.prepare(opt_G, opt_D)  # device placement and the fp16 grad scaler
-
-    sampler = StepSampler(len(dataset), batch_size=t.batch_size, seed=t.seed, start_step=step * t.grad_accum,
-                          num_processes=accelerator.num_processes, process_index=accelerator.process_index)
-    loader = iter(DataLoader(dataset, batch_size=t.batch_size, sampler=sampler, num_workers=config.data.num_workers,
-                             persistent_workers=config.data.num_workers > 0, pin_memory=device.type == "cuda",
-                             generator=torch.Generator().manual_seed(t.seed)))  # keeps the global RNG untouched
+    loader = make_loader(dataset, config, step, accelerator)
 
     writer = None
     if is_main:
@@ -364,10 +471,10 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
     def checkpoint(at_step: int) -> None:
         rng_states = gather_object([rng_state()])
         if is_main:
-            save_training_state(out_dir, step=at_step, images_seen=images_seen,
-                                modules={"G": G, "D": D, "G_ema": G_ema},
-                                optimizers={"opt_G": opt_G, "opt_D": opt_D}, rng_states=rng_states,
-                                keep_last=t.keep_last)
+            check_free_space(out_dir, checkpoint_bytes)
+            save_training_state(out_dir, step=at_step, images_seen=images_seen, modules=modules,
+                                optimizers=optimizers, rng_states=rng_states, keep_last=t.keep_last,
+                                extra={"lr_scale": lr_scale})
             export_model(out_dir / "model", G_ema=G_ema, generator_kwargs=generator_kwargs(config, text_encoder.dim),
                          schema_dict=dataset.schema.to_dict(),
                          text_encoder={"name": text_encoder.name, "max_length": text_encoder.max_length},
@@ -382,7 +489,8 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
     progress = tqdm(total=last_step, initial=step, disable=not is_main, unit="step", dynamic_ncols=True,
                     file=sys.stdout)
     sums: dict[str, list[torch.Tensor]] = {}
-    window_start, window_images = time.perf_counter(), 0
+    window_start, window_images, window_skipped = time.perf_counter(), 0, 0
+    streak, rollbacks = 0, 0  # steps in a row with a skipped phase; rollbacks in this call
     while step < last_step:
         batches = [to_device_batch(next(loader), text_cache, config, device, memory_format)
                    for _ in range(t.grad_accum)]
@@ -392,8 +500,12 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
             phases.append((D, G, opt_D, r1_step))
         phases.append((G, D, opt_G, g_step))
         stats: dict[str, torch.Tensor] = {}
+        flags = []
         for trained, frozen, optimizer, step_fn in phases:
-            stats.update(run_phase(step_fn, trained, frozen, optimizer, batches, G, D, config, accelerator, augment))
+            phase_stats, flag = run_phase(step_fn, trained, frozen, optimizer, batches, G, D, config,
+                                          accelerator, augment)
+            stats.update(phase_stats)
+            flags.append(flag)
         images_seen += global_batch
         update_ema(G_ema, G, ema_beta(global_batch, images_seen, t.ema_kimg, t.ema_rampup))
         step += 1
@@ -402,10 +514,33 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
         for key, value in stats.items():
             sums.setdefault(key, []).append(value)
 
-        if step % t.log_every == 0 or step == last_step:  # the only host syncs of the loop
+        # The one host sync of a step outside logging: which phases were skipped as non-finite.
+        skipped = [phase[3].__name__ for phase, bad in zip(phases, torch.stack(flags).tolist()) if bad]
+        streak = streak + 1 if skipped else 0
+        window_skipped += len(skipped)
+        if skipped and is_main:
+            progress.write(f"warning: step {step}: NaN or inf loss or gradient in {', '.join(skipped)}; "
+                           f"optimizer step skipped ({streak} step(s) in a row, rollback at {t.nonfinite_patience})")
+        if streak >= t.nonfinite_patience:
+            state = roll_back(out_dir, modules, optimizers, config, accelerator, step=step, streak=streak,
+                              rollbacks=rollbacks, lr_scale=lr_scale)
+            rollbacks, streak = rollbacks + 1, 0
+            step, images_seen, lr_scale = state["step"], state["images_seen"], state["lr_scale"]
+            loader = make_loader(dataset, config, step, accelerator)
+            progress.n = step
+            progress.refresh()
+            if is_main:
+                with (out_dir / "metrics.jsonl").open("a") as handle:
+                    handle.write(json.dumps({"step": step, "images_seen": images_seen, "rollback": rollbacks,
+                                             "lr_g": t.lr_g * lr_scale, "lr_d": t.lr_d * lr_scale}) + "\n")
+            sums, window_start, window_images, window_skipped = {}, time.perf_counter(), 0, 0
+            continue
+
+        if step % t.log_every == 0 or step == last_step:  # the other host syncs of the loop
             elapsed = time.perf_counter() - window_start
             means = {k: float(torch.stack(v).mean()) for k, v in sums.items()}
             means["speed/images_per_s"] = window_images / max(elapsed, 1e-9)
+            means["nonfinite/skipped"] = window_skipped  # phases skipped in this window
             if is_main:
                 progress.set_postfix({"img/s": f"{means['speed/images_per_s']:.1f}",
                                       "D": f"{means['loss/D']:.3f}", "G": f"{means['loss/G']:.3f}"})
@@ -413,9 +548,7 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
                     writer.add_scalar(key, value, step)  # type: ignore[union-attr]
                 with (out_dir / "metrics.jsonl").open("a") as handle:
                     handle.write(json.dumps({"step": step, "images_seen": images_seen, **means}) + "\n")
-                if not all(math.isfinite(v) for v in means.values()):
-                    progress.write(f"warning: non-finite loss at step {step}: {means}")
-            sums, window_start, window_images = {}, time.perf_counter(), 0
+            sums, window_start, window_images, window_skipped = {}, time.perf_counter(), 0, 0
         if is_main and evaluator.due(step):
             metrics = evaluator(G_ema, step)
             for key, value in metrics.items():
@@ -425,13 +558,14 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
         if is_main and (step % t.sample_every == 0 or step == last_step):
             save_sample_grid(out_dir / "samples" / f"step_{step:08d}.png", G_ema, text_cache, dataset,
                              grid_prompts, grid_attrs, config, device)
-        if step % t.checkpoint_every == 0 or step == last_step:
+        if (step % t.checkpoint_every == 0 and streak == 0) or step == last_step:  # not a state that fails
             checkpoint(step)
     progress.close()
     if writer is not None:
         writer.close()
     if accelerator.num_processes > 1:  # the manual gradient all-reduce must keep every replica identical
-        checksums = gather_object([[float(sum(p.double().sum() for p in m.parameters())) for m in (G, D, G_ema)]])
+        checksums = gather_object([[float(sum(p.detach().double().sum() for p in m.parameters()))
+                                     for m in (G, D, G_ema)]])
         if any(c != checksums[0] for c in checksums):
             raise RuntimeError(f"processes diverged: weight checksums {checksums}")
         accelerator.print(f"weights identical on all {accelerator.num_processes} processes")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,13 @@ import torch
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def two_process_command(run: Path, *args: str) -> list[str]:
+    """train.py on the tiny config in 2 CPU processes (run with ACCELERATE_USE_CPU=true)."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+            str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "tiny.yaml"), "--out", str(run), *args]
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@ import json
 import math
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from cgan.checkpoint import list_checkpoints
 from cgan.cli import train_main
 from cgan.pipeline import CGANPipeline
 from cgan.training import train
-from conftest import ROOT
+from conftest import ROOT, two_process_command
 
 
 def test_train_writes_state_model_samples_and_resumes(tiny_config, tmp_path, minilm):
@@ -61,21 +60,28 @@ def test_cli_rejects_bad_input_before_training(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_two_processes_stay_in_sync_with_one_writer(tmp_path):
-    run = tmp_path / "run"
+def test_two_processes_stay_in_sync_with_one_writer_and_resume_exactly(tmp_path):
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-           str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "tiny.yaml"), "--out", str(run),
-           f"data.cache_dir={tmp_path / 'cache'}"]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "2 process(es)" in result.stdout
-    assert "weights identical on all 2 processes" in result.stdout
+
+    def launch(run, *args):
+        command = two_process_command(run, f"data.cache_dir={tmp_path / 'cache'}", "data.num_images=64", *args)
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "weights identical on all 2 processes" in result.stdout
+        return result.stdout
+
+    run, split = tmp_path / "run", tmp_path / "split"
+    assert "2 process(es)" in launch(run)
     state = json.loads((run / "checkpoints" / "step_00000004" / "state.json").read_text())
     assert state["images_seen"] == 4 * 8 * 2  # steps x batch x processes
     assert len(torch.load(run / "checkpoints" / "step_00000004" / "rng.pt", weights_only=True)["rng"]) == 2
     assert not list(run.rglob("*.tmp-*"))
+    # 2 steps, then a resume to 4: every process restarts at step 2 and ends where the straight run did.
+    launch(split, "--max-steps", "2")
+    assert "all 2 processes resumed at step 2" in launch(split, "--resume", "latest")
+    straight, resumed = (load_file(str(r / "model" / "G_ema.safetensors")) for r in (run, split))
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[key], resumed[key]) for key in straight)  # bitwise
 
 
 def test_evaluation_during_training_is_logged(tiny_config, tmp_path, minilm):

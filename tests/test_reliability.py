@@ -1,0 +1,520 @@
+"""Reliability (issue 6): crashes, non-finite steps, bad input, tampered files, a dying process.
+
+Faults are injected for real: SIGKILL on training subprocesses, NaN batches through
+`cgan.training.to_device_batch`, pickles that would run code, a full disk, a killed rank.
+"""
+import builtins
+import itertools
+import json
+import math
+import os
+import pickle
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+import types
+from datetime import timedelta
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cgan import training
+from cgan.checkpoint import (CheckpointError, list_checkpoints, load_training_state, remove_stale_temporaries,
+                             resolve_resume, save_training_state)
+from cgan.cli import sample_main, train_main
+from cgan.config import ConfigError, TextConfig, load_config
+from cgan.pipeline import CGANPipeline
+from cgan.text_encoder import FrozenTextEncoder
+from cgan.training import TrainingDiverged, train
+from conftest import ROOT, two_process_command
+
+TINY = str(ROOT / "configs" / "tiny.yaml")
+
+
+def rows(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def state_of(run, step):
+    folder = run / "checkpoints" / f"step_{step:08d}"
+    return (json.loads((folder / "state.json").read_text()),
+            torch.load(folder / "optimizers.pt", weights_only=True))
+
+
+def assert_all_finite(run, step):
+    for name in ("G", "D", "G_ema"):
+        for key, value in load_file(str(run / "checkpoints" / f"step_{step:08d}" / f"{name}.safetensors")).items():
+            assert torch.isfinite(value).all(), f"{name}.{key}"
+
+
+@pytest.fixture
+def poison(monkeypatch):
+    """poison(calls): the micro-batches whose (0-based) to_device_batch call number is in `calls` get NaN images."""
+    real = training.to_device_batch
+
+    def install(calls):
+        count = itertools.count()
+
+        def poisoned(*args, **kwargs):
+            batch = real(*args, **kwargs)
+            if next(count) in calls:
+                batch.images = torch.full_like(batch.images, math.nan)
+            return batch
+
+        monkeypatch.setattr(training, "to_device_batch", poisoned)
+    return install
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """One caption cache for the module: encoding the data set's captions is most of a tiny run's time."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def config(cache_dir):
+    return load_config(TINY, [f"data.cache_dir={cache_dir}", "data.num_images=64"])  # fewer captions to encode
+
+
+def tiny_modules():
+    torch.manual_seed(0)
+    modules = {"G": torch.nn.Linear(3, 2), "D": torch.nn.Linear(2, 1), "G_ema": torch.nn.Linear(3, 2)}
+    optimizers = {"opt_G": torch.optim.Adam(modules["G"].parameters()),
+                  "opt_D": torch.optim.Adam(modules["D"].parameters())}
+    return modules, optimizers
+
+
+def save_state(run, step, modules, optimizers, keep_last=5):
+    return save_training_state(run, step=step, images_seen=8 * step, modules=modules, optimizers=optimizers,
+                               rng_states=[{"cpu": torch.get_rng_state()}], keep_last=keep_last)
+
+
+# ----------------------------------------------------------------------------------------------
+# Non-finite guard
+
+
+def test_a_nan_batch_skips_its_step_and_training_goes_on(config, tmp_path, minilm, poison, capsys):
+    poison({2})  # step 3 (an R1 step): D and R1 see NaN images
+    run = tmp_path / "run"
+    train(config, run, text_encoder=minilm)
+    assert "warning: step 3: NaN or inf loss or gradient in d_step, r1_step; optimizer step skipped" \
+        in capsys.readouterr().out
+    assert [(r["step"], r["nonfinite/skipped"]) for r in rows(run)] == [(2, 0), (4, 2)]
+    state, optimizers = state_of(run, 4)
+    assert state["step"] == 4
+    # opt_D took 4 D steps + 2 R1 steps, less the 2 skipped; G was never skipped (D stayed finite).
+    assert float(optimizers["opt_D"]["state"][0]["step"]) == 4
+    assert float(optimizers["opt_G"]["state"][0]["step"]) == 4
+    assert_all_finite(run, 4)
+    assert math.isfinite(rows(run)[-1]["loss/G"])
+
+
+def test_nan_steps_in_a_row_roll_back_exactly_with_lower_lr(config, tmp_path, minilm, poison, capsys):
+    """The rolled-back run continues exactly like a resume from the checkpoint with halved learning rates."""
+    for key, value in {"total_steps": 6, "nonfinite_patience": 2, "log_every": 1}.items():
+        setattr(config.train, key, value)
+    poison({2, 3})  # steps 3 and 4 skipped -> back to step 2, lr x0.5; then the data is clean again
+    run = tmp_path / "run"
+    train(config, run, text_encoder=minilm)
+    out = capsys.readouterr().out
+    assert "rolled back to" in out and "(step 2), learning rates x0.5: lr_g 0.001, lr_d 0.001" in out
+    rollback = [r for r in rows(run) if "rollback" in r]
+    assert rollback == [{"step": 2, "images_seen": 16, "rollback": 1, "lr_g": 0.001, "lr_d": 0.001}]
+    assert [p.name for p in list_checkpoints(run)] == ["step_00000004", "step_00000006"]
+    state, optimizers = state_of(run, 6)
+    assert state["lr_scale"] == 0.5 and optimizers["opt_G"]["param_groups"][0]["lr"] == pytest.approx(1e-3)
+    assert_all_finite(run, 6)
+
+    poison(set())
+    reference = tmp_path / "reference"  # no poison: 2 steps, then a resume with halved learning rates
+    train(config, reference, max_steps=2, text_encoder=minilm)
+    config.train.lr_g, config.train.lr_d = 1e-3, 1e-3
+    train(config, reference, resume="latest", text_encoder=minilm)
+    a = load_file(str(run / "model" / "G_ema.safetensors"))
+    b = load_file(str(reference / "model" / "G_ema.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_nan_that_persists_stops_with_a_clear_error_and_resume_recovers(config, tmp_path, minilm, poison):
+    for key, value in {"total_steps": 6, "nonfinite_patience": 2, "max_rollbacks": 1}.items():
+        setattr(config.train, key, value)
+    poison(range(2, 10 ** 6))
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged) as caught:
+        train(config, run, text_encoder=minilm)
+    message = str(caught.value)
+    assert message.startswith("training stopped at step 4: 2 step(s) in a row had a NaN or inf loss or gradient, "
+                              "after 1 rollback(s) (train.max_rollbacks=1)")
+    for advice in ("train.lr_g=0.001 and train.lr_d=0.001 now", "train.mixed_precision=no",
+                   "python -m cgan.data check", "--resume latest"):
+        assert advice in message
+    assert [p.name for p in list_checkpoints(run)] == ["step_00000002"]  # nothing written from the bad steps
+    assert_all_finite(run, 2)
+    poison(set())  # the data fixed: the run continues from its last good state
+    train(config, run, resume="latest", text_encoder=minilm)
+    assert json.loads((run / "model" / "config.json").read_text())["step"] == 6
+    assert_all_finite(run, 6)
+
+
+def test_nan_with_no_checkpoint_to_roll_back_to_stops_the_cli(tmp_path, cache_dir, minilm, poison, monkeypatch,
+                                                              capsys):
+    monkeypatch.setattr(training, "FrozenTextEncoder", lambda *args, **kwargs: minilm)
+    poison(range(10 ** 6))
+    code = train_main(["--config", TINY, "--out", str(tmp_path / "run"), f"data.cache_dir={cache_dir}",
+                       "data.num_images=64", "train.nonfinite_patience=1"])
+    err = capsys.readouterr().err
+    assert code == 3
+    assert "error: training stopped at step 1: 1 step(s) in a row had a NaN or inf loss or gradient, and there is " \
+           f"no complete checkpoint in {tmp_path / 'run' / 'checkpoints'} to roll back to" in err
+
+
+def test_reliability_settings_are_validated():
+    assert load_config(TINY).train.nonfinite_patience >= 1
+    for override, message in (("train.nonfinite_patience=0", "train.nonfinite_patience: expected a positive"),
+                              ("train.rollback_lr_factor=0", r"train.rollback_lr_factor: expected a factor in \(0, 1\]"),
+                              ("train.max_rollbacks=-1", "train.max_rollbacks: expected 0 or more"),
+                              ("train.dist_timeout_s=0", "train.dist_timeout_s: expected a positive number")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(TINY, [override])
+
+
+# ----------------------------------------------------------------------------------------------
+# Crash-safe checkpoints
+
+
+def test_partial_folders_are_never_resumed_and_leftovers_are_cleared(tmp_path):
+    run = tmp_path / "run"
+    modules, optimizers = tiny_modules()
+    save_state(run, 1, modules, optimizers)
+    complete = save_state(run, 2, modules, optimizers)
+    # What SIGKILL leaves: a half-written state, a step folder without state.json (copied by hand, say),
+    # a half-written model, a model being replaced (between the two renames), a half-written sample grid.
+    partial = run / "checkpoints" / "step_00000003.tmp-4242"
+    partial.mkdir()
+    (partial / "G.safetensors").write_bytes((complete / "G.safetensors").read_bytes()[:100])
+    stateless = run / "checkpoints" / "step_00000004"
+    stateless.mkdir()
+    (stateless / "G.safetensors").write_bytes((complete / "G.safetensors").read_bytes())
+    (run / "model.tmp-4242").mkdir()
+    (run / "model.old-4242").mkdir()
+    (run / "model.old-4242" / "config.json").write_text("{}")
+    (run / "samples").mkdir()
+    (run / "samples" / "step_00000003.png.tmp-4242").write_bytes(b"\x89PNG")
+
+    assert resolve_resume(run, "latest") == complete
+    actions = remove_stale_temporaries(run)
+    assert actions == [f"restored {run / 'model'} from model.old-4242, left by a run that was killed",
+                       f"removed {run / 'model.tmp-4242'}, left by a run that was killed",
+                       f"removed {partial}, left by a run that was killed",
+                       f"removed {run / 'samples' / 'step_00000003.png.tmp-4242'}, left by a run that was killed"]
+    assert (run / "model" / "config.json").is_file() and stateless.is_dir()  # not ours to judge: left alone
+    assert not list(run.rglob("*.tmp-*")) and not list(run.rglob("*.old-*"))
+    assert resolve_resume(run, "latest") == complete
+    with pytest.raises(CheckpointError, match="not a training state folder"):
+        resolve_resume(run, str(stateless))
+
+
+def test_keep_last_prunes_only_after_the_newer_state_is_complete(tmp_path, monkeypatch):
+    import cgan.checkpoint as checkpoint
+
+    run = tmp_path / "run"
+    modules, optimizers = tiny_modules()
+    save_state(run, 1, modules, optimizers, keep_last=1)
+    save_state(run, 2, modules, optimizers, keep_last=1)
+    assert [p.name for p in list_checkpoints(run)] == ["step_00000002"]
+    seen_at_publish = []
+    real_publish = checkpoint._publish_folder
+
+    def publish(tmp, final):
+        seen_at_publish.append(([p.name for p in list_checkpoints(run)], sorted(p.name for p in tmp.iterdir())))
+        real_publish(tmp, final)
+
+    monkeypatch.setattr(checkpoint, "_publish_folder", publish)
+    save_state(run, 3, modules, optimizers, keep_last=1)
+    assert seen_at_publish == [(["step_00000002"], ["D.safetensors", "G.safetensors", "G_ema.safetensors",
+                                                    "optimizers.pt", "rng.pt", "state.json"])]
+    assert [p.name for p in list_checkpoints(run)] == ["step_00000003"]
+
+    # A write that fails partway (a full disk): its temporary folder goes, and nothing is pruned.
+    real_save = checkpoint.torch.save
+
+    def full_disk(obj, path):
+        if path.name == "rng.pt":
+            raise OSError(28, "No space left on device")
+        real_save(obj, path)
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match=r"step_00000004: could not write the training state \(\[Errno 28\] "
+                                              r"No space left on device\); the newest complete state, .*"
+                                              r"step_00000003, is intact. Free disk space"):
+        save_state(run, 4, modules, optimizers, keep_last=1)
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000003"]
+
+
+SLOW_SAVE_TRAIN = """
+import sys, time
+import cgan.checkpoint as checkpoint
+real = checkpoint.save_file
+def slow(*args, **kwargs):  # widens the window in which a checkpoint is half-written
+    time.sleep(0.1)
+    real(*args, **kwargs)
+checkpoint.save_file = slow
+from cgan.cli import train_main
+raise SystemExit(train_main(sys.argv[1:]))
+"""
+
+
+def newest_step(run):
+    states = list_checkpoints(run)
+    return int(states[-1].name[5:]) if states else 0
+
+
+def logged_steps(run):
+    if not (run / "metrics.jsonl").is_file():
+        return [0]
+    return [0] + [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
+                  if line.endswith("}")]
+
+
+def wait_for(condition, process, timeout=600.0, interval=0.005):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, f"the training process ended early (exit {process.returncode})"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(interval)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_resume_latest(tmp_path, cache_dir):
+    run, total = tmp_path / "run", 12
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    rng = random.Random(6)
+    base = [sys.executable, "-c", SLOW_SAVE_TRAIN, "--config", TINY, "--out", str(run),
+            f"data.cache_dir={cache_dir}", "data.num_images=64", f"train.total_steps={total}", "train.checkpoint_every=1",
+            "train.log_every=1", "train.sample_every=1000"]
+    resumed_from, outputs = [], []
+    for attempt in range(4):
+        log = tmp_path / f"attempt{attempt}.log"
+        with log.open("w") as handle:
+            process = subprocess.Popen(base + (["--resume", "latest"] if attempt else []), env=env, cwd=tmp_path,
+                                       stdout=handle, stderr=subprocess.STDOUT)
+            try:
+                if attempt == 0:  # killed while a checkpoint is half-written
+                    wait_for(lambda: list((run / "checkpoints").glob("*.tmp-*")), process)
+                elif attempt < 3:  # killed at a random moment once it has made progress
+                    start = newest_step(run)
+                    wait_for(lambda: newest_step(run) > start, process)
+                    time.sleep(rng.uniform(0.0, 0.8))
+                else:
+                    assert process.wait(timeout=600) == 0, log.read_text()[-3000:]
+                if attempt < 3:
+                    assert process.poll() is None, "finished before it could be killed"
+                    process.send_signal(signal.SIGKILL)
+                    process.wait(timeout=30)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+        outputs.append(log.read_text())
+        if attempt == 0:
+            assert list((run / "checkpoints").glob("*.tmp-*")), "the kill did not land inside a checkpoint write"
+        if attempt:  # from the newest complete state, never a partial one
+            assert (f"resumed from {run / 'checkpoints' / f'step_{resumed_from[-1]:08d}'} at step {resumed_from[-1]}"
+                    if resumed_from[-1] else "no checkpoint in") in outputs[-1]
+        if attempt < 3:
+            # At most one checkpoint interval (1 step) is lost: the last logged step vs what a resume gets.
+            assert max(logged_steps(run)) - newest_step(run) <= 1
+            resumed_from.append(newest_step(run))
+    assert "left by a run that was killed" in outputs[1]
+    assert resumed_from == sorted(resumed_from)
+    assert json.loads((run / "checkpoints" / f"step_{total:08d}" / "state.json").read_text())["step"] == total
+    assert not list(run.rglob("*.tmp-*")) and not list(run.rglob("*.old-*"))
+    images = CGANPipeline.from_pretrained(run / "model").generate_tensor("a red circle", {"style": "flat"}, 2)
+    assert images.shape == (2, 3, 32, 32) and torch.isfinite(images).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input, failing early
+
+
+class DiskUsage:
+    """shutil.disk_usage with `free` bytes from the given list, one per call (the last one repeats)."""
+
+    def __init__(self, *free):
+        self.free, self.calls = list(free), 0
+
+    def __call__(self, path):
+        self.calls += 1
+        free = self.free[min(self.calls, len(self.free)) - 1]
+        return types.SimpleNamespace(total=2 ** 40, used=2 ** 40 - free, free=free)
+
+
+def test_not_enough_disk_fails_before_the_first_step(config, tmp_path, minilm, monkeypatch):
+    monkeypatch.setattr(training.shutil, "disk_usage", DiskUsage(2 ** 20))
+    run = tmp_path / "run"
+    with pytest.raises(ConfigError, match=rf"--out {re.escape(str(run))}: 1 MiB free, but a checkpoint and an "
+                                          r"exported model need about \d+ MiB$"):
+        train(config, run, text_encoder=minilm)
+    assert not (run / "checkpoints").exists() and not (run / "metrics.jsonl").exists()
+
+
+def test_disk_filling_up_during_training_stops_before_a_write(config, tmp_path, minilm, monkeypatch):
+    monkeypatch.setattr(training.shutil, "disk_usage", DiskUsage(2 ** 40, 2 ** 40, 2 ** 20))  # full at step 4
+    run = tmp_path / "run"
+    newest = re.escape(str(run / "checkpoints" / "step_00000002"))
+    with pytest.raises(ConfigError, match=rf"1 MiB free.*the newest complete state is {newest}, continue with "
+                                          "--resume latest"):
+        train(config, run, text_encoder=minilm)
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000002"]
+    monkeypatch.undo()
+    train(config, run, resume="latest", text_encoder=minilm)
+    assert newest_step(run) == 4
+
+
+def test_unsupported_resolution_is_named(tmp_path, capsys):
+    for resolution in (48, 1024):
+        with pytest.raises(ConfigError, match=f"data.resolution: expected one of 32, 64, 128, 256, got {resolution}"):
+            load_config(TINY, [f"data.resolution={resolution}"])
+    assert train_main(["--config", TINY, "--out", str(tmp_path / "run"), "data.resolution=1024"]) == 2
+    assert "error: data.resolution: expected one of 32, 64, 128, 256, got 1024" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Safe loading
+
+
+class WritesAFile:
+    """Unpickling this calls open(marker, "w"): arbitrary code, if a loader lets it run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (builtins.open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("name", ["optimizers.pt", "rng.pt"])
+def test_a_tampered_pickle_is_refused_and_never_runs(tmp_path, name):
+    run, marker = tmp_path / "run", tmp_path / "pwned"
+    modules, optimizers = tiny_modules()
+    folder = save_state(run, 1, modules, optimizers)
+    payload = {"opt_G": WritesAFile(marker), "opt_D": {}} if name == "optimizers.pt" else {"rng": [WritesAFile(marker)]}
+    torch.save(payload, folder / name)
+    with pytest.raises(CheckpointError, match=f"{folder}: optimizers.pt or rng.pt unreadable .*not written by cgan"):
+        load_training_state(folder, modules=modules, optimizers=optimizers)
+    assert not marker.exists()
+    pickle.loads(pickle.dumps(WritesAFile(marker))).close()  # the payload is live: an unsafe load runs it
+    assert marker.exists()
+
+
+def test_damaged_or_foreign_training_states_are_refused(tmp_path, config, minilm):
+    run = tmp_path / "run"
+    train(config, run, max_steps=2, text_encoder=minilm)
+    folder = run / "checkpoints" / "step_00000002"
+    weights = folder / "G.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=f"{weights}: not a readable safetensors file"):
+        train(config, run, resume="latest", text_encoder=minilm)
+    weights.write_bytes(data)
+    state = json.loads((folder / "state.json").read_text())
+    (folder / "state.json").write_text(json.dumps({**state, "format_version": 99}))
+    with pytest.raises(CheckpointError, match="training state format 99; this cgan reads format 1"):
+        train(config, run, resume="latest", text_encoder=minilm)
+    (folder / "state.json").write_text(json.dumps(state))
+    config.model.cond_dim = 64
+    with pytest.raises(CheckpointError, match="weights do not fit this model"):
+        train(config, run, resume="latest", text_encoder=minilm)
+
+
+def test_the_fp16_grad_scaler_is_saved_and_restored(tmp_path):
+    run = tmp_path / "run"
+    modules, optimizers = tiny_modules()
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    folder = save_state(run, 1, modules, {**optimizers, "scaler": scaler})
+    fresh = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    load_training_state(folder, modules=modules, optimizers={**optimizers, "scaler": fresh})
+    assert fresh.get_scale() == 1024.0
+    older = save_state(run, 2, modules, optimizers)  # a state without one still loads; the scale recalibrates
+    load_training_state(older, modules=modules, optimizers={**optimizers, "scaler": fresh})
+
+
+def test_remote_code_runs_only_when_asked(tmp_path, monkeypatch):
+    import inspect
+
+    assert TextConfig().trust_remote_code is False
+    assert inspect.signature(FrozenTextEncoder).parameters["trust_remote_code"].default is False
+    seen = []
+
+    def from_pretrained(model, **kwargs):
+        seen.append(kwargs["trust_remote_code"])
+        raise CheckpointError("stop here")
+
+    monkeypatch.setattr(CGANPipeline, "from_pretrained", from_pretrained)
+    assert sample_main(["--model", str(tmp_path), "--prompt", "x"]) == 2
+    assert sample_main(["--model", str(tmp_path), "--prompt", "x", "--trust-remote-code"]) == 2
+    assert seen == [False, True]
+
+
+# ----------------------------------------------------------------------------------------------
+# Several processes
+
+
+def test_the_process_group_gets_the_configured_timeout(config, tmp_path, minilm, monkeypatch):
+    import accelerate
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def accelerator(**kwargs):
+        seen.append(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(accelerate, "Accelerator", accelerator)
+    config.train.dist_timeout_s = 42
+    with pytest.raises(Stop):
+        train(config, tmp_path / "run", text_encoder=minilm)
+    (handler,) = seen[0]["kwargs_handlers"]
+    assert handler.timeout == timedelta(seconds=42)
+
+
+@pytest.mark.slow
+def test_a_killed_rank_ends_the_run_with_a_message(tmp_path, cache_dir):
+    run = tmp_path / "run"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    log = tmp_path / "launch.log"
+    with log.open("w") as handle:
+        launcher = subprocess.Popen(two_process_command(run, f"data.cache_dir={cache_dir}", "data.num_images=64",
+                                                        "train.total_steps=100000", "train.log_every=1"),
+                                    env=env, cwd=tmp_path, stdout=handle, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: (run / "metrics.jsonl").is_file(), launcher, timeout=300, interval=0.2)
+            workers = {}
+            for pid in os.listdir("/proc"):
+                try:
+                    if pid.isdigit() and int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1]) \
+                            == launcher.pid:
+                        environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+                        rank = [e[5:].decode() for e in environ if e.startswith(b"RANK=")]
+                        workers[int(rank[0])] = int(pid)
+                except (OSError, IndexError, ValueError):
+                    continue  # a process that ended meanwhile, or not a worker
+            assert sorted(workers) == [0, 1], workers
+            os.kill(workers[1], signal.SIGKILL)
+            start = time.monotonic()
+            code = launcher.wait(timeout=120)
+            took = time.monotonic() - start
+        finally:
+            if launcher.poll() is None:
+                launcher.kill()
+    out = log.read_text()
+    assert code != 0, out[-3000:]
+    assert "Root Cause" in out and re.search(r"rank\s*: 1 \(local_rank: 1\)", out) and "SIGKILL" in out, out[-3000:]
+    assert took < 120
