@@ -1,13 +1,15 @@
 """Fusion of the prompt and the attributes into one condition (the heart of cgan's design).
 
-`cross_attention`: learned condition queries attend over the context [null-prompt slot;
-text tokens; attribute tokens] through a few blocks of (cross-attention, MLP), each with a
-residual. The result is `cond_tokens` (B, Q, D) and a pooled `cond_vector` (B, D). The
-generator and discriminator attend over [cond_tokens; context tokens], so each image
-location can read the fused summary and the individual words and attributes.
+`concat` (the baseline): pooled text concatenated with the attribute tokens, then an MLP,
+gives the condition vector (B, D); its only token is that vector itself.
 
-`concat` (the baseline): pooled text concatenated with the attribute tokens, then an MLP;
-its only token is the condition vector itself.
+`cross_attention`: the same pooled path, plus learned condition queries that attend over the
+context [null-prompt slot; text tokens; attribute tokens] through a few blocks of
+(cross-attention, MLP), each with a residual. The result is `cond_tokens` (B, Q, D), whose
+mean (through a zero-initialised layer) is added to the condition vector. The generator and
+discriminator attend over [cond_tokens; context tokens], so each image location can read the
+fused summary and the individual words and attributes. At initialisation it is the baseline
+plus token-level attention that starts as the identity: what it adds is what it learns.
 """
 from __future__ import annotations
 
@@ -73,7 +75,10 @@ class Conditioner(nn.Module):
         self.num_queries = num_queries if fusion == "cross_attention" else 0  # fused tokens G and D attend to
         self.attr_embedder = AttributeEmbedder(schema=schema, dim=cond_dim)
         self.null_prompt = nn.Parameter(torch.randn(cond_dim))
+        # The pooled path, shared by both fusions: pooled text and attribute tokens -> MLP.
         self.pooled_proj = EqualLinear(text_dim, cond_dim)
+        self.mlp = nn.Sequential(EqualLinear((1 + self.num_attrs) * cond_dim, cond_dim, activation=True),
+                                 EqualLinear(cond_dim, cond_dim))
         if fusion == "cross_attention":
             self.text_proj = EqualLinear(text_dim, cond_dim)
             self.type_embedding = nn.Parameter(torch.randn(3, cond_dim))  # null-prompt, text, attribute
@@ -81,10 +86,7 @@ class Conditioner(nn.Module):
             self.blocks = nn.ModuleList(FusionBlock(cond_dim, num_heads) for _ in range(num_layers))
             self.norm_out = nn.LayerNorm(cond_dim)
             self.pool = EqualLinear(cond_dim, cond_dim)
-            self.norm_direct = nn.LayerNorm(cond_dim)
-        else:
-            self.mlp = nn.Sequential(EqualLinear((1 + self.num_attrs) * cond_dim, cond_dim, activation=True),
-                                     EqualLinear(cond_dim, cond_dim))
+            nn.init.zeros_(self.pool.weight)  # starts as the pooled path alone; learns what fusion adds
 
     def forward(self, text: TextEncoding, prompt_present: torch.Tensor, attr_index: torch.Tensor,
                 attr_value: torch.Tensor, attr_present: torch.Tensor, return_attention: bool = False) -> Condition:
@@ -93,9 +95,9 @@ class Conditioner(nn.Module):
         prompt_present = prompt_present.to(torch.bool)
         null_prompt = repeat(self.null_prompt, "d -> b 1 d", b=batch)
         pooled = torch.where(prompt_present[:, None], self.pooled_proj(text.text_pooled), null_prompt[:, 0])  # (B, D)
+        flat = torch.cat([pooled, rearrange(attr_tokens, "b a d -> b (a d)")], dim=-1)  # (B, (1 + A) * D)
+        cond_vector = self.mlp(flat)  # (B, D)
         if self.fusion == "concat":
-            flat = torch.cat([pooled, rearrange(attr_tokens, "b a d -> b (a d)")], dim=-1)
-            cond_vector = self.mlp(flat)  # (B, D)
             tokens = cond_vector[:, None]  # (B, 1, D)
             return Condition(cond_vector, tokens, torch.ones(batch, 1, dtype=torch.bool, device=tokens.device))
 
@@ -110,10 +112,9 @@ class Conditioner(nn.Module):
         for block in self.blocks:
             queries, weights = block(queries, context, context_mask, return_attention)
         cond_tokens = self.norm_out(queries)  # (B, Q, D)
-        # Pooled fused tokens plus a direct path (pooled text + attributes), so the condition
-        # differs between prompts from the first step, before the queries have learned to attend.
-        direct = self.norm_direct(pooled + attr_tokens.mean(dim=1))  # (B, D)
-        cond_vector = self.pool(cond_tokens.mean(dim=1)) + direct  # (B, D)
+        # The pooled path plus the fused tokens: the condition differs between prompts from the
+        # first step, before the queries have learned to attend.
+        cond_vector = cond_vector + self.pool(cond_tokens.mean(dim=1))  # (B, D)
         attn_tokens = torch.cat([cond_tokens, context], dim=1)  # (B, Q + 1 + T + A, D)
         attn_mask = torch.cat([torch.ones_like(cond_tokens[..., 0], dtype=torch.bool), context_mask], dim=1)
         return Condition(cond_vector, attn_tokens, attn_mask, weights)
