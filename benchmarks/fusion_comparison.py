@@ -121,11 +121,21 @@ def main() -> None:
     parser.add_argument("--num", type=int, default=500, help="faithfulness records per set (seen, held-out)")
     parser.add_argument("--fid-num", type=int, default=1000, help="images for FID (0 = skip)")
     parser.add_argument("--out", default="docs/fusion_comparison", help="writes OUT.json and OUT.png")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep a model's numbers from an earlier OUT.json when model, step and N match")
     args = parser.parse_args()
     models = dict(item.split("=", 1) for item in args.model)
     pipes = {name: CGANPipeline.from_pretrained(path) for name, path in models.items()}
+    out = Path(args.out)
+    earlier = json.loads(out.with_suffix(".json").read_text())["models"] if args.reuse else {}
     results: dict[str, dict] = {}
     for name, path in models.items():
+        old = earlier.get(name, {})
+        if (old.get("model"), old.get("step"), old.get("faithfulness", {}).get("num"), old.get("fid", {}).get("num")) \
+                == (path, pipes[name].meta.get("step"), args.num, args.fid_num or None):
+            print(f"{name}: reusing the numbers in {out.with_suffix('.json')}")
+            results[name] = old
+            continue
         start = time.time()
         entry = {"model": path, "step": pipes[name].meta.get("step"), "images_seen": pipes[name].meta.get("images_seen")}
         entry["faithfulness"] = evaluate_faithfulness(pipes[name], num=args.num)
@@ -157,7 +167,6 @@ def main() -> None:
         print(f"{key + ' (real ' + format(results_real['diversity'][key], '.2f') + ')':<22}"
               + "".join(f"{r['diversity'][key]:>18.2f}" for r in results.values()))
 
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     (out.with_suffix(".json")).write_text(json.dumps({"models": results, "real": results_real}, indent=2))
     chart, panel = bar_chart(results, fields), samples_panel(pipes)

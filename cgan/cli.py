@@ -84,7 +84,8 @@ def save_image(path: Path, image) -> None:
 
 def sample_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Generate images from a prompt and style attributes.")
-    parser.add_argument("--model", required=True, help="exported model folder (e.g. runs/NAME/model)")
+    parser.add_argument("--model", default="shapes64",
+                        help="exported model folder (e.g. runs/NAME/model) or a shipped model name (default: shapes64)")
     parser.add_argument("--prompt", default=None, help="text prompt")
     parser.add_argument("--attr", action="append", default=[], help="attribute as name=value (repeatable)")
     parser.add_argument("--num", type=int, default=16,

