@@ -1,0 +1,160 @@
+"""Sampling speed: images/s at several batch sizes, single-image latency, and the text encoder's cost.
+
+    python benchmarks/sample_speed.py [--resolutions 64 128] [--batches 1 16 64] [--reps 3]
+                                      [--variants fp32 fp32-nchw bf16]
+
+The generator is shapes.yaml's, randomly initialised at each resolution (speed does not depend on
+what the weights have learned), in eval mode as an exported model is used: `cgan.pipeline.generate`
+(caption-cache lookup, attribute encoding, one z per seed, fusion, mapping, synthesis), output
+tensors without the PIL conversion. Variants: fp32 with channels_last (fp32), fp32 in the default
+layout (fp32-nchw: what CGANPipeline did before it moved G to channels_last), bf16 autocast with
+channels_last (bf16). Each resolution runs in its own subprocess (peak memory: ru_maxrss of that
+process); inside it the variants and batch sizes alternate for --reps rounds; figures are medians,
+by CPU time of the process (stable under contention with --threads 1) and by wall time.
+
+Text encoder (MiniLM, the frozen encoder of every config): per prompt uncached (one prompt; and
+64 distinct prompts in one call, per prompt) and cached (a lookup in TextEmbeddingCache).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_utils as bu  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+VARIANTS = {"fp32": (torch.float32, True), "fp32-nchw": (torch.float32, False), "bf16": (torch.bfloat16, True),
+            "bf16-nchw": (torch.bfloat16, False)}
+
+
+def worker(args) -> dict[str, Any]:
+    from cgan.config import load_config
+    from cgan.data.shapes import SCHEMA
+    from cgan.attributes import AttributeSchema
+    from cgan.data import ShapesDataset
+    from cgan.generator import Generator
+    from cgan.pipeline import generate
+    from cgan.text_encoder import FrozenTextEncoder, TextEmbeddingCache
+    from cgan.training import generator_kwargs
+
+    resolution = args.worker
+    config = load_config(REPO / "configs" / "shapes.yaml", [f"data.resolution={resolution}"])
+    encoder = FrozenTextEncoder(config.text.encoder, max_length=config.text.max_length)
+    cache = TextEmbeddingCache(encoder)
+    schema = AttributeSchema.from_dict(SCHEMA)
+    torch.manual_seed(0)
+    G = Generator(schema=schema, **generator_kwargs(config, encoder.dim)).eval().requires_grad_(False)
+    params = sum(p.numel() for p in G.parameters())
+    data = ShapesDataset(num_images=max(args.batches), resolution=resolution)
+    prompts = [data.record(i)["captions"][0] for i in range(max(args.batches))]
+    attrs = [data.record(i)["attributes"] for i in range(max(args.batches))]
+    cache.precompute(prompts)
+    rss_built = bu.current_rss_mib()
+
+    class AutocastG(torch.nn.Module):
+        """G under bf16 autocast. Only G: TextEmbeddingCache.__call__ stacks its float16 rows, which
+        CPU autocast rejects ("Unexpected floating ScalarType in at::autocast::prioritize")."""
+
+        def __init__(self, G):
+            super().__init__()
+            self.G, self.z_dim = G, G.z_dim
+
+        def forward(self, *args, **kwargs):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return self.G(*args, **kwargs)
+
+    G_bf16 = AutocastG(G)
+
+    def sample(batch: int, dtype: torch.dtype) -> torch.Tensor:
+        model = G_bf16 if dtype == torch.bfloat16 else G
+        return generate(model, cache, schema, prompts[:batch], attrs[:batch], list(range(batch)))
+
+    with bu.count_flops() as counter:
+        sample(1, torch.float32)
+    gflop_image = counter.get_total_flops() / 1e9
+
+    times: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    peaks: list[tuple[float, float]] = []
+    for rep in range(args.reps):
+        peaks.append((bu.matmul_peak(torch.float32), bu.matmul_peak(torch.float32, cpu_time=True)))
+        for variant in args.variants:
+            dtype, channels_last = VARIANTS[variant]
+            G.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+            for batch in args.batches:
+                if rep == 0:
+                    sample(batch, dtype)  # warm-up
+                repeats = 3 if batch <= 16 else 1
+                times.setdefault((variant, batch), []).extend(bu.clock_seconds(lambda: sample(batch, dtype))
+                                                              for _ in range(repeats))
+
+    # text encoder: uncached (the model runs) and cached (a dictionary lookup) per prompt
+    fresh = [f"a prompt never seen before number {i}" for i in range(64)]
+    encoder([fresh[0]])  # warm-up
+    cpu = 1  # CPU time of this process: stable under contention with one thread
+    one = bu.median([bu.clock_seconds(lambda i=i: encoder([fresh[i]]))[cpu] for i in range(1, 6)])
+    many = bu.clock_seconds(lambda: encoder(fresh))[cpu]
+    lookup = TextEmbeddingCache(encoder)
+    lookup.precompute(fresh)
+    cached_one = bu.median([bu.clock_seconds(lambda: lookup([fresh[0]]))[cpu] for _ in range(20)])
+    cached_many = bu.median([bu.clock_seconds(lambda: lookup(fresh))[cpu] for _ in range(5)])
+    return {"resolution": resolution, "G_params": params, "gflop_per_image": gflop_image,
+            "rss_built_mib": rss_built, "peak_rss_mib": bu.peak_rss_mib(),
+            "peak_fp32_gflops": {"wall": bu.median([p[0] for p in peaks]), "cpu": bu.median([p[1] for p in peaks])},
+            "seconds": {clock: {f"{v}/{b}": bu.median([x[i] for x in t]) for (v, b), t in times.items()}
+                        for i, clock in enumerate(("wall", "cpu"))},
+            "text_ms_per_prompt": {"uncached, 1 prompt": 1000 * one, "uncached, 64 prompts per call": 1000 * many / 64,
+                                   "cached, 1 prompt": 1000 * cached_one,
+                                   "cached, 64 prompts per call": 1000 * cached_many / 64}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--resolutions", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--variants", nargs="+", default=["fp32", "fp32-nchw", "bf16"], choices=sorted(VARIANTS))
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--threads", type=int, help="torch intra-op threads in the workers (default: torch's)")
+    parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    bu.set_threads(args.threads)
+    if args.worker:
+        print("RESULT " + json.dumps(worker(args)), flush=True)
+        return
+    print(bu.environment_line())
+    for resolution in args.resolutions:
+        cmd = [sys.executable, __file__, "--worker", str(resolution), "--reps", str(args.reps),
+               "--batches", *map(str, args.batches), "--variants", *args.variants] + \
+            (["--threads", str(args.threads)] if args.threads else [])
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            raise SystemExit(f"{resolution} px: worker failed (exit {proc.returncode})")
+        r = json.loads(lines[-1][7:])
+        print(f"\n== {resolution} px: G {r['G_params'] / 1e6:.2f}M params, {r['gflop_per_image']:.3f} GFLOP per image; "
+              f"RSS after build {r['rss_built_mib']:.0f} MiB, peak {r['peak_rss_mib']:.0f} MiB "
+              f"({time.perf_counter() - start:.0f} s)")
+        print(f"{'':<17}{'-- by CPU time --':>34}  {'-- by wall time --':>28}")
+        print(f"{'variant':<11}{'batch':>6}{'img/s':>9}{'ms/batch':>10}{'GFLOP/s':>9}{'util':>6}"
+              f"{'img/s':>9}{'ms/batch':>10}{'util':>6}")
+        peak_cpu, peak_wall = r["peak_fp32_gflops"]["cpu"], r["peak_fp32_gflops"]["wall"]
+        for key, seconds in r["seconds"]["cpu"].items():
+            variant, batch = key.split("/")
+            wall = r["seconds"]["wall"][key]
+            gflops, gflops_wall = r["gflop_per_image"] * int(batch) / seconds, r["gflop_per_image"] * int(batch) / wall
+            print(f"{variant:<11}{batch:>6}{int(batch) / seconds:>9.1f}{1000 * seconds:>10.1f}{gflops:>9.0f}"
+                  f"{gflops / peak_cpu:>6.0%}{int(batch) / wall:>9.1f}{1000 * wall:>10.1f}{gflops_wall / peak_wall:>6.0%}")
+        print(f"fp32 matmul peak: {peak_cpu:.0f} GFLOP per CPU-second, {peak_wall:.0f} GFLOP/s wall")
+        print("text encoder, CPU ms per prompt: " + ", ".join(f"{k} {v:.3f}" for k, v in r["text_ms_per_prompt"].items()))
+
+
+if __name__ == "__main__":
+    main()
