@@ -1,9 +1,10 @@
 """cgan against the public peer gigagan-pytorch 0.3.0, side by side in one run, at 64 px and matched size.
 
     python benchmarks/peer_compare.py [--peer-python /work/peer-venv/bin/python] [--batch 4] [--reps 2]
-                                      [--sample-batch 16] [--flops]
+                                      [--sample-batch 16] [--threads 1] [--flops]
 
-The peer lives in its own virtual environment (it pins packages cgan does not want); make it once:
+The peer lives in its own virtual environment (it pulls open-clip-torch, kornia, timm, ema-pytorch
+and more that cgan does not need); make it once:
 
     python3 -m venv /work/peer-venv
     echo /work/venv/lib/python3.11/site-packages > /work/peer-venv/lib/python3.11/site-packages/zz_cgan.pth
@@ -13,8 +14,10 @@ The peer lives in its own virtual environment (it pins packages cgan does not wa
 the peer's own dependencies into /work/peer-venv and leaves cgan's environment untouched).
 
 Each side runs in its own subprocess, A, B, A, B for --reps rounds, so contention from other jobs
-hits both alike; figures are medians, ratios are cgan / peer. Peak memory: ru_maxrss of each
-subprocess (the whole process: Python, torch, models, optimizer state, activations).
+hits both alike; figures are medians, ratios are cgan / peer, by wall time and by the CPU time of
+each process (on a machine shared with other jobs use --threads 1: then CPU time is the cost of the
+work on a core of its own, see train_speed.py). Peak memory: ru_maxrss of each subprocess (the whole
+process: Python, torch, models, optimizer state, activations).
 
 The peer, as configured here (G 8.9M, D 16.1M parameters; FACTS.md measured a peer at 8.5M / 16.0M):
   * Its text encoder wants CLIP weights that cannot be downloaded here. It is fed text encodings
