@@ -83,6 +83,7 @@ class TrainConfig:
     ema_rampup: float = 0.05  # half-life ramps up as images_seen * rampup (None-like: 0 = off)
     mixed_precision: str = "no"  # no | bf16 | fp16
     channels_last: bool = True
+    compile: bool = False  # torch.compile G and D for the D and G phases (R1 keeps eager D): slow to compile
     log_every: int = 50
     sample_every: int = 1000
     checkpoint_every: int = 1000

@@ -422,6 +422,9 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     for module in (G, D, G_ema):
         module.to(device, memory_format=memory_format)
+    # train.compile: compiled views of G and D (same weights) for the D and G phases; R1 keeps the eager
+    # D (compiled graphs have no double backward); optimizers and checkpoints use G and D themselves.
+    G_run, D_run = (torch.compile(G), torch.compile(D)) if t.compile else (G, D)
     # fused: its found_inf lets a non-finite step be skipped on the device (skip_if_nonfinite)
     opt_G = torch.optim.Adam(G.parameters(), lr=t.lr_g, betas=tuple(t.betas), eps=1e-8, fused=True)
     opt_D = torch.optim.Adam(D.parameters(), lr=t.lr_d, betas=tuple(t.betas), eps=1e-8, fused=True)
@@ -501,8 +504,8 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
         stats: dict[str, torch.Tensor] = {}
         flags = []
         for trained, frozen, optimizer, step_fn in phases:
-            phase_stats, flag = run_phase(step_fn, trained, frozen, optimizer, batches, G, D, config,
-                                          accelerator, augment)
+            phase_stats, flag = run_phase(step_fn, trained, frozen, optimizer, batches, G_run,
+                                          D if step_fn is r1_step else D_run, config, accelerator, augment)
             stats.update(phase_stats)
             flags.append(flag)
         images_seen += global_batch
