@@ -13,6 +13,10 @@ import torch.nn.functional as F
 from einops import rearrange
 
 LRELU_GAIN = math.sqrt(2.0)
+# Every `leaky_relu(y) * LRELU_GAIN` below is computed as `leaky_relu_(LRELU_GAIN * y)`, the gain folded
+# into the scalars already applied to the weight and bias: the same function (leaky ReLU is positively
+# homogeneous), one pass over the activation less forward and backward, and in place on a fresh result
+# that no backward needs. 1.1-1.2x faster training on the shapes config (benchmarks/fused_activation.py).
 
 
 class EqualLinear(nn.Module):
@@ -28,9 +32,10 @@ class EqualLinear(nn.Module):
         self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = self.bias * self.lr_mul if self.bias is not None else None
-        x = F.linear(x, self.weight * self.weight_gain, bias)
-        return F.leaky_relu(x, 0.2) * LRELU_GAIN if self.activation else x
+        gain = LRELU_GAIN if self.activation else 1.0
+        bias = self.bias * (self.lr_mul * gain) if self.bias is not None else None
+        x = F.linear(x, self.weight * (self.weight_gain * gain), bias)
+        return F.leaky_relu(x, 0.2, inplace=True) if self.activation else x
 
 
 class EqualConv2d(nn.Module):
@@ -46,8 +51,10 @@ class EqualConv2d(nn.Module):
         self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.conv2d(x, self.weight * self.weight_gain, self.bias, padding=self.padding)
-        return F.leaky_relu(x, 0.2) * LRELU_GAIN if self.activation else x
+        gain = LRELU_GAIN if self.activation else 1.0
+        bias = self.bias * gain if self.bias is not None and self.activation else self.bias
+        x = F.conv2d(x, self.weight * (self.weight_gain * gain), bias, padding=self.padding)
+        return F.leaky_relu(x, 0.2, inplace=True) if self.activation else x
 
 
 class ModulatedConv2d(nn.Module):
@@ -73,13 +80,16 @@ class ModulatedConv2d(nn.Module):
         weight = self.weight * self.weight_gain  # (out, in, k, k)
         x = x * styles[:, :, None, None].to(x.dtype)
         x = F.conv2d(x, weight.to(x.dtype), padding=self.padding)
+        gain = LRELU_GAIN if self.activation else 1.0
+        bias = (self.bias * gain)[None, :, None, None].to(x.dtype)
         if self.demodulate:
             # (B, in) @ (in, out): the norm each sample's modulated weight would have per output channel
             weight_sq = weight.square().sum(dim=(2, 3)).t()  # (in, out)
-            demod = (styles.square() @ weight_sq + 1e-8).rsqrt()  # (B, out)
-            x = x * demod[:, :, None, None].to(x.dtype)
-        x = x + self.bias[None, :, None, None].to(x.dtype)
-        return F.leaky_relu(x, 0.2) * LRELU_GAIN if self.activation else x
+            demod = (styles.square() @ weight_sq + 1e-8).rsqrt() * gain  # (B, out), with the activation gain
+            x = torch.addcmul(bias, x, demod[:, :, None, None].to(x.dtype))  # demodulation and bias in one pass
+        else:
+            x = x * gain + bias if self.activation else x + bias
+        return F.leaky_relu(x, 0.2, inplace=True) if self.activation else x
 
 
 class Attention(nn.Module):

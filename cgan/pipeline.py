@@ -98,7 +98,9 @@ class CGANPipeline:
 
     def __init__(self, G: Generator, text_encoder: FrozenTextEncoder, schema: AttributeSchema, meta: dict[str, Any],
                  device: torch.device | str = "cpu"):
-        self.G, self.text_encoder, self.schema, self.meta = G.eval().to(device), text_encoder.to(device), schema, meta
+        # channels_last: 1.2-1.4x faster sampling on the CPU (benchmarks/sample_speed.py), as in training
+        G = G.eval().to(device, memory_format=torch.channels_last)
+        self.G, self.text_encoder, self.schema, self.meta = G, text_encoder.to(device), schema, meta
         self.device = torch.device(device)
         self.text_cache = TextEmbeddingCache(text_encoder)
         self.prompt_dropout = float(meta.get("prompt_dropout", 0.0))

@@ -39,7 +39,7 @@ def test_same_seed_same_images_and_round_trip(model_dir, shapes_schema):
     weights = load_file(str(model_dir / "G_ema.safetensors"))
     G = Generator(schema=shapes_schema, **tiny_model_kwargs())
     G.load_state_dict(weights)
-    pipe.G = G.eval()
+    pipe = CGANPipeline(G, pipe.text_encoder, pipe.schema, pipe.meta)  # placed (channels_last) as from_pretrained
     assert torch.equal(pipe.generate_tensor("a red circle", {"style": "outline", "size": 0.7}, 3, 5), a)
 
 
