@@ -73,6 +73,12 @@ def real_diversity(resolution: int, num: int = 200) -> dict[str, float]:
     return spread(images)
 
 
+def field_value(entry: dict, part: str, key: str) -> float | None:
+    """A per-field accuracy (shape, color, ...) or an all-correct rate of one set (seen / heldout)."""
+    scores = entry["faithfulness"][part]
+    return scores["accuracy"][key] if key in scores["accuracy"] else scores.get(key)
+
+
 def bar_chart(results: dict[str, dict], fields: list[tuple[str, str, str]], width: int = 900) -> Image.Image:
     """Grouped bars: one group per (part, key) field, one bar per model, values in [0, 1]."""
     colours = [(52, 101, 164), (204, 102, 0), (78, 154, 6), (117, 80, 123)]
@@ -91,8 +97,7 @@ def bar_chart(results: dict[str, dict], fields: list[tuple[str, str, str]], widt
     for g, (label, part, key) in enumerate(fields):
         x0 = left + g * group_w + group_w * 0.1
         for m, name in enumerate(names):
-            value = results[name]["faithfulness"][part]
-            value = value["accuracy"].get(key) if key in value.get("accuracy", {}) else value.get(key)
+            value = field_value(results[name], part, key)
             if value is None:
                 continue
             x = x0 + m * bar_w
@@ -157,8 +162,7 @@ def main() -> None:
     for label, part, key in fields:
         cells = []
         for name in results:
-            value = results[name]["faithfulness"][part]
-            value = value["accuracy"].get(key) if key in value["accuracy"] else value.get(key)
+            value = field_value(results[name], part, key)
             cells.append(f"{value:>18.3f}" if value is not None else f"{'-':>18}")
         print(f"{label + ' (' + part + ')':<22}" + "".join(cells))
     if args.fid_num:
