@@ -6,9 +6,11 @@ the work they are compared with, so a machine shared with other jobs skews both 
 """
 from __future__ import annotations
 
+import json
 import os
 import resource
 import statistics
+import subprocess
 import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -25,6 +27,31 @@ def set_threads(num_threads: int | None) -> None:
     with other jobs, 1 thread avoids OpenMP workers spinning at barriers while the other is descheduled."""
     if num_threads:
         torch.set_num_threads(num_threads)
+
+
+RESULT_PREFIX = "RESULT "
+
+
+def emit_result(result: dict) -> None:
+    """A worker subprocess's answer to its parent: one line on stdout (see run_worker)."""
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+def run_worker(cmd: list[str], label: str, cwd: str | os.PathLike | None = None, env: dict[str, str] | None = None,
+               echo: bool = False) -> dict:
+    """Run a benchmark worker (a fresh process: its own peak memory, its own thread setting) and return
+    the dict it emitted. echo: print its other stdout lines. On failure, show its output and exit."""
+    proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    result = None
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_PREFIX):
+            result = json.loads(line[len(RESULT_PREFIX):])
+        elif echo:
+            print(line)
+    if proc.returncode or result is None:
+        print(proc.stdout[-3000:], proc.stderr[-3000:])
+        raise SystemExit(f"{label}: worker failed (exit {proc.returncode})")
+    return result
 
 
 def median(values: list[float]) -> float:

@@ -40,8 +40,6 @@ cached text encodings on both sides.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -240,11 +238,7 @@ def run(python: str, args, side: str, pool: Path, flops: bool = False) -> dict[s
            "--sample-batch", str(args.sample_batch), "--cgan-steps", str(args.cgan_steps)] + (["--flops"] if flops else []) + \
         (["--threads", str(args.threads)] if args.threads else [])
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    result = next((json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")), None)
-    if proc.returncode or result is None:
-        print(proc.stdout[-3000:], proc.stderr[-3000:])
-        raise SystemExit(f"{side} worker failed (exit {proc.returncode})")
+    result = bu.run_worker(cmd, side, cwd=REPO)
     result["wall_s"] = time.perf_counter() - start
     return result
 
@@ -265,7 +259,7 @@ def main() -> None:
     bu.set_threads(args.threads)
     if args.worker:
         result = (cgan_worker if args.worker == "cgan" else peer_worker)(args)
-        print("RESULT " + json.dumps(result), flush=True)
+        bu.emit_result(result)
         return
     print(bu.environment_line())
     pool = Path(tempfile.mkdtemp(prefix="peer-pool-")) / "pool.pt"

@@ -7,8 +7,9 @@ The generator is shapes.yaml's, randomly initialised at each resolution (speed d
 what the weights have learned), in eval mode as an exported model is used: `cgan.pipeline.generate`
 (caption-cache lookup, attribute encoding, one z per seed, fusion, mapping, synthesis), output
 tensors without the PIL conversion. Variants: fp32 with channels_last (fp32), fp32 in the default
-layout (fp32-nchw: what CGANPipeline did before it moved G to channels_last), bf16 autocast with
-channels_last (bf16). Each resolution runs in its own subprocess (peak memory: ru_maxrss of that
+layout (fp32-nchw: what CGANPipeline did before it moved G to channels_last), fp32 with the whole
+batch through G at once (fp32-unsplit: what generate() did before it split CPU batches into chunks of
+16), bf16 autocast around generate() with channels_last (bf16). Each resolution runs in its own subprocess (peak memory: ru_maxrss of that
 process); inside it the variants and batch sizes alternate for --reps rounds; figures are medians,
 by CPU time of the process (stable under contention with --threads 1) and by wall time.
 
@@ -18,8 +19,6 @@ Text encoder (MiniLM, the frozen encoder of every config): per prompt uncached (
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_utils as bu  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-VARIANTS = {"fp32": (torch.float32, True), "fp32-nchw": (torch.float32, False), "bf16": (torch.bfloat16, True),
-            "bf16-nchw": (torch.bfloat16, False)}
+# variant -> channels_last; "bf16*" runs generate() under bf16 autocast, "*unsplit" sends a whole batch
+# through G at once instead of generate()'s CPU split into chunks of CPU_MAX_BATCH
+VARIANTS = {"fp32": True, "fp32-nchw": False, "fp32-unsplit": True, "bf16": True, "bf16-nchw": False}
 
 
 def worker(args) -> dict[str, Any]:
@@ -59,26 +59,14 @@ def worker(args) -> dict[str, Any]:
     cache.precompute(prompts)
     rss_built = bu.current_rss_mib()
 
-    class AutocastG(torch.nn.Module):
-        """G under bf16 autocast. Only G: TextEmbeddingCache.__call__ stacks its float16 rows, which
-        CPU autocast rejects ("Unexpected floating ScalarType in at::autocast::prioritize")."""
-
-        def __init__(self, G):
-            super().__init__()
-            self.G, self.z_dim = G, G.z_dim
-
-        def forward(self, *args, **kwargs):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                return self.G(*args, **kwargs)
-
-    G_bf16 = AutocastG(G)
-
-    def sample(batch: int, dtype: torch.dtype) -> torch.Tensor:
-        model = G_bf16 if dtype == torch.bfloat16 else G
-        return generate(model, cache, schema, prompts[:batch], attrs[:batch], list(range(batch)))
+    def sample(batch: int, variant: str) -> torch.Tensor:
+        # fp32-unsplit: the whole batch through G at once (what generate() did before it split CPU batches)
+        max_batch = batch if variant.endswith("unsplit") else None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant.startswith("bf16")):
+            return generate(G, cache, schema, prompts[:batch], attrs[:batch], list(range(batch)), max_batch=max_batch)
 
     with bu.count_flops() as counter:
-        sample(1, torch.float32)
+        sample(1, "fp32")
     gflop_image = counter.get_total_flops() / 1e9
 
     times: dict[tuple[str, int], list[tuple[float, float]]] = {}
@@ -86,13 +74,12 @@ def worker(args) -> dict[str, Any]:
     for rep in range(args.reps):
         peaks.append((bu.matmul_peak(torch.float32), bu.matmul_peak(torch.float32, cpu_time=True)))
         for variant in args.variants:
-            dtype, channels_last = VARIANTS[variant]
-            G.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+            G.to(memory_format=torch.channels_last if VARIANTS[variant] else torch.contiguous_format)
             for batch in args.batches:
                 if rep == 0:
-                    sample(batch, dtype)  # warm-up
+                    sample(batch, variant)  # warm-up
                 repeats = 3 if batch <= 16 else 1
-                times.setdefault((variant, batch), []).extend(bu.clock_seconds(lambda: sample(batch, dtype))
+                times.setdefault((variant, batch), []).extend(bu.clock_seconds(lambda: sample(batch, variant))
                                                               for _ in range(repeats))
 
     # text encoder: uncached (the model runs) and cached (a dictionary lookup) per prompt
@@ -119,14 +106,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--resolutions", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
-    parser.add_argument("--variants", nargs="+", default=["fp32", "fp32-nchw", "bf16"], choices=sorted(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=["fp32", "fp32-nchw", "fp32-unsplit", "bf16"], choices=sorted(VARIANTS))
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, help="torch intra-op threads in the workers (default: torch's)")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     bu.set_threads(args.threads)
     if args.worker:
-        print("RESULT " + json.dumps(worker(args)), flush=True)
+        bu.emit_result(worker(args))
         return
     print(bu.environment_line())
     for resolution in args.resolutions:
@@ -134,11 +121,7 @@ def main() -> None:
                "--batches", *map(str, args.batches), "--variants", *args.variants] + \
             (["--threads", str(args.threads)] if args.threads else [])
         start = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-        if proc.returncode or not lines:
-            raise SystemExit(f"{resolution} px: worker failed (exit {proc.returncode})")
-        r = json.loads(lines[-1][7:])
+        r = bu.run_worker(cmd, f"{resolution} px", cwd=REPO)
         print(f"\n== {resolution} px: G {r['G_params'] / 1e6:.2f}M params, {r['gflop_per_image']:.3f} GFLOP per image; "
               f"RSS after build {r['rss_built_mib']:.0f} MiB, peak {r['peak_rss_mib']:.0f} MiB "
               f"({time.perf_counter() - start:.0f} s)")

@@ -33,11 +33,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -421,16 +418,7 @@ def run_worker(config: str, args, env_extra: dict[str, str] | None = None) -> di
     for item in args.override:
         cmd += ["--override", item]
     env = {**os.environ, **(env_extra or {})}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
-    result = None
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            result = json.loads(line[len("RESULT "):])
-        else:
-            print(line)
-    if proc.returncode or result is None:
-        raise SystemExit(f"{config}: worker failed (exit {proc.returncode})")
-    return result
+    return bu.run_worker(cmd, config, cwd=REPO, env=env, echo=True)
 
 
 def main() -> None:
@@ -448,7 +436,7 @@ def main() -> None:
     args = parser.parse_args()
     bu.set_threads(args.threads)
     if args.worker:
-        print("RESULT " + json.dumps(worker(args)), flush=True)
+        bu.emit_result(worker(args))
         return
     print(bu.environment_line())
     print(bu.cpu_flags())

@@ -179,7 +179,10 @@ class TextEmbeddingCache:
     def __call__(self, captions: list[str], device: torch.device | str = "cpu") -> TextEncoding:
         self._encode_missing(captions)
         rows = [self.memory[c] for c in captions]
-        tokens = torch.stack([r[0] for r in rows]).to(device=device, dtype=torch.float32)
-        mask = torch.stack([r[1] for r in rows]).to(device)
-        pooled = torch.stack([r[2] for r in rows]).to(device)
+        # CPU autocast rejects stacking float16 rows ("Unexpected floating ScalarType"); a lookup is not
+        # model compute, so it runs outside any autocast the caller opened.
+        with torch.autocast("cpu", enabled=False):
+            tokens = torch.stack([r[0] for r in rows]).to(device=device, dtype=torch.float32)
+            mask = torch.stack([r[1] for r in rows]).to(device)
+            pooled = torch.stack([r[2] for r in rows]).to(device)
         return TextEncoding(tokens, mask, pooled)

@@ -1,7 +1,6 @@
 """Exported models: deterministic generation, export/load round trip, sample.py and its errors."""
 import json
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -41,6 +40,25 @@ def test_same_seed_same_images_and_round_trip(model_dir, shapes_schema):
     G.load_state_dict(weights)
     pipe = CGANPipeline(G, pipe.text_encoder, pipe.schema, pipe.meta)  # placed (channels_last) as from_pretrained
     assert torch.equal(pipe.generate_tensor("a red circle", {"style": "outline", "size": 0.7}, 3, 5), a)
+
+
+def test_large_requests_are_split_without_changing_images_and_autocast_works(model_dir):
+    from cgan.pipeline import CPU_MAX_BATCH, generate
+
+    pipe = CGANPipeline.from_pretrained(model_dir)
+    n = CPU_MAX_BATCH + 3  # one full chunk and a partial one
+    prompts, attrs, seeds = ["a red circle"] * n, [{"style": "flat"}] * n, list(range(100, 100 + n))
+    split = generate(pipe.G, pipe.text_cache, pipe.schema, prompts, attrs, seeds)
+    whole = generate(pipe.G, pipe.text_cache, pipe.schema, prompts, attrs, seeds, max_batch=n)
+    tail = generate(pipe.G, pipe.text_cache, pipe.schema, prompts[-3:], attrs[-3:], seeds[-3:])
+    assert split.shape == (n, 3, 32, 32)
+    torch.testing.assert_close(split, whole, rtol=0, atol=1e-4)  # float rounding of the batch size only
+    assert torch.equal(split[-3:], tail)  # the partial chunk is an ordinary 3-image call
+    # the cached text lookup used to fail inside CPU autocast (float16 rows); the whole call now runs there
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = pipe.generate_tensor("a red circle", {"style": "flat"}, num_images=2, seed=100)
+    assert low.shape == (2, 3, 32, 32) and torch.isfinite(low).all()
+    torch.testing.assert_close(low.float(), whole[:2], rtol=0, atol=0.1)
 
 
 def test_bad_inputs_get_clear_errors(model_dir):
