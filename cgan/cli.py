@@ -33,7 +33,8 @@ def train_main(argv: list[str] | None = None) -> int:
             print(config_json(config))
             print(f"data: {len(dataset)} records; attributes:\n{dataset.schema.describe()}")
             return 0
-        from cgan.training import TrainingDiverged, train
+        from cgan.recovery import TrainingDiverged
+        from cgan.training import train
 
         try:
             train(config, args.out, resume=args.resume, max_steps=args.max_steps)

@@ -182,7 +182,8 @@ class TextEmbeddingCache:
         # CPU autocast rejects stacking float16 rows ("Unexpected floating ScalarType"); a lookup is not
         # model compute, so it runs outside any autocast the caller opened.
         with torch.autocast("cpu", enabled=False):
-            tokens = torch.stack([r[0] for r in rows]).to(device=device, dtype=torch.float32)
-            mask = torch.stack([r[1] for r in rows]).to(device)
-            pooled = torch.stack([r[2] for r in rows]).to(device)
+            # non_blocking: a fresh host tensor, so the copy needs no wait for the device's queue
+            tokens = torch.stack([r[0] for r in rows]).to(device=device, dtype=torch.float32, non_blocking=True)
+            mask = torch.stack([r[1] for r in rows]).to(device, non_blocking=True)
+            pooled = torch.stack([r[2] for r in rows]).to(device, non_blocking=True)
         return TextEncoding(tokens, mask, pooled)

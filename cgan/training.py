@@ -6,17 +6,14 @@ and the fp16 grad scaler. Gradients are averaged across processes by `sync_gradi
 discriminator phase runs several forwards and R1 a double backward, which DDP handles poorly.
 All processes start from the same seed, so weights stay identical; only the main process writes.
 
-Reliability: a phase whose loss or gradient is NaN or inf skips its optimizer step (on the device,
-one host sync per step to count it); after train.nonfinite_patience such steps in a row the run
-rolls back to the newest complete checkpoint with lower learning rates, or stops with
-`TrainingDiverged`. Leftovers of a killed run are cleared at start.
+Reliability (cgan/recovery.py): a phase whose loss or gradient is NaN or inf skips its optimizer
+step on the device; the flags are read at logging and checkpoint steps, never per step. After
+train.nonfinite_patience such steps in a row the run rolls back to the newest complete checkpoint
+with lower learning rates, or stops with `TrainingDiverged`. Leftovers of a killed run are cleared at start.
 """
 from __future__ import annotations
 
 import json
-import math
-import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -29,8 +26,8 @@ from torch.utils.data import DataLoader
 
 from cgan.attributes import drop_attributes
 from cgan.augment import diff_augment, parse_policy
-from cgan.checkpoint import (CheckpointError, atomic_save, export_model, list_checkpoints, load_training_state,
-                             remove_stale_temporaries, resolve_resume, save_training_state)
+from cgan.checkpoint import (CheckpointError, atomic_save, export_model, remove_stale_temporaries, resolve_resume,
+                             save_training_state)
 from cgan.config import Config, ConfigError, save_config
 from cgan.data import CaptionedDataset, StepSampler, build_dataset, tensor_to_images
 from cgan.discriminator import Discriminator
@@ -38,11 +35,9 @@ from cgan.ema import ema_beta, update_ema
 from cgan.generator import Generator
 from cgan.losses import d_fake_term, d_real_term, g_loss, mismatched_attributes, mismatched_prompt_index, r1_penalty
 from cgan.pipeline import describe_condition, generate, image_grid
+from cgan.recovery import (NonfiniteGuard, check_free_space, check_output_dir, restore_training_state, rng_state,
+                           roll_back, skip_if_nonfinite)
 from cgan.text_encoder import FrozenTextEncoder, TextEmbeddingCache, TextEncoding
-
-
-class TrainingDiverged(RuntimeError):
-    """Losses or gradients stayed NaN/inf through every rollback allowed, or there was no checkpoint."""
 
 
 @dataclass
@@ -57,6 +52,9 @@ class Batch:
     attr_value: torch.Tensor  # (B, A)
     attr_present: torch.Tensor  # (B, A) after attribute dropout
     attr_present_full: torch.Tensor  # (B, A) before dropout (for matching-aware negatives)
+    # (attr_index, attr_value, attr_present_full) as loaded, on the CPU: the matching-aware negatives are
+    # drawn from these, so no device -> host copy (a host sync on a GPU) is needed in the step
+    attr_host: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
     def cond(self) -> tuple:
         return self.text, self.prompt_present, self.attr_index, self.attr_value, self.attr_present
@@ -94,20 +92,6 @@ def sync_gradients(module: torch.nn.Module, accelerator) -> None:
         offset += p.numel()
 
 
-def rng_state() -> dict[str, torch.Tensor]:
-    """This process's RNG states (CPU, and CUDA where used): noise, dropout and mismatches draw from them."""
-    state = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict[str, torch.Tensor]) -> None:
-    torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mask = mask.to(values.dtype)
     return (values * mask).sum() / mask.sum().clamp(min=1)
@@ -131,15 +115,17 @@ def d_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str]) 
     text_index, text_valid = mismatched_prompt_index(batch.captions)  # partners from the whole batch
     text_index, text_valid = text_index[head], text_valid[head]
     num_values = D.conditioner.attr_embedder.num_values
-    mis_index, mis_value, attr_valid = mismatched_attributes(batch.attr_index[head].cpu(), batch.attr_value[head].cpu(),
-                                                             batch.attr_present_full[head].cpu(), num_values)
+    mis_index, mis_value, attr_valid = mismatched_attributes(*(x[head] for x in batch.attr_host), num_values)
     device = batch.images.device
     always = torch.ones(num_mismatch, dtype=torch.bool, device=device)
     images = torch.cat([batch.images, fake, batch.images[head], batch.images[head]])
-    text = cat_text([batch.text, batch.text, batch.text.index(text_index.to(device)), batch.text.index(head)])
+    text = cat_text([batch.text, batch.text, batch.text.index(text_index.to(device, non_blocking=True)),
+                     batch.text.index(head)])
     prompt_present = torch.cat([batch.prompt_present, batch.prompt_present, always, always])
-    attr_index = torch.cat([batch.attr_index, batch.attr_index, batch.attr_index[head], mis_index.to(device)])
-    attr_value = torch.cat([batch.attr_value, batch.attr_value, batch.attr_value[head], mis_value.to(device)])
+    attr_index = torch.cat([batch.attr_index, batch.attr_index, batch.attr_index[head],
+                            mis_index.to(device, non_blocking=True)])
+    attr_value = torch.cat([batch.attr_value, batch.attr_value, batch.attr_value[head],
+                            mis_value.to(device, non_blocking=True)])
     attr_present = torch.cat([batch.attr_present, batch.attr_present, batch.attr_present_full[head],
                               batch.attr_present_full[head]])
     if augment:
@@ -147,8 +133,8 @@ def d_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str]) 
     with accelerator.autocast():
         logits = D(images, text, prompt_present, attr_index, attr_value, attr_present).float()
     real, fake_logits, mis_text, mis_attr = logits.split([size, size, num_mismatch, num_mismatch])
-    loss_mismatch = (masked_mean(d_fake_term(mis_text, t.loss), text_valid.to(device))
-                     + masked_mean(d_fake_term(mis_attr, t.loss), attr_valid.to(device)))
+    loss_mismatch = (masked_mean(d_fake_term(mis_text, t.loss), text_valid.to(device, non_blocking=True))
+                     + masked_mean(d_fake_term(mis_attr, t.loss), attr_valid.to(device, non_blocking=True)))
     loss = d_real_term(real, t.loss).mean() + d_fake_term(fake_logits, t.loss).mean() + t.mismatch_weight * loss_mismatch
     accelerator.backward(loss / t.grad_accum)
     return {"loss/D": loss.detach(), "logits/real": real.detach().mean(), "logits/fake": fake_logits.detach().mean(),
@@ -180,28 +166,6 @@ def g_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str]) 
     return {"loss/G": loss.detach()}
 
 
-def skip_if_nonfinite(trained: torch.nn.Module, optimizer, stats: dict[str, torch.Tensor], accelerator
-                      ) -> torch.Tensor:
-    """Make the coming optimizer.step() a no-op if a loss or gradient of this phase is NaN or inf.
-
-    -> a 0-dim float on the device, 1.0 = skipped, the same on every process; no host sync. The skip
-    is fused Adam's `found_inf` (as the fp16 grad scaler uses it): weights, moments and the step count
-    stay as they were. Gradients are averaged over processes already, losses are not, hence the
-    max-reduce. Under fp16 the grad scaler owns gradient overflow (routine there; it skips those steps
-    itself), so only the losses are checked.
-    """
-    values = [v.float().reshape(1) for v in stats.values()]
-    grads = [p.grad for p in trained.parameters() if p.grad is not None]
-    if accelerator.scaler is None and grads:
-        values += [norm.float().reshape(1) for norm in torch._foreach_norm(grads, math.inf)]  # max |g|, NaN kept
-    bad = (~torch.isfinite(torch.cat(values)).all()).float()
-    if accelerator.num_processes > 1:
-        bad = accelerator.reduce(bad, reduction="max")
-    if accelerator.scaler is None:
-        getattr(optimizer, "optimizer", optimizer).found_inf = bad  # the Adam inside Accelerate's wrapper
-    return bad
-
-
 def run_phase(step_fn, trained, frozen, optimizer, batches: list[Batch], G, D, config: Config, accelerator,
               augment: list[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """One optimizer step of `trained` over the micro-batches, `frozen` without gradients.
@@ -228,72 +192,6 @@ def make_loader(dataset: CaptionedDataset, config: Config, step: int, accelerato
                            persistent_workers=config.data.num_workers > 0,
                            pin_memory=accelerator.device.type == "cuda",
                            generator=torch.Generator().manual_seed(t.seed)))  # keeps the global RNG untouched
-
-
-def restore_training_state(path: Path, modules: dict[str, torch.nn.Module], optimizers: dict[str, Any],
-                           config: Config, accelerator, lr_scale: float | None = None) -> dict[str, Any]:
-    """Load a state into the models and optimizers, this process's RNG, and the learning rates.
-
-    The learning rates are the config's times lr_scale (default: the state's own, lowered by earlier
-    rollbacks), so a lower train.lr_g given at --resume takes effect. -> state.json with lr_scale.
-    """
-    state, rng_states = load_training_state(path, modules=modules, optimizers=optimizers)
-    if len(rng_states) == accelerator.num_processes:
-        set_rng_state(rng_states[accelerator.process_index])
-    else:
-        torch.manual_seed(config.train.seed + 1 + state["step"] * accelerator.num_processes
-                          + accelerator.process_index)
-    state["lr_scale"] = state.get("lr_scale", 1.0) if lr_scale is None else lr_scale
-    for name, lr in (("opt_G", config.train.lr_g), ("opt_D", config.train.lr_d)):
-        for group in optimizers[name].param_groups:
-            group["lr"] = lr * state["lr_scale"]
-    return state
-
-
-def roll_back(out_dir: Path, modules: dict[str, torch.nn.Module], optimizers: dict[str, Any], config: Config,
-              accelerator, *, step: int, streak: int, rollbacks: int, lr_scale: float) -> dict[str, Any]:
-    """After `streak` skipped steps in a row: the newest complete checkpoint with lower learning rates.
-
-    Raises TrainingDiverged when train.max_rollbacks are used up or there is no checkpoint.
-    """
-    t = config.train
-    states = list_checkpoints(out_dir)
-    if rollbacks >= t.max_rollbacks or not states:
-        why = (f"after {rollbacks} rollback(s) (train.max_rollbacks={t.max_rollbacks})" if states else
-               f"and there is no complete checkpoint in {out_dir / 'checkpoints'} to roll back to")
-        raise TrainingDiverged(
-            f"training stopped at step {step}: {streak} step(s) in a row had a NaN or inf loss or gradient, {why}. "
-            f"Try lower learning rates (train.lr_g={t.lr_g * lr_scale:.3g} and train.lr_d={t.lr_d * lr_scale:.3g} "
-            "now), train.mixed_precision=no, or check the data (python -m cgan.data check DIR); then continue "
-            "with --resume latest")
-    state = restore_training_state(states[-1], modules, optimizers, config, accelerator,
-                                   lr_scale=lr_scale * t.rollback_lr_factor)
-    accelerator.print(f"warning: {streak} step(s) in a row up to step {step} were skipped (NaN or inf); rolled back "
-                      f"to {states[-1]} (step {state['step']}), learning rates x{state['lr_scale']:.3g}: "
-                      f"lr_g {t.lr_g * state['lr_scale']:.3g}, lr_d {t.lr_d * state['lr_scale']:.3g} "
-                      f"(rollback {rollbacks + 1} of at most {t.max_rollbacks})")
-    return state
-
-
-def check_output_dir(out_dir: Path, bytes_needed: int) -> None:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise ConfigError(f"--out {out_dir}: not writable ({err.strerror or err})") from err
-    check_free_space(out_dir, bytes_needed)
-
-
-def check_free_space(out_dir: Path, bytes_needed: int) -> None:
-    """Checked at start and before every checkpoint, so a full disk stops the run before a write fails."""
-    free = shutil.disk_usage(out_dir).free
-    if free < bytes_needed:
-        newest = list_checkpoints(out_dir)
-        kept = f"; the newest complete state is {newest[-1]}, continue with --resume latest" if newest else ""
-        raise ConfigError(f"--out {out_dir}: {free / 2**20:.0f} MiB free, but a checkpoint and an exported "
-                          f"model need about {bytes_needed / 2**20:.0f} MiB{kept}")
 
 
 def sample_conditions(config: Config, dataset: CaptionedDataset) -> tuple[list[str], list[dict[str, Any]]]:
@@ -376,11 +274,12 @@ def to_device_batch(raw: dict[str, Any], text_cache: TextEmbeddingCache, config:
     captions = list(raw["text"])
     size = images.shape[0]
     prompt_present = torch.rand(size, device=device) >= t.drop_prompt
-    attr_present_full = raw["attr_present"].to(device)
+    attr_present_full = raw["attr_present"].to(device, non_blocking=True)
     return Batch(images=images, captions=captions, text=text_cache(captions, device=device),
-                 prompt_present=prompt_present, attr_index=raw["attr_index"].to(device),
-                 attr_value=raw["attr_value"].to(device),
-                 attr_present=drop_attributes(attr_present_full, t.drop_attr), attr_present_full=attr_present_full)
+                 prompt_present=prompt_present, attr_index=raw["attr_index"].to(device, non_blocking=True),
+                 attr_value=raw["attr_value"].to(device, non_blocking=True),
+                 attr_present=drop_attributes(attr_present_full, t.drop_attr), attr_present_full=attr_present_full,
+                 attr_host=(raw["attr_index"], raw["attr_value"], raw["attr_present"]))
 
 
 def train(config: Config, out_dir: str | Path, resume: str | None = None, max_steps: int | None = None,
@@ -492,7 +391,13 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
                     file=sys.stdout)
     sums: dict[str, list[torch.Tensor]] = {}
     window_start, window_images, window_skipped = time.perf_counter(), 0, 0
-    streak, rollbacks = 0, 0  # steps in a row with a skipped phase; rollbacks in this call
+    guard, rollbacks = NonfiniteGuard(t.nonfinite_patience), 0  # skipped phases; rollbacks in this call
+
+    def warn_skipped(at_step: int, skipped: list[str], streak: int) -> None:
+        if is_main:
+            progress.write(f"warning: step {at_step}: NaN or inf loss or gradient in {', '.join(skipped)}; "
+                           f"optimizer step skipped ({streak} step(s) in a row, rollback at {t.nonfinite_patience})")
+
     while step < last_step:
         batches = [to_device_batch(next(loader), text_cache, config, device, memory_format)
                    for _ in range(t.grad_accum)]
@@ -502,12 +407,12 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
             phases.append((D, G, opt_D, r1_step))
         phases.append((G, D, opt_G, g_step))
         stats: dict[str, torch.Tensor] = {}
-        flags = []
+        flags: dict[str, torch.Tensor] = {}  # phase name -> 1.0 if skipped as non-finite, on the device
         for trained, frozen, optimizer, step_fn in phases:
-            phase_stats, flag = run_phase(step_fn, trained, frozen, optimizer, batches, G_run,
-                                          D if step_fn is r1_step else D_run, config, accelerator, augment)
+            phase_stats, flags[step_fn.__name__] = run_phase(step_fn, trained, frozen, optimizer, batches, G_run,
+                                                             D if step_fn is r1_step else D_run, config,
+                                                             accelerator, augment)
             stats.update(phase_stats)
-            flags.append(flag)
         images_seen += global_batch
         update_ema(G_ema, G, ema_beta(global_batch, images_seen, t.ema_kimg, t.ema_rampup))
         step += 1
@@ -516,29 +421,29 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
         for key, value in stats.items():
             sums.setdefault(key, []).append(value)
 
-        # The one host sync of a step outside logging: which phases were skipped as non-finite.
-        skipped = [phase[3].__name__ for phase, bad in zip(phases, torch.stack(flags).tolist()) if bad]
-        streak = streak + 1 if skipped else 0
-        window_skipped += len(skipped)
-        if skipped and is_main:
-            progress.write(f"warning: step {step}: NaN or inf loss or gradient in {', '.join(skipped)}; "
-                           f"optimizer step skipped ({streak} step(s) in a row, rollback at {t.nonfinite_patience})")
-        if streak >= t.nonfinite_patience:
-            state = roll_back(out_dir, modules, optimizers, config, accelerator, step=step, streak=streak,
-                              rollbacks=rollbacks, lr_scale=lr_scale)
-            rollbacks, streak = rollbacks + 1, 0
-            step, images_seen, lr_scale = state["step"], state["images_seen"], state["lr_scale"]
-            loader = make_loader(dataset, config, step, accelerator)
-            progress.n = step
-            progress.refresh()
-            if is_main:
-                with (out_dir / "metrics.jsonl").open("a") as handle:
-                    handle.write(json.dumps({"step": step, "images_seen": images_seen, "rollback": rollbacks,
-                                             "lr_g": t.lr_g * lr_scale, "lr_d": t.lr_d * lr_scale}) + "\n")
-            sums, window_start, window_images, window_skipped = {}, time.perf_counter(), 0, 0
-            continue
+        guard.record(step, flags)
+        logging_step = step % t.log_every == 0 or step == last_step
+        checkpoint_step = step % t.checkpoint_every == 0 or step == last_step
+        if logging_step or checkpoint_step:  # the guard's flags are read here only: no host sync per step
+            num_skipped, diverged_at = guard.check(warn_skipped)
+            window_skipped += num_skipped
+            if diverged_at is not None:
+                state = roll_back(out_dir, modules, optimizers, config, accelerator, step=diverged_at,
+                                  streak=guard.streak, rollbacks=rollbacks, lr_scale=lr_scale)
+                rollbacks += 1
+                guard.reset()
+                step, images_seen, lr_scale = state["step"], state["images_seen"], state["lr_scale"]
+                loader = make_loader(dataset, config, step, accelerator)
+                progress.n = step
+                progress.refresh()
+                if is_main:
+                    with (out_dir / "metrics.jsonl").open("a") as handle:
+                        handle.write(json.dumps({"step": step, "images_seen": images_seen, "rollback": rollbacks,
+                                                 "lr_g": t.lr_g * lr_scale, "lr_d": t.lr_d * lr_scale}) + "\n")
+                sums, window_start, window_images, window_skipped = {}, time.perf_counter(), 0, 0
+                continue
 
-        if step % t.log_every == 0 or step == last_step:  # the other host syncs of the loop
+        if logging_step:  # the loop's host syncs: the guard's flags above, the losses here
             elapsed = time.perf_counter() - window_start
             means = {k: float(torch.stack(v).mean()) for k, v in sums.items()}
             means["speed/images_per_s"] = window_images / max(elapsed, 1e-9)
@@ -560,7 +465,7 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
         if is_main and (step % t.sample_every == 0 or step == last_step):
             save_sample_grid(out_dir / "samples" / f"step_{step:08d}.png", G_ema, text_cache, dataset,
                              grid_prompts, grid_attrs, config, device)
-        if (step % t.checkpoint_every == 0 and streak == 0) or step == last_step:  # not a state that fails
+        if (checkpoint_step and guard.streak == 0) or step == last_step:  # not a state that fails
             checkpoint(step)
     progress.close()
     if writer is not None:

@@ -22,14 +22,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cgan import training
+from cgan import recovery, training
 from cgan.checkpoint import (CheckpointError, list_checkpoints, load_training_state, remove_stale_temporaries,
                              resolve_resume, save_training_state)
 from cgan.cli import sample_main, train_main
 from cgan.config import ConfigError, TextConfig, load_config
 from cgan.pipeline import CGANPipeline
 from cgan.text_encoder import FrozenTextEncoder
-from cgan.training import TrainingDiverged, train
+from cgan.recovery import TrainingDiverged
+from cgan.training import train
 from conftest import ROOT, two_process_command
 
 TINY = str(ROOT / "configs" / "tiny.yaml")
@@ -138,6 +139,32 @@ def test_nan_steps_in_a_row_roll_back_exactly_with_lower_lr(config, tmp_path, mi
     b = load_file(str(reference / "model" / "G_ema.safetensors"))
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_nonfinite_flags_are_read_at_logging_and_checkpoint_steps_only(config, tmp_path, minilm, poison, capsys,
+                                                                      monkeypatch):
+    """No host sync per step: the flags wait on the device; warnings and the rollback come at the next check."""
+    for key, value in {"total_steps": 8, "log_every": 4, "checkpoint_every": 4, "nonfinite_patience": 2}.items():
+        setattr(config.train, key, value)
+    reads = []  # the steps whose flags each check read
+    real_check = recovery.NonfiniteGuard.check
+
+    def check(guard, warn):
+        reads.append([step for step, _ in guard.pending])
+        return real_check(guard, warn)
+
+    monkeypatch.setattr(recovery.NonfiniteGuard, "check", check)
+    poison({4, 5})  # steps 5 and 6 skipped; seen at step 8; back to step 4
+    run = tmp_path / "run"
+    train(config, run, text_encoder=minilm)
+    assert reads == [[1, 2, 3, 4], [5, 6, 7, 8], [5, 6, 7, 8]]
+    out = capsys.readouterr().out
+    assert "warning: step 5: NaN or inf loss or gradient in d_step" in out
+    assert "warning: step 6: NaN or inf loss or gradient in d_step" in out
+    assert "2 step(s) in a row up to step 6 were skipped (NaN or inf); rolled back to" in out
+    assert [r["step"] for r in rows(run) if "rollback" in r] == [4]
+    assert [p.name for p in list_checkpoints(run)] == ["step_00000004", "step_00000008"]
+    assert_all_finite(run, 8)
 
 
 def test_nan_that_persists_stops_with_a_clear_error_and_resume_recovers(config, tmp_path, minilm, poison):
@@ -355,7 +382,7 @@ class DiskUsage:
 
 
 def test_not_enough_disk_fails_before_the_first_step(config, tmp_path, minilm, monkeypatch):
-    monkeypatch.setattr(training.shutil, "disk_usage", DiskUsage(2 ** 20))
+    monkeypatch.setattr(recovery.shutil, "disk_usage", DiskUsage(2 ** 20))
     run = tmp_path / "run"
     with pytest.raises(ConfigError, match=rf"--out {re.escape(str(run))}: 1 MiB free, but a checkpoint and an "
                                           r"exported model need about \d+ MiB$"):
@@ -364,7 +391,7 @@ def test_not_enough_disk_fails_before_the_first_step(config, tmp_path, minilm, m
 
 
 def test_disk_filling_up_during_training_stops_before_a_write(config, tmp_path, minilm, monkeypatch):
-    monkeypatch.setattr(training.shutil, "disk_usage", DiskUsage(2 ** 40, 2 ** 40, 2 ** 20))  # full at step 4
+    monkeypatch.setattr(recovery.shutil, "disk_usage", DiskUsage(2 ** 40, 2 ** 40, 2 ** 20))  # full at step 4
     run = tmp_path / "run"
     newest = re.escape(str(run / "checkpoints" / "step_00000002"))
     with pytest.raises(ConfigError, match=rf"1 MiB free.*the newest complete state is {newest}, continue with "
