@@ -1,7 +1,7 @@
 """Training throughput of cgan's real training step, split into its parts, with FLOPs and memory.
 
     python benchmarks/train_speed.py [--configs tiny quickstart shapes emoji] [--variants fp32 bf16]
-                                     [--reps 3] [--steps 2] [--threads 1] [--profile] [--hugetlb-ab]
+                                     [--reps 3] [--steps 2] [--threads 1] [--profile] [--ab-env NAME=VALUE]
                                      [--override train.batch_size=8 ...]
 
 Each config runs in its own subprocess (so its peak memory is its own). Inside it, the variants
@@ -19,8 +19,8 @@ OpenMP workers wait at barriers for each other and small convolutions ran 20-50x
 
 One step is what cgan.training.train() runs: next(loader); to_device_batch (text embeddings from
 the caption cache); run_phase(d_step); run_phase(r1_step) every train.r1_every steps (timed once
-per round, amortised); run_phase(g_step); update_ema; the loss bookkeeping, the per-step host
-sync of the non-finite flags and, every log_every steps, the metrics line (amortised). Not
+per round, amortised); run_phase(g_step); update_ema; the loss bookkeeping and, every log_every
+steps, the host sync of the non-finite flags and the losses and the metrics line (amortised). Not
 counted: progress bar, TensorBoard, sample grids and checkpoints (every few hundred steps).
 Optimizer steps are timed apart from forward and backward. The DataLoader worker's CPU time is
 reported beside the step (it runs in parallel). FLOPs: torch.utils.flop_counter's formulas for
@@ -137,6 +137,7 @@ class TrainHarness:
         from cgan.data import StepSampler, build_dataset
         from cgan.discriminator import Discriminator
         from cgan.generator import Generator
+        from cgan.recovery import NonfiniteGuard
         from cgan.text_encoder import FrozenTextEncoder, TextEmbeddingCache
         from cgan.training import discriminator_kwargs, generator_kwargs
 
@@ -163,6 +164,7 @@ class TrainHarness:
                                       generator=torch.Generator().manual_seed(t.seed)))
         self.images_seen = 0
         self.sums: dict[str, list[torch.Tensor]] = {}
+        self.guard = NonfiniteGuard(t.nonfinite_patience)
         self.compiled: tuple | None = None
 
     def num_params(self) -> tuple[int, int]:
@@ -221,7 +223,7 @@ class TrainHarness:
         times: dict[str, tuple[float, float]] = {}
         batch = self.next_batch(times)
         stats: dict[str, torch.Tensor] = {}
-        flags = []
+        flags: dict[str, torch.Tensor] = {}
         phases = [("D", self.D, self.G, opt_D, d_step, G, D)]
         if with_r1:  # eager D: compiled graphs have no double backward
             phases.append(("R1", self.D, self.G, opt_D, r1_step, G, self.D))
@@ -233,7 +235,7 @@ class TrainHarness:
                                            accelerator, self.augment)
             elapsed = clock.read()
             stats.update(phase_stats)
-            flags.append(flag)
+            flags[step_fn.__name__] = flag
             if name == "R1":
                 times["R1"] = elapsed
             else:
@@ -247,14 +249,14 @@ class TrainHarness:
         clock = bu.Clock()
         for key, value in stats.items():
             self.sums.setdefault(key, []).append(value)
-        if flags[0] is not None:  # train()'s one host sync per step: which phases were skipped as non-finite
-            torch.stack(flags).tolist()
+        self.guard.record(self.images_seen, flags)  # train() reads these at logging steps only
         times["log"] = clock.read()
         return times
 
     def flush_log(self, path: Path) -> tuple[float, float]:
-        """The every-log_every part of logging: host sync of the means and one metrics line."""
+        """The every-log_every part of logging: host sync of the non-finite flags and the means; one metrics line."""
         clock = bu.Clock()
+        self.guard.check(lambda *args: None)
         means = {k: float(torch.stack(v).mean()) for k, v in self.sums.items()}
         with path.open("a") as handle:
             handle.write(json.dumps({"images_seen": self.images_seen, **means}) + "\n")
@@ -429,8 +431,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per variant per round")
     parser.add_argument("--override", action="append", default=[], help="a config override, e.g. train.batch_size=8")
     parser.add_argument("--profile", action="store_true", help="torch.profiler table of two fp32 steps")
-    parser.add_argument("--hugetlb-ab", action="store_true",
-                        help="run each config alternately with and without GLIBC_TUNABLES=glibc.malloc.hugetlb=1")
+    parser.add_argument("--ab-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="also run each config with this environment (A, B, A, B in separate processes), e.g. "
+                             "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 or "
+                             "GLIBC_TUNABLES=glibc.malloc.hugetlb=1; repeat for more")
     parser.add_argument("--threads", type=int, help="torch intra-op threads in the workers (default: torch's)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -441,24 +445,26 @@ def main() -> None:
     print(bu.environment_line())
     print(bu.cpu_flags())
     for config in args.configs:
-        if not args.hugetlb_ab:
+        if not args.ab_env:
             print_summary(run_worker(config, args))
             continue
-        runs: dict[str, list] = {"default": [], "hugetlb=1": []}
-        for _ in range(2):  # A, B, A, B: separate processes, since the tunable is read at start-up
-            runs["default"].append(run_worker(config, args, {"GLIBC_TUNABLES": ""}))
-            runs["hugetlb=1"].append(run_worker(config, args, {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}))
+        envs = {"default": {}} | {item: dict([item.split("=", 1)]) for item in args.ab_env}
+        runs: dict[str, list] = {label: [] for label in envs}
+        for _ in range(2):  # A, B, A, B: separate processes, since LD_PRELOAD and tunables are read at start-up
+            for label, env in envs.items():
+                runs[label].append(run_worker(config, args, env))
         for label, results in runs.items():
             rss = ", ".join(f"{r['peak_rss_all_mib']:.0f}" for r in results)
             for variant in args.variants:
-                speeds = ", ".join(f"{r['variants'][variant]['cpu']['images_per_s']:.2f}" for r in results)
-                peaks = ", ".join(f"{r['variants'][variant]['cpu']['peak_fp32_gflops']:.0f}" for r in results)
-                print(f"{config} {variant} {label}: img/s (CPU time) {speeds}; fp32 matmul peak {peaks}; peak RSS {rss} MiB")
+                speeds = ", ".join(f"{r['variants'][variant]['wall']['images_per_s']:.2f}" for r in results)
+                peaks = ", ".join(f"{r['variants'][variant]['wall']['peak_fp32_gflops']:.0f}" for r in results)
+                print(f"{config} {variant} [{label}]: img/s (wall) {speeds}; fp32 matmul peak {peaks}; "
+                      f"peak RSS {rss} MiB")
         for variant in args.variants:
-            a = bu.median([r["variants"][variant]["cpu"]["images_per_s"] for r in runs["default"]])
-            b = bu.median([r["variants"][variant]["cpu"]["images_per_s"] for r in runs["hugetlb=1"]])
-            print(f"{config} {variant}: hugetlb=1 / default = {b / a:.2f}x")
-
+            base = bu.median([r["variants"][variant]["wall"]["images_per_s"] for r in runs["default"]])
+            for label in args.ab_env:
+                other = bu.median([r["variants"][variant]["wall"]["images_per_s"] for r in runs[label]])
+                print(f"{config} {variant}: [{label}] / default = {other / base:.2f}x (wall)")
 
 if __name__ == "__main__":
     main()
