@@ -60,6 +60,9 @@ class ModelConfig:
     d_channel_base: int = 4096
     d_channel_max: int = 256
     d_attn_resolutions: list[int] = field(default_factory=lambda: [8])
+    # D blocks pool before their second convolution (as StyleGAN2's down-sampling convolution) instead
+    # of after it: 0.62x the D phase's FLOPs, ~1.3x faster training; off keeps earlier runs' D
+    d_pool_first: bool = False
     attn_heads: int = 4
 
 

@@ -149,6 +149,25 @@ def roll_back(out_dir: Path, modules: dict[str, torch.nn.Module], optimizers: di
     return state
 
 
+def check_same_model(out_dir: Path, config: Config) -> None:
+    """At --resume: the model section must be the run's own. Some changes (model.d_pool_first, the
+    attention resolutions' heads) keep every weight's shape, so loading would succeed and quietly
+    train another architecture."""
+    from dataclasses import asdict
+
+    from cgan.config import load_config
+
+    saved_path = out_dir / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = asdict(load_config(saved_path).model)
+    changed = [f"model.{key}={saved[key]!r} (now {value!r})" for key, value in asdict(config.model).items()
+               if saved.get(key) != value]
+    if changed:
+        raise ConfigError(f"{saved_path}: this run was trained with {', '.join(changed)}; the model cannot "
+                          "change at --resume. Use the run's own model settings, or start a new --out")
+
+
 def check_output_dir(out_dir: Path, bytes_needed: int) -> None:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

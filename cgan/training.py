@@ -35,8 +35,8 @@ from cgan.ema import ema_beta, update_ema
 from cgan.generator import Generator
 from cgan.losses import d_fake_term, d_real_term, g_loss, mismatched_attributes, mismatched_prompt_index, r1_penalty
 from cgan.pipeline import describe_condition, generate, image_grid
-from cgan.recovery import (NonfiniteGuard, check_free_space, check_output_dir, restore_training_state, rng_state,
-                           roll_back, skip_if_nonfinite)
+from cgan.recovery import (NonfiniteGuard, check_free_space, check_output_dir, check_same_model,
+                           restore_training_state, rng_state, roll_back, skip_if_nonfinite)
 from cgan.text_encoder import FrozenTextEncoder, TextEmbeddingCache, TextEncoding
 
 
@@ -74,7 +74,8 @@ def discriminator_kwargs(config: Config, text_dim: int) -> dict[str, Any]:
     return dict(text_dim=text_dim, resolution=config.data.resolution, cond_dim=m.cond_dim,
                 channel_base=m.d_channel_base, channel_max=m.d_channel_max,
                 attn_resolutions=tuple(m.d_attn_resolutions), attn_heads=m.attn_heads, fusion=m.fusion,
-                num_cond_queries=m.num_cond_queries, fusion_layers=m.fusion_layers, fusion_heads=m.fusion_heads)
+                num_cond_queries=m.num_cond_queries, fusion_layers=m.fusion_layers, fusion_heads=m.fusion_heads,
+                pool_first=m.d_pool_first)
 
 
 def sync_gradients(module: torch.nn.Module, accelerator) -> None:
@@ -344,6 +345,7 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
     step, images_seen, lr_scale = 0, 0, 1.0
     resume_path = resolve_resume(out_dir, resume)
     if resume_path is not None:
+        check_same_model(out_dir, config)
         state = restore_training_state(resume_path, modules, optimizers, config, accelerator)
         step, images_seen, lr_scale = state["step"], state["images_seen"], state["lr_scale"]
         accelerator.print(f"resumed from {resume_path} at step {step} ({images_seen} images seen)"

@@ -34,6 +34,24 @@ def test_generator_and_discriminator_shapes(shapes_schema, fusion, resolution):
     assert all(p.grad is not None for p in G.parameters() if p.requires_grad and p.grad is not None)
 
 
+def test_pool_first_discriminator_same_weights_half_resolution_conv(shapes_schema):
+    """model.d_pool_first: the same parameters (a state dict loads either way); each block's second
+    convolution sees r/2 instead of r."""
+    kwargs = {k: v for k, v in tiny_model_kwargs().items() if k not in ("z_dim", "w_dim", "mapping_layers")}
+    torch.manual_seed(0)
+    D = Discriminator(schema=shapes_schema, **kwargs)
+    D_fast = Discriminator(schema=shapes_schema, pool_first=True, **kwargs)
+    D_fast.load_state_dict(D.state_dict())
+    sizes = {}
+    for name, model in (("default", D), ("pool_first", D_fast)):
+        model.blocks[0].conv1.register_forward_pre_hook(lambda m, args, name=name: sizes.update({name: args[0].shape[-1]}))
+    images, text, present = torch.randn(B, 3, 32, 32), fake_text(B), torch.ones(B, dtype=torch.bool)
+    a = D(images, text, present, *conditions(shapes_schema))
+    b = D_fast(images, text, present, *conditions(shapes_schema))
+    assert sizes == {"default": 32, "pool_first": 16}
+    assert b.shape == (B,) and torch.isfinite(b).all() and not torch.allclose(a, b)
+
+
 def test_fusion_attention_over_text_and_attributes(shapes_schema):
     cond = Conditioner(schema=shapes_schema, text_dim=384, cond_dim=32, num_queries=4, num_layers=2, num_heads=2)
     text = fake_text(B, tokens=8)

@@ -455,7 +455,15 @@ def test_damaged_or_foreign_training_states_are_refused(tmp_path, config, minilm
     with pytest.raises(CheckpointError, match="training state format 99; this cgan reads format 1"):
         train(config, run, resume="latest", text_encoder=minilm)
     (folder / "state.json").write_text(json.dumps(state))
+    cond_dim = config.model.cond_dim
     config.model.cond_dim = 64
+    with pytest.raises(ConfigError, match=rf"config.yaml: this run was trained with model.cond_dim={cond_dim} \(now 64\)"):
+        train(config, run, resume="latest", text_encoder=minilm)
+    config.model.cond_dim, config.model.d_pool_first = cond_dim, True  # same weight shapes: only config.yaml can tell
+    with pytest.raises(ConfigError, match=r"model.d_pool_first=False \(now True\); the model cannot change"):
+        train(config, run, resume="latest", text_encoder=minilm)
+    (run / "config.yaml").unlink()  # without the run's config, the weights themselves refuse a changed shape
+    config.model.cond_dim, config.model.d_pool_first = 64, False
     with pytest.raises(CheckpointError, match="weights do not fit this model"):
         train(config, run, resume="latest", text_encoder=minilm)
 
