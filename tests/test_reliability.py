@@ -459,11 +459,12 @@ def test_damaged_or_foreign_training_states_are_refused(tmp_path, config, minilm
     config.model.cond_dim = 64
     with pytest.raises(ConfigError, match=rf"config.yaml: this run was trained with model.cond_dim={cond_dim} \(now 64\)"):
         train(config, run, resume="latest", text_encoder=minilm)
-    config.model.cond_dim, config.model.d_pool_first = cond_dim, True  # same weight shapes: only config.yaml can tell
-    with pytest.raises(ConfigError, match=r"model.d_pool_first=False \(now True\); the model cannot change"):
+    pool_first = config.model.d_pool_first
+    config.model.cond_dim, config.model.d_pool_first = cond_dim, not pool_first  # same shapes: only config.yaml tells
+    with pytest.raises(ConfigError, match=rf"model.d_pool_first={pool_first} \(now {not pool_first}\); the model cannot"):
         train(config, run, resume="latest", text_encoder=minilm)
     (run / "config.yaml").unlink()  # without the run's config, the weights themselves refuse a changed shape
-    config.model.cond_dim, config.model.d_pool_first = 64, False
+    config.model.cond_dim, config.model.d_pool_first = 64, pool_first
     with pytest.raises(CheckpointError, match="weights do not fit this model"):
         train(config, run, resume="latest", text_encoder=minilm)
 
