@@ -99,14 +99,6 @@ def sub(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
     return a[0] - b[0], a[1] - b[1]
 
 
-def call_phase(*args) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-    """run_phase -> (stats, skipped flag or None): it returns the stats alone or with the flag."""
-    from cgan.training import run_phase
-
-    result = run_phase(*args)
-    return result if isinstance(result, tuple) else (result, None)
-
-
 def adam(params, lr: float, betas) -> torch.optim.Adam:
     """Adam as train() builds it (fused where train() uses the fused kernel)."""
     import inspect
@@ -216,7 +208,7 @@ class TrainHarness:
              with_r1: bool = False) -> dict[str, tuple[float, float]]:
         """One training step as train() runs it; -> (wall, CPU) seconds per part (R1 only when with_r1)."""
         from cgan.ema import ema_beta, update_ema
-        from cgan.training import d_step, g_step, r1_step
+        from cgan.training import d_step, g_step, r1_step, run_phase
 
         t = self.config.train
         G, D = self.models(use_compile)
@@ -231,8 +223,8 @@ class TrainHarness:
         for name, trained, frozen, optimizer, step_fn, G_used, D_used in phases:
             before = optimizer.seconds
             clock = bu.Clock()
-            phase_stats, flag = call_phase(step_fn, trained, frozen, optimizer, [batch], G_used, D_used, self.config,
-                                           accelerator, self.augment)
+            phase_stats, flag = run_phase(step_fn, trained, frozen, optimizer, [batch], G_used, D_used, self.config,
+                                          accelerator, self.augment)
             elapsed = clock.read()
             stats.update(phase_stats)
             flags[step_fn.__name__] = flag
@@ -265,7 +257,7 @@ class TrainHarness:
 
     def count_flops(self) -> dict[str, float]:
         """FLOPs of one D phase, one R1 phase and one G phase, fp32 (the count is the same in bf16)."""
-        from cgan.training import d_step, g_step, r1_step
+        from cgan.training import d_step, g_step, r1_step, run_phase
 
         accelerator, opt_G, opt_D = self.accelerator("no")
         batch = self.next_batch({})
@@ -274,7 +266,7 @@ class TrainHarness:
                                                           ("R1", self.D, self.G, opt_D, r1_step),
                                                           ("G", self.G, self.D, opt_G, g_step)):
             with bu.count_flops() as counter:
-                call_phase(step_fn, trained, frozen, optimizer, [batch], self.G, self.D, self.config, accelerator,
+                run_phase(step_fn, trained, frozen, optimizer, [batch], self.G, self.D, self.config, accelerator,
                            self.augment)
             flops[name] = counter.get_total_flops()
         return flops
