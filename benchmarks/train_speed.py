@@ -267,7 +267,7 @@ class TrainHarness:
                                                           ("G", self.G, self.D, opt_G, g_step)):
             with bu.count_flops() as counter:
                 run_phase(step_fn, trained, frozen, optimizer, [batch], self.G, self.D, self.config, accelerator,
-                           self.augment)
+                          self.augment)
             flops[name] = counter.get_total_flops()
         return flops
 
