@@ -57,3 +57,20 @@ def fake_text(batch: int, tokens: int = 8, dim: int = 384, seed: int = 0):
     mask = torch.ones(batch, tokens, dtype=torch.bool)
     mask[:, tokens // 2:] = False
     return TextEncoding(torch.randn(batch, tokens, dim, generator=gen), mask, torch.randn(batch, dim, generator=gen))
+
+
+TINY = str(ROOT / "configs" / "tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """One caption cache for the module: encoding the data set's captions is most of a tiny run's time."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def config(cache_dir):
+    """configs/tiny.yaml on 64 shapes records, with the module's caption cache."""
+    from cgan.config import load_config
+
+    return load_config(TINY, [f"data.cache_dir={cache_dir}", "data.num_images=64"])  # fewer captions to encode
