@@ -10,6 +10,7 @@ mean (through a zero-initialised layer) is added to the condition vector. The ge
 discriminator attend over [cond_tokens; context tokens], so each image location can read the
 fused summary and the individual words and attributes. At initialisation it is the baseline
 plus token-level attention that starts as the identity: what it adds is what it learns.
+With zero_init=False (model.fusion_zero_init=false) the fused tokens count from the first step.
 """
 from __future__ import annotations
 
@@ -39,6 +40,10 @@ class Condition:
     attn_mask: torch.Tensor
     fusion_attention: torch.Tensor | None = None
 
+    def slice(self, start: int, stop: int) -> "Condition":
+        """Rows start..stop of every tensor (the fusion weights, if any, are dropped)."""
+        return Condition(self.cond_vector[start:stop], self.attn_tokens[start:stop], self.attn_mask[start:stop])
+
 
 class FusionBlock(nn.Module):
     """queries (B, Q, D) attend over context (B, M, D); pre-norm, residual attention and MLP."""
@@ -66,7 +71,7 @@ class Conditioner(nn.Module):
     """
 
     def __init__(self, *, schema: AttributeSchema, text_dim: int, cond_dim: int, fusion: str = "cross_attention",
-                 num_queries: int = 8, num_layers: int = 2, num_heads: int = 4):
+                 num_queries: int = 8, num_layers: int = 2, num_heads: int = 4, zero_init: bool = True):
         super().__init__()
         if fusion not in ("cross_attention", "concat"):
             raise ValueError(f"fusion: expected cross_attention or concat, got {fusion!r}")
@@ -86,7 +91,8 @@ class Conditioner(nn.Module):
             self.blocks = nn.ModuleList(FusionBlock(cond_dim, num_heads) for _ in range(num_layers))
             self.norm_out = nn.LayerNorm(cond_dim)
             self.pool = EqualLinear(cond_dim, cond_dim)
-            nn.init.zeros_(self.pool.weight)  # starts as the pooled path alone; learns what fusion adds
+            if zero_init:  # starts as the pooled path alone; learns what fusion adds
+                nn.init.zeros_(self.pool.weight)
 
     def forward(self, text: TextEncoding, prompt_present: torch.Tensor, attr_index: torch.Tensor,
                 attr_value: torch.Tensor, attr_present: torch.Tensor, return_attention: bool = False) -> Condition:

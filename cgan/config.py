@@ -1,6 +1,6 @@
 """Typed configuration: dataclasses loaded from YAML with dotted command-line overrides.
 
-A config file mirrors `Config`: top-level sections `data`, `text`, `model`, `train`, `sample`, `eval`.
+A config file mirrors `Config`: top-level sections `data`, `text`, `model`, `train`, `loss`, `sample`, `eval`.
 Overrides look like `train.lr_g=2e-4` or `model.g_attn_resolutions=[8,16]` (values are
 parsed as YAML). Unknown keys fail with the closest valid key suggested.
 """
@@ -64,6 +64,10 @@ class ModelConfig:
     # of after it: 0.62x the D phase's FLOPs, ~1.3x faster training; off keeps earlier runs' D
     d_pool_first: bool = False
     attn_heads: int = 4
+    # cross_attention: the fused tokens' mean joins the condition vector through a layer that starts at
+    # zero (the pooled path alone at the start) or, with false, at a random init (the token path is heard
+    # from the first step)
+    fusion_zero_init: bool = True
 
 
 @dataclass
@@ -98,6 +102,23 @@ class TrainConfig:
 
 
 @dataclass
+class LossConfig:
+    """Auxiliary loss terms beside the adversarial loss, each with its weight (0 = off).
+
+    Turning a term on or off adds or removes heads of D, so it cannot change at --resume; its
+    weight can. The adversarial terms' own settings stay in `train` (loss, mismatch_weight, r1_gamma).
+    """
+
+    # InfoNCE between D's image embedding and D's condition embedding over the batch, both ways
+    # (XMC-GAN): real images train D's embeddings, generated images train G to match their condition
+    contrastive: float = 0.0
+    contrastive_temperature: float = 0.1
+    # AC-GAN style: D predicts the attributes of real images (categorical: cross-entropy, continuous:
+    # squared error); G is trained so that D reads the attributes it was asked for in its images
+    attributes: float = 0.0
+
+
+@dataclass
 class SampleConfig:
     prompts: list[str] = field(default_factory=list)  # the fixed grid; [] = first records of the data
     attributes: list[dict[str, Any]] = field(default_factory=list)  # one dict per prompt (optional)
@@ -124,6 +145,7 @@ class Config:
     text: TextConfig = field(default_factory=TextConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -163,6 +185,12 @@ class Config:
                                   ("dist_timeout_s", lambda v: v > 0, "a positive number of seconds")):
             if not ok(getattr(self.train, key)):
                 raise ConfigError(f"train.{key}: expected {expected}, got {getattr(self.train, key)}")
+        for key in ("contrastive", "attributes"):
+            if not 0.0 <= getattr(self.loss, key) < float("inf"):
+                raise ConfigError(f"loss.{key}: expected a weight >= 0 (0 = off), got {getattr(self.loss, key)}")
+        if not 0.0 < self.loss.contrastive_temperature <= 10.0:
+            raise ConfigError("loss.contrastive_temperature: expected a number in (0, 10], "
+                              f"got {self.loss.contrastive_temperature}")
         for key in ("drop_prompt", "drop_attr"):
             if not 0.0 <= getattr(self.train, key) < 1.0:
                 raise ConfigError(f"train.{key}: expected a probability in [0, 1), got {getattr(self.train, key)}")
@@ -252,7 +280,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from err
         if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections (data, text, model, train, sample)")
+            raise ConfigError(f"{path}: expected a mapping of sections (data, text, model, train, loss, sample, eval)")
         _apply(config, values, str(path))
     for item in overrides or []:
         if "=" not in item:

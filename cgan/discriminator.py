@@ -44,16 +44,23 @@ class DiscriminatorBlock(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """(images (B, 3, R, R), text, prompt_present, attribute tensors) -> logits (B,)."""
+    """(images (B, 3, R, R), text, prompt_present, attribute tensors) -> logits (B,).
+
+    Optional heads for the auxiliary losses (cgan/losses.py), fed by the same pooled features as
+    the projection head: contrastive_dim > 0 adds an image embedding and a condition embedding
+    (loss.contrastive); attribute_heads adds a prediction of every attribute (loss.attributes).
+    """
 
     def __init__(self, *, schema: AttributeSchema, text_dim: int, resolution: int = 64, cond_dim: int = 256,
                  channel_base: int = 4096, channel_max: int = 256, attn_resolutions: tuple[int, ...] = (8,),
                  attn_heads: int = 4, fusion: str = "cross_attention", num_cond_queries: int = 8,
-                 fusion_layers: int = 2, fusion_heads: int = 4, pool_first: bool = False):
+                 fusion_layers: int = 2, fusion_heads: int = 4, fusion_zero_init: bool = True, pool_first: bool = False,
+                 contrastive_dim: int = 0, attribute_heads: bool = False):
         super().__init__()
         self.resolution = resolution
         self.conditioner = Conditioner(schema=schema, text_dim=text_dim, cond_dim=cond_dim, fusion=fusion,
-                                       num_queries=num_cond_queries, num_layers=fusion_layers, num_heads=fusion_heads)
+                                       num_queries=num_cond_queries, num_layers=fusion_layers, num_heads=fusion_heads,
+                                       zero_init=fusion_zero_init)
         ch = lambda r: channels_at(r, channel_base, channel_max)  # noqa: E731
         self.from_rgb = EqualConv2d(3, ch(resolution), 1, activation=True)
         self.blocks = nn.ModuleList()
@@ -69,11 +76,22 @@ class Discriminator(nn.Module):
         self.fc = EqualLinear(final_channels * 16, final_channels, activation=True)
         self.out = EqualLinear(final_channels, 1)
         self.cond_proj = EqualLinear(cond_dim, final_channels)
+        self.embed_image = self.embed_cond = self.attribute_out = None
+        if contrastive_dim:
+            self.embed_image = EqualLinear(final_channels, contrastive_dim)
+            self.embed_cond = nn.Sequential(EqualLinear(cond_dim, cond_dim, activation=True),
+                                            EqualLinear(cond_dim, contrastive_dim))
+        # one logit per categorical value, one output per continuous attribute (its value in [0, 1])
+        self.attribute_categorical = [s.kind == "categorical" for s in schema.specs]
+        self.attribute_sizes = [len(s.values) if s.kind == "categorical" else 1 for s in schema.specs]
+        if attribute_heads and self.attribute_sizes:
+            self.attribute_out = EqualLinear(final_channels, sum(self.attribute_sizes))
 
     def condition(self, text: TextEncoding, prompt_present, attr_index, attr_value, attr_present) -> Condition:
         return self.conditioner(text, prompt_present, attr_index, attr_value, attr_present)
 
-    def score(self, images: torch.Tensor, cond: Condition) -> torch.Tensor:
+    def features(self, images: torch.Tensor, cond: Condition) -> torch.Tensor:
+        """images (B, 3, R, R) -> pooled features (B, C) that every head reads."""
         x = self.from_rgb(images)
         for block in self.blocks:
             x = block(x)
@@ -81,11 +99,33 @@ class Discriminator(nn.Module):
             if key in self.attn:
                 x, _ = self.attn[key](x, cond.attn_tokens, cond.attn_mask)
         x = self.conv_out(x)  # (B, C, 4, 4)
-        features = self.fc(rearrange(x, "b c h w -> b (c h w)"))  # (B, C)
+        return self.fc(rearrange(x, "b c h w -> b (c h w)"))  # (B, C)
+
+    def logits(self, features: torch.Tensor, cond: Condition) -> torch.Tensor:
+        """Projection head: unconditional score + <features, embedding of cond_vector> -> (B,)."""
         projection = (features * self.cond_proj(cond.cond_vector).to(features.dtype)).sum(dim=1)
         return self.out(features).squeeze(1) + projection / math.sqrt(features.shape[1])  # (B,)
 
+    def score(self, images: torch.Tensor, cond: Condition) -> torch.Tensor:
+        return self.logits(self.features(images, cond), cond)
+
+    def contrastive_embeddings(self, features: torch.Tensor, cond: Condition) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (image embeddings (B, E), condition embeddings (B, E)), not normalised."""
+        if self.embed_image is None or self.embed_cond is None:
+            raise RuntimeError("this discriminator has no contrastive heads (loss.contrastive was 0 when it was built)")
+        return self.embed_image(features), self.embed_cond(cond.cond_vector.to(features.dtype))
+
+    def attribute_logits(self, features: torch.Tensor) -> list[torch.Tensor]:
+        """-> one tensor per attribute: (B, num_values) logits, or (B, 1) for a continuous one."""
+        if self.attribute_out is None:
+            raise RuntimeError("this discriminator has no attribute heads (loss.attributes was 0 when it was built)")
+        return list(self.attribute_out(features).split(self.attribute_sizes, dim=1))
+
     def forward(self, images: torch.Tensor, text: TextEncoding, prompt_present: torch.Tensor,
-                attr_index: torch.Tensor, attr_value: torch.Tensor, attr_present: torch.Tensor) -> torch.Tensor:
+                attr_index: torch.Tensor, attr_value: torch.Tensor, attr_present: torch.Tensor,
+                return_features: bool = False):
+        """-> logits (B,); with return_features, (logits, features (B, C), the condition) for the heads."""
         cond = self.condition(text, prompt_present, attr_index, attr_value, attr_present)
-        return self.score(images, cond)
+        features = self.features(images, cond)
+        logits = self.logits(features, cond)
+        return (logits, features, cond) if return_features else logits

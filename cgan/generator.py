@@ -86,13 +86,14 @@ class Generator(nn.Module):
                  w_dim: int = 256, cond_dim: int = 256, mapping_layers: int = 4, channel_base: int = 4096,
                  channel_max: int = 256, attn_resolutions: tuple[int, ...] = (8, 16), attn_heads: int = 4,
                  fusion: str = "cross_attention", num_cond_queries: int = 8, fusion_layers: int = 2,
-                 fusion_heads: int = 4):
+                 fusion_heads: int = 4, fusion_zero_init: bool = True):
         super().__init__()
         if resolution < 8 or resolution & (resolution - 1):
             raise ValueError(f"resolution must be a power of two >= 8, got {resolution}")
         self.resolution, self.z_dim, self.w_dim = resolution, z_dim, w_dim
         self.conditioner = Conditioner(schema=schema, text_dim=text_dim, cond_dim=cond_dim, fusion=fusion,
-                                       num_queries=num_cond_queries, num_layers=fusion_layers, num_heads=fusion_heads)
+                                       num_queries=num_cond_queries, num_layers=fusion_layers, num_heads=fusion_heads,
+                                       zero_init=fusion_zero_init)
         self.mapping = MappingNetwork(z_dim=z_dim, cond_dim=cond_dim, w_dim=w_dim, num_layers=mapping_layers)
         blocks, in_channels = [], 0
         for log_res in range(2, int(math.log2(resolution)) + 1):

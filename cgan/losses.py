@@ -75,3 +75,53 @@ def mismatched_attributes(attr_index: torch.Tensor, attr_value: torch.Tensor, at
             new_value[i, a] = target
         valid[i] = True
     return new_index, new_value, valid
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def same_condition(captions: list[str], prompt_present: torch.Tensor, attr_index: torch.Tensor,
+                   attr_value: torch.Tensor, attr_present: torch.Tensor) -> torch.Tensor:
+    """(B, B) bool: True where samples i and j ask for the same thing (same prompt, or both without one,
+    and the same attributes given with the same values). Such pairs are not negatives of each other."""
+    ids: dict[str, int] = {}
+    caption_id = torch.tensor([ids.setdefault(c, len(ids)) for c in captions]).to(prompt_present.device)  # (B,)
+    present = prompt_present.bool()
+    same_prompt = (present[:, None] & present[None] & (caption_id[:, None] == caption_id[None])) | \
+                  (~present[:, None] & ~present[None])  # (B, B)
+    given = attr_present.bool()
+    same_attr = (given[:, None] == given[None]) & (
+        ~given[:, None] | ((attr_index[:, None] == attr_index[None]) & (attr_value[:, None] == attr_value[None])))
+    return same_prompt & same_attr.all(dim=-1)  # (B, B)
+
+
+def contrastive_loss(image_embedding: torch.Tensor, cond_embedding: torch.Tensor, same: torch.Tensor,
+                     temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE over a batch (XMC-GAN's image-sentence term): image i must pick its own
+    condition among the batch's, and condition i its own image. Pairs with `same` condition (B, B)
+    are left out of each other's negatives. Embeddings (B, E), normalised here; computed in fp32."""
+    image = F.normalize(image_embedding.float(), dim=-1)
+    cond = F.normalize(cond_embedding.float(), dim=-1)
+    similarity = image @ cond.t() / temperature  # (B, B): row i = image i against every condition
+    own = torch.eye(len(image), dtype=torch.bool, device=image.device)
+    similarity = similarity.masked_fill(same & ~own, float("-inf"))
+    target = torch.arange(len(image), device=image.device)
+    return 0.5 * (F.cross_entropy(similarity, target) + F.cross_entropy(similarity.t(), target))
+
+
+def attribute_loss(predictions: list[torch.Tensor], categorical: list[bool], attr_index: torch.Tensor,
+                   attr_value: torch.Tensor, attr_present: torch.Tensor) -> torch.Tensor:
+    """AC-GAN style: summed over attributes, the cross-entropy of a categorical attribute's logits
+    (B, values) or the squared error of a continuous one's sigmoid (B, 1) against its value in [0, 1],
+    averaged over the samples where the attribute is given."""
+    total = predictions[0].new_zeros((), dtype=torch.float32)
+    for a, prediction in enumerate(predictions):
+        prediction = prediction.float()
+        if categorical[a]:
+            per_sample = F.cross_entropy(prediction, attr_index[:, a], reduction="none")
+        else:
+            per_sample = (prediction[:, 0].sigmoid() - attr_value[:, a].float()).square()
+        total = total + masked_mean(per_sample, attr_present[:, a])
+    return total

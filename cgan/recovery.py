@@ -160,9 +160,14 @@ def check_same_model(out_dir: Path, config: Config) -> None:
     saved_path = out_dir / "config.yaml"
     if not saved_path.is_file():
         return
-    saved = asdict(load_config(saved_path).model)
+    saved_config = load_config(saved_path)
+    saved = asdict(saved_config.model)
     changed = [f"model.{key}={saved[key]!r} (now {value!r})" for key, value in asdict(config.model).items()
                if saved.get(key) != value]
+    # a loss term turned on or off adds or removes D's heads for it; its weight may change
+    changed += [f"loss.{key}={getattr(saved_config.loss, key)!r} (now {getattr(config.loss, key)!r}; a term cannot "
+                "be turned on or off)" for key in ("contrastive", "attributes")
+                if (getattr(saved_config.loss, key) > 0) != (getattr(config.loss, key) > 0)]
     if changed:
         raise ConfigError(f"{saved_path}: this run was trained with {', '.join(changed)}; the model cannot "
                           "change at --resume. Use the run's own model settings, or start a new --out")

@@ -33,7 +33,8 @@ from cgan.data import CaptionedDataset, StepSampler, build_dataset, tensor_to_im
 from cgan.discriminator import Discriminator
 from cgan.ema import ema_beta, update_ema
 from cgan.generator import Generator
-from cgan.losses import d_fake_term, d_real_term, g_loss, mismatched_attributes, mismatched_prompt_index, r1_penalty
+from cgan.losses import (attribute_loss, contrastive_loss, d_fake_term, d_real_term, g_loss, masked_mean,
+                         mismatched_attributes, mismatched_prompt_index, r1_penalty, same_condition)
 from cgan.pipeline import describe_condition, generate, image_grid
 from cgan.recovery import (NonfiniteGuard, check_free_space, check_output_dir, check_same_model,
                            restore_training_state, rng_state, roll_back, skip_if_nonfinite)
@@ -59,6 +60,30 @@ class Batch:
     def cond(self) -> tuple:
         return self.text, self.prompt_present, self.attr_index, self.attr_value, self.attr_present
 
+    def same_condition(self) -> torch.Tensor:
+        """(B, B) bool: pairs that ask for the same thing (not contrastive negatives of each other)."""
+        return same_condition(self.captions, self.prompt_present, self.attr_index, self.attr_value, self.attr_present)
+
+
+def auxiliary_losses(D, features: torch.Tensor, cond, batch: Batch, config: Config,
+                     attr_present: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The loss terms of config.loss that are on, for images (B, ...) made or drawn for `batch`'s
+    conditions: D's features (B, C) and condition `cond` (B rows). attr_present: the attributes the
+    images are known to have (real: all given in the data; generated: those G was asked for)."""
+    terms: dict[str, torch.Tensor] = {}
+    if config.loss.contrastive > 0:
+        image_embedding, cond_embedding = D.contrastive_embeddings(features, cond)
+        terms["contrastive"] = contrastive_loss(image_embedding, cond_embedding, batch.same_condition(),
+                                                config.loss.contrastive_temperature)
+    if config.loss.attributes > 0:
+        terms["attributes"] = attribute_loss(D.attribute_logits(features), D.attribute_categorical,
+                                             batch.attr_index, batch.attr_value, attr_present)
+    return terms
+
+
+def weighted_sum(terms: dict[str, torch.Tensor], config: Config) -> torch.Tensor | float:
+    return sum(getattr(config.loss, name) * value for name, value in terms.items())
+
 
 def generator_kwargs(config: Config, text_dim: int) -> dict[str, Any]:
     m = config.model
@@ -66,7 +91,7 @@ def generator_kwargs(config: Config, text_dim: int) -> dict[str, Any]:
                 cond_dim=m.cond_dim, mapping_layers=m.mapping_layers, channel_base=m.g_channel_base,
                 channel_max=m.g_channel_max, attn_resolutions=tuple(m.g_attn_resolutions), attn_heads=m.attn_heads,
                 fusion=m.fusion, num_cond_queries=m.num_cond_queries, fusion_layers=m.fusion_layers,
-                fusion_heads=m.fusion_heads)
+                fusion_heads=m.fusion_heads, fusion_zero_init=m.fusion_zero_init)
 
 
 def discriminator_kwargs(config: Config, text_dim: int) -> dict[str, Any]:
@@ -75,7 +100,9 @@ def discriminator_kwargs(config: Config, text_dim: int) -> dict[str, Any]:
                 channel_base=m.d_channel_base, channel_max=m.d_channel_max,
                 attn_resolutions=tuple(m.d_attn_resolutions), attn_heads=m.attn_heads, fusion=m.fusion,
                 num_cond_queries=m.num_cond_queries, fusion_layers=m.fusion_layers, fusion_heads=m.fusion_heads,
-                pool_first=m.d_pool_first)
+                fusion_zero_init=m.fusion_zero_init, pool_first=m.d_pool_first,
+                contrastive_dim=m.cond_dim if config.loss.contrastive > 0 else 0,
+                attribute_heads=config.loss.attributes > 0)
 
 
 def sync_gradients(module: torch.nn.Module, accelerator) -> None:
@@ -91,11 +118,6 @@ def sync_gradients(module: torch.nn.Module, accelerator) -> None:
     for p in params:
         p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
         offset += p.numel()
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
 def cat_text(parts: list[TextEncoding]) -> TextEncoding:
@@ -132,14 +154,21 @@ def d_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str]) 
     if augment:
         images = diff_augment(images, augment)
     with accelerator.autocast():
-        logits = D(images, text, prompt_present, attr_index, attr_value, attr_present).float()
+        logits, features, cond = D(images, text, prompt_present, attr_index, attr_value, attr_present,
+                                   return_features=True)
+        logits = logits.float()
+        # the auxiliary heads learn from real images with their own conditions: the batch's first rows
+        real_cond = cond.slice(0, size)
+        aux = auxiliary_losses(D, features[:size], real_cond, batch, config, batch.attr_present_full)
     real, fake_logits, mis_text, mis_attr = logits.split([size, size, num_mismatch, num_mismatch])
     loss_mismatch = (masked_mean(d_fake_term(mis_text, t.loss), text_valid.to(device, non_blocking=True))
                      + masked_mean(d_fake_term(mis_attr, t.loss), attr_valid.to(device, non_blocking=True)))
     loss = d_real_term(real, t.loss).mean() + d_fake_term(fake_logits, t.loss).mean() + t.mismatch_weight * loss_mismatch
+    loss = loss + weighted_sum(aux, config)
     accelerator.backward(loss / t.grad_accum)
     return {"loss/D": loss.detach(), "logits/real": real.detach().mean(), "logits/fake": fake_logits.detach().mean(),
-            "logits/mismatch_text": mis_text.detach().mean(), "logits/mismatch_attr": mis_attr.detach().mean()}
+            "logits/mismatch_text": mis_text.detach().mean(), "logits/mismatch_attr": mis_attr.detach().mean(),
+            **{f"loss/D_{name}": value.detach() for name, value in aux.items()}}
 
 
 def r1_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str]) -> dict[str, torch.Tensor]:
@@ -161,10 +190,13 @@ def g_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str]) 
     with accelerator.autocast():
         fake = G(z, *batch.cond())
         fake = diff_augment(fake, augment) if augment else fake
-        logits = D(fake, *batch.cond()).float()
-    loss = g_loss(logits, t.loss)
+        logits, features, cond = D(fake, *batch.cond(), return_features=True)
+        logits = logits.float()
+        aux = auxiliary_losses(D, features, cond, batch, config, batch.attr_present)
+    adversarial = g_loss(logits, t.loss)
+    loss = adversarial + weighted_sum(aux, config)
     accelerator.backward(loss / t.grad_accum)
-    return {"loss/G": loss.detach()}
+    return {"loss/G": adversarial.detach(), **{f"loss/G_{name}": value.detach() for name, value in aux.items()}}
 
 
 def run_phase(step_fn, trained, frozen, optimizer, batches: list[Batch], G, D, config: Config, accelerator,
@@ -253,9 +285,11 @@ class Evaluator:
             if data.name == "shapes":
                 result = faithfulness.evaluate_faithfulness(pipe, num=e.faithfulness_num, device=str(self.device))
                 for part in ("seen", "heldout"):
-                    for key in ("all_correct_one", "all_correct_two"):
-                        if result[part][key] is not None:
-                            metrics[f"metric/faithfulness/{part}/{key}"] = result[part][key]
+                    values = {**result[part]["accuracy"], "all_correct_one": result[part]["all_correct_one"],
+                              "all_correct_two": result[part]["all_correct_two"]}
+                    for key, value in values.items():
+                        if value is not None:
+                            metrics[f"metric/faithfulness/{part}/{key}"] = value
             else:
                 if self.custom_classifier is None:
                     self.custom_classifier = faithfulness.train_attribute_classifier(self.dataset)

@@ -1,0 +1,95 @@
+"""The auxiliary loss terms (config `loss`): contrastive image-condition matching and attribute prediction."""
+import json
+
+import pytest
+import torch
+
+from cgan.config import ConfigError, load_config
+from cgan.discriminator import Discriminator
+from cgan.losses import attribute_loss, contrastive_loss, same_condition
+from cgan.training import train
+from conftest import TINY, fake_text, tiny_model_kwargs
+
+
+def test_same_condition_marks_only_identical_requests(shapes_schema):
+    captions = ["a red circle", "a red circle", "a blue square", "a red circle", "a red circle"]
+    prompt_present = torch.tensor([True, True, True, False, False])
+    attrs = [{"style": "flat"}, {"style": "flat"}, {"style": "flat"}, {"style": "flat"}, {"style": "flat"}]
+    index, value, present = shapes_schema.encode(attrs)
+    same = same_condition(captions, prompt_present, index, value, present)
+    assert same.tolist() == [[True, True, False, False, False],
+                             [True, True, False, False, False],
+                             [False, False, True, False, False],
+                             [False, False, False, True, True],  # both without a prompt: the same request
+                             [False, False, False, True, True]]
+    index2, value2, present2 = shapes_schema.encode([{"style": "flat"}, {"style": "outline"}, {}, {"size": 0.5},
+                                                     {"size": 0.25}])
+    same = same_condition(["x"] * 5, torch.ones(5, dtype=torch.bool), index2, value2, present2)
+    assert same.sum() == 5  # every attribute set differs: only the diagonal
+
+
+def test_contrastive_loss_rewards_alignment_and_ignores_duplicates():
+    torch.manual_seed(0)
+    cond = torch.randn(6, 16)
+    own = torch.eye(6, dtype=torch.bool)
+    aligned = contrastive_loss(cond * 3, cond, own, temperature=0.1)
+    shuffled = contrastive_loss(cond.roll(1, dims=0) * 3, cond, own, temperature=0.1)
+    assert aligned < 0.1 < shuffled
+    # Two samples with the same condition: their (identical) embeddings must not count as negatives.
+    dup = cond.clone()
+    dup[1] = dup[0]
+    same = own.clone()
+    same[0, 1] = same[1, 0] = True
+    assert contrastive_loss(dup * 3, dup, same, 0.1) < 0.1 < contrastive_loss(dup * 3, dup, own, 0.1)
+
+
+def test_attribute_loss_only_counts_given_attributes():
+    logits = torch.tensor([[5.0, -5.0, -5.0], [-5.0, 5.0, -5.0]])
+    continuous = torch.tensor([[10.0], [-10.0]])  # sigmoid: ~1 and ~0
+    index = torch.tensor([[0, 0], [1, 0]])
+    value = torch.tensor([[0.0, 1.0], [0.0, 0.0]])
+    present = torch.ones(2, 2, dtype=torch.bool)
+    assert attribute_loss([logits, continuous], [True, False], index, value, present) < 0.01
+    wrong = torch.tensor([[0, 0], [2, 0]])
+    assert attribute_loss([logits, continuous], [True, False], wrong, value, present) > 4
+    present[1, 0] = False  # the wrong label is on an attribute that was not given: not counted
+    assert attribute_loss([logits, continuous], [True, False], wrong, value, present) < 0.01
+
+
+def test_discriminator_heads_exist_only_when_asked(shapes_schema):
+    kwargs = {k: v for k, v in tiny_model_kwargs().items() if k not in ("z_dim", "w_dim", "mapping_layers")}
+    plain = Discriminator(schema=shapes_schema, **kwargs)
+    heads = Discriminator(schema=shapes_schema, contrastive_dim=24, attribute_heads=True, **kwargs)
+    images, text = torch.randn(3, 3, 32, 32), fake_text(3)
+    cond_args = (text, torch.ones(3, dtype=torch.bool), *shapes_schema.encode([{"style": "flat"}, {}, {"size": 1}]))
+    logits, features, cond = heads(images, *cond_args, return_features=True)
+    image_embedding, cond_embedding = heads.contrastive_embeddings(features, cond)
+    assert logits.shape == (3,) and image_embedding.shape == cond_embedding.shape == (3, 24)
+    assert [p.shape for p in heads.attribute_logits(features)] == [(3, 3), (3, 2), (3, 1)]  # style, background, size
+    with pytest.raises(RuntimeError, match="loss.contrastive"):
+        plain.contrastive_embeddings(features, cond)
+    extra = set(heads.state_dict()) - set(plain.state_dict())
+    assert {k.split(".")[0] for k in extra} == {"embed_image", "embed_cond", "attribute_out"}
+
+
+def test_config_rejects_negative_weights():
+    with pytest.raises(ConfigError, match="loss.contrastive"):
+        load_config(TINY, ["loss.contrastive=-1"])
+    with pytest.raises(ConfigError, match="loss.contrastive_temperature"):
+        load_config(TINY, ["loss.contrastive_temperature=0"])
+
+
+def test_training_with_both_terms_logs_them_and_resume_refuses_a_toggle(config, tmp_path, minilm):
+    for item in ("loss.contrastive=1", "loss.attributes=0.5"):
+        key, value = item.split("=")
+        setattr(config.loss, key.split(".")[1], float(value))
+    run = tmp_path / "run"
+    train(config, run, max_steps=2, text_encoder=minilm)
+    row = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    for key in ("loss/D_contrastive", "loss/G_contrastive", "loss/D_attributes", "loss/G_attributes"):
+        assert torch.isfinite(torch.tensor(row[key])), key
+    config.loss.attributes = 0.0
+    with pytest.raises(ConfigError, match="loss.attributes"):
+        train(config, run, resume="latest", text_encoder=minilm)
+    config.loss.attributes, config.loss.contrastive = 0.25, 2.0  # a weight may change
+    train(config, run, resume="latest", max_steps=1, text_encoder=minilm)
