@@ -46,9 +46,11 @@ class DiscriminatorBlock(nn.Module):
 class Discriminator(nn.Module):
     """(images (B, 3, R, R), text, prompt_present, attribute tensors) -> logits (B,).
 
-    Optional heads for the auxiliary losses (cgan/losses.py), fed by the same pooled features as
-    the projection head: contrastive_dim > 0 adds an image embedding and a condition embedding
-    (loss.contrastive); attribute_heads adds a prediction of every attribute (loss.attributes).
+    Optional heads for the auxiliary losses (cgan/losses.py): contrastive_dim > 0 adds an image
+    embedding and a condition embedding (loss.contrastive); attribute_heads adds a prediction of
+    every attribute (loss.attributes). They read the image features from before D's first
+    cross-attention: features that have seen the condition could simply copy it, and the losses
+    would then say nothing about the image.
     """
 
     def __init__(self, *, schema: AttributeSchema, text_dim: int, resolution: int = 64, cond_dim: int = 256,
@@ -66,40 +68,51 @@ class Discriminator(nn.Module):
         self.blocks = nn.ModuleList()
         self.attn = nn.ModuleDict()
         res = resolution
+        self.plain_resolution = 4  # where the unconditioned features are taken: before the first attention
         while res > 4:
             self.blocks.append(DiscriminatorBlock(ch(res), ch(res // 2), pool_first))
             res //= 2
             if res in attn_resolutions:
                 self.attn[str(res)] = SpatialCrossAttention(ch(res), cond_dim, num_heads=attn_heads)
+                self.plain_resolution = max(self.plain_resolution, res)
         final_channels = ch(4)
         self.conv_out = EqualConv2d(final_channels, final_channels, 3, activation=True)
         self.fc = EqualLinear(final_channels * 16, final_channels, activation=True)
         self.out = EqualLinear(final_channels, 1)
         self.cond_proj = EqualLinear(cond_dim, final_channels)
-        self.embed_image = self.embed_cond = self.attribute_out = None
+        self.plain = self.embed_image = self.embed_cond = self.attribute_out = None
+        # one logit per categorical value, one output per continuous attribute (its value in [0, 1])
+        self.attribute_categorical = [s.kind == "categorical" for s in schema.specs]
+        self.attribute_sizes = [len(s.values) if s.kind == "categorical" else 1 for s in schema.specs]
+        if contrastive_dim or (attribute_heads and self.attribute_sizes):
+            plain_channels = ch(self.plain_resolution)
+            # the unconditioned features pooled to 4 x 4 and flattened (where things are survives) -> (B, C)
+            self.plain = EqualLinear(plain_channels * 16, final_channels, activation=True)
         if contrastive_dim:
             self.embed_image = EqualLinear(final_channels, contrastive_dim)
             self.embed_cond = nn.Sequential(EqualLinear(cond_dim, cond_dim, activation=True),
                                             EqualLinear(cond_dim, contrastive_dim))
-        # one logit per categorical value, one output per continuous attribute (its value in [0, 1])
-        self.attribute_categorical = [s.kind == "categorical" for s in schema.specs]
-        self.attribute_sizes = [len(s.values) if s.kind == "categorical" else 1 for s in schema.specs]
         if attribute_heads and self.attribute_sizes:
             self.attribute_out = EqualLinear(final_channels, sum(self.attribute_sizes))
 
     def condition(self, text: TextEncoding, prompt_present, attr_index, attr_value, attr_present) -> Condition:
         return self.conditioner(text, prompt_present, attr_index, attr_value, attr_present)
 
-    def features(self, images: torch.Tensor, cond: Condition) -> torch.Tensor:
-        """images (B, 3, R, R) -> pooled features (B, C) that every head reads."""
+    def features(self, images: torch.Tensor, cond: Condition) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """images (B, 3, R, R) -> (features (B, C) of the projection head, unconditioned features (B, C)
+        of the auxiliary heads, or None when there are none)."""
         x = self.from_rgb(images)
+        plain = None
         for block in self.blocks:
             x = block(x)
+            if self.plain is not None and x.shape[-1] == self.plain_resolution:
+                pooled = F.adaptive_avg_pool2d(x, 4)  # (B, C', 4, 4)
+                plain = self.plain(rearrange(pooled, "b c h w -> b (c h w)"))  # (B, C)
             key = str(x.shape[-1])
             if key in self.attn:
                 x, _ = self.attn[key](x, cond.attn_tokens, cond.attn_mask)
         x = self.conv_out(x)  # (B, C, 4, 4)
-        return self.fc(rearrange(x, "b c h w -> b (c h w)"))  # (B, C)
+        return self.fc(rearrange(x, "b c h w -> b (c h w)")), plain  # (B, C), (B, C) or None
 
     def logits(self, features: torch.Tensor, cond: Condition) -> torch.Tensor:
         """Projection head: unconditional score + <features, embedding of cond_vector> -> (B,)."""
@@ -107,25 +120,26 @@ class Discriminator(nn.Module):
         return self.out(features).squeeze(1) + projection / math.sqrt(features.shape[1])  # (B,)
 
     def score(self, images: torch.Tensor, cond: Condition) -> torch.Tensor:
-        return self.logits(self.features(images, cond), cond)
+        return self.logits(self.features(images, cond)[0], cond)
 
-    def contrastive_embeddings(self, features: torch.Tensor, cond: Condition) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (image embeddings (B, E), condition embeddings (B, E)), not normalised."""
+    def contrastive_embeddings(self, plain: torch.Tensor, cond: Condition) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unconditioned features (B, C) -> (image embeddings (B, E), condition embeddings (B, E)), not normalised."""
         if self.embed_image is None or self.embed_cond is None:
             raise RuntimeError("this discriminator has no contrastive heads (loss.contrastive was 0 when it was built)")
-        return self.embed_image(features), self.embed_cond(cond.cond_vector.to(features.dtype))
+        return self.embed_image(plain), self.embed_cond(cond.cond_vector.to(plain.dtype))
 
-    def attribute_logits(self, features: torch.Tensor) -> list[torch.Tensor]:
-        """-> one tensor per attribute: (B, num_values) logits, or (B, 1) for a continuous one."""
+    def attribute_logits(self, plain: torch.Tensor) -> list[torch.Tensor]:
+        """Unconditioned features (B, C) -> per attribute: (B, num_values) logits, or (B, 1) if continuous."""
         if self.attribute_out is None:
             raise RuntimeError("this discriminator has no attribute heads (loss.attributes was 0 when it was built)")
-        return list(self.attribute_out(features).split(self.attribute_sizes, dim=1))
+        return list(self.attribute_out(plain).split(self.attribute_sizes, dim=1))
 
     def forward(self, images: torch.Tensor, text: TextEncoding, prompt_present: torch.Tensor,
                 attr_index: torch.Tensor, attr_value: torch.Tensor, attr_present: torch.Tensor,
                 return_features: bool = False):
-        """-> logits (B,); with return_features, (logits, features (B, C), the condition) for the heads."""
+        """-> logits (B,); with return_features, (logits, unconditioned features (B, C) or None, the
+        condition) for the auxiliary heads."""
         cond = self.condition(text, prompt_present, attr_index, attr_value, attr_present)
-        features = self.features(images, cond)
+        features, plain = self.features(images, cond)
         logits = self.logits(features, cond)
-        return (logits, features, cond) if return_features else logits
+        return (logits, plain, cond) if return_features else logits

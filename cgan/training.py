@@ -65,18 +65,18 @@ class Batch:
         return same_condition(self.captions, self.prompt_present, self.attr_index, self.attr_value, self.attr_present)
 
 
-def auxiliary_losses(D, features: torch.Tensor, cond, batch: Batch, config: Config,
+def auxiliary_losses(D, plain: torch.Tensor | None, cond, batch: Batch, config: Config,
                      attr_present: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The loss terms of config.loss that are on, for images (B, ...) made or drawn for `batch`'s
-    conditions: D's features (B, C) and condition `cond` (B rows). attr_present: the attributes the
-    images are known to have (real: all given in the data; generated: those G was asked for)."""
+    """The loss terms of config.loss that are on, for images made or drawn for `batch`'s conditions:
+    D's unconditioned features `plain` (B, C) of them and D's condition `cond` (B rows). attr_present:
+    the attributes the images are known to have (real: all in the data; generated: those G was asked for)."""
     terms: dict[str, torch.Tensor] = {}
     if config.loss.contrastive > 0:
-        image_embedding, cond_embedding = D.contrastive_embeddings(features, cond)
+        image_embedding, cond_embedding = D.contrastive_embeddings(plain, cond)
         terms["contrastive"] = contrastive_loss(image_embedding, cond_embedding, batch.same_condition(),
                                                 config.loss.contrastive_temperature)
     if config.loss.attributes > 0:
-        terms["attributes"] = attribute_loss(D.attribute_logits(features), D.attribute_categorical,
+        terms["attributes"] = attribute_loss(D.attribute_logits(plain), D.attribute_categorical,
                                              batch.attr_index, batch.attr_value, attr_present)
     return terms
 
@@ -154,12 +154,12 @@ def d_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str]) 
     if augment:
         images = diff_augment(images, augment)
     with accelerator.autocast():
-        logits, features, cond = D(images, text, prompt_present, attr_index, attr_value, attr_present,
-                                   return_features=True)
+        logits, plain, cond = D(images, text, prompt_present, attr_index, attr_value, attr_present,
+                                return_features=True)
         logits = logits.float()
         # the auxiliary heads learn from real images with their own conditions: the batch's first rows
-        real_cond = cond.slice(0, size)
-        aux = auxiliary_losses(D, features[:size], real_cond, batch, config, batch.attr_present_full)
+        aux = auxiliary_losses(D, plain[:size] if plain is not None else None, cond.slice(0, size), batch, config,
+                               batch.attr_present_full)
     real, fake_logits, mis_text, mis_attr = logits.split([size, size, num_mismatch, num_mismatch])
     loss_mismatch = (masked_mean(d_fake_term(mis_text, t.loss), text_valid.to(device, non_blocking=True))
                      + masked_mean(d_fake_term(mis_attr, t.loss), attr_valid.to(device, non_blocking=True)))
@@ -190,9 +190,9 @@ def g_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str]) 
     with accelerator.autocast():
         fake = G(z, *batch.cond())
         fake = diff_augment(fake, augment) if augment else fake
-        logits, features, cond = D(fake, *batch.cond(), return_features=True)
+        logits, plain, cond = D(fake, *batch.cond(), return_features=True)
         logits = logits.float()
-        aux = auxiliary_losses(D, features, cond, batch, config, batch.attr_present)
+        aux = auxiliary_losses(D, plain, cond, batch, config, batch.attr_present)
     adversarial = g_loss(logits, t.loss)
     loss = adversarial + weighted_sum(aux, config)
     accelerator.backward(loss / t.grad_accum)

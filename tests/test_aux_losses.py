@@ -69,7 +69,10 @@ def test_discriminator_heads_exist_only_when_asked(shapes_schema):
     with pytest.raises(RuntimeError, match="loss.contrastive"):
         plain.contrastive_embeddings(features, cond)
     extra = set(heads.state_dict()) - set(plain.state_dict())
-    assert {k.split(".")[0] for k in extra} == {"embed_image", "embed_cond", "attribute_out"}
+    assert {k.split(".")[0] for k in extra} == {"plain", "embed_image", "embed_cond", "attribute_out"}
+    # the heads see the image only: the condition cannot leak into them through D's cross-attention
+    other = (text, torch.zeros(3, dtype=torch.bool), *shapes_schema.encode([{}, {"style": "shaded"}, {}]))
+    assert torch.equal(heads(images, *other, return_features=True)[1], features)
 
 
 def test_config_rejects_negative_weights():
