@@ -64,6 +64,10 @@ class ModelConfig:
     # of after it: 0.62x the D phase's FLOPs, ~1.3x faster training; off keeps earlier runs' D
     d_pool_first: bool = False
     attn_heads: int = 4
+    # residual: a convolutional D trained from scratch; projected: small heads on a frozen pretrained
+    # image network (EfficientNet-Lite0, cgan/projected.py), width d_channel_max (d_channel_base,
+    # d_attn_resolutions and d_pool_first do not apply)
+    discriminator: str = "residual"
     # cross_attention: the fused tokens' mean joins the condition vector through a layer that starts at
     # zero (the pooled path alone at the start) or, with false, at a random init (the token path is heard
     # from the first step)
@@ -167,6 +171,7 @@ class Config:
             if getattr(self.eval, key) < 0:
                 raise ConfigError(f"eval.{key}: expected 0 (off) or a positive number of steps")
         _choice("model.fusion", self.model.fusion, ("cross_attention", "concat"))
+        _choice("model.discriminator", self.model.discriminator, ("residual", "projected"))
         _choice("train.loss", self.train.loss, ("logistic", "hinge"))
         _choice("train.mixed_precision", self.train.mixed_precision, ("no", "bf16", "fp16"))
         for key in ("g_attn_resolutions", "d_attn_resolutions"):

@@ -43,7 +43,40 @@ class DiscriminatorBlock(nn.Module):
         return (x + skip) * (1 / math.sqrt(2))
 
 
-class Discriminator(nn.Module):
+class AuxiliaryHeads(nn.Module):
+    """The heads of the auxiliary losses, shared by both discriminators. They read `plain`, features
+    of the image alone (B, plain_dim) -> (B, dim): the contrastive image and condition embeddings
+    (loss.contrastive) and one prediction per attribute (loss.attributes)."""
+
+    def build_auxiliary_heads(self, schema: AttributeSchema, plain_dim: int, dim: int, cond_dim: int,
+                              contrastive_dim: int, attribute_heads: bool) -> None:
+        self.plain = self.embed_image = self.embed_cond = self.attribute_out = None
+        # one logit per categorical value, one output per continuous attribute (its value in [0, 1])
+        self.attribute_categorical = [s.kind == "categorical" for s in schema.specs]
+        self.attribute_sizes = [len(s.values) if s.kind == "categorical" else 1 for s in schema.specs]
+        if contrastive_dim or (attribute_heads and self.attribute_sizes):
+            self.plain = EqualLinear(plain_dim, dim, activation=True)
+        if contrastive_dim:
+            self.embed_image = EqualLinear(dim, contrastive_dim)
+            self.embed_cond = nn.Sequential(EqualLinear(cond_dim, cond_dim, activation=True),
+                                            EqualLinear(cond_dim, contrastive_dim))
+        if attribute_heads and self.attribute_sizes:
+            self.attribute_out = EqualLinear(dim, sum(self.attribute_sizes))
+
+    def contrastive_embeddings(self, plain: torch.Tensor, cond: Condition) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unconditioned features (B, C) -> (image embeddings (B, E), condition embeddings (B, E)), not normalised."""
+        if self.embed_image is None or self.embed_cond is None:
+            raise RuntimeError("this discriminator has no contrastive heads (loss.contrastive was 0 when it was built)")
+        return self.embed_image(plain), self.embed_cond(cond.cond_vector.to(plain.dtype))
+
+    def attribute_logits(self, plain: torch.Tensor) -> list[torch.Tensor]:
+        """Unconditioned features (B, C) -> per attribute: (B, num_values) logits, or (B, 1) if continuous."""
+        if self.attribute_out is None:
+            raise RuntimeError("this discriminator has no attribute heads (loss.attributes was 0 when it was built)")
+        return list(self.attribute_out(plain).split(self.attribute_sizes, dim=1))
+
+
+class Discriminator(AuxiliaryHeads):
     """(images (B, 3, R, R), text, prompt_present, attribute tensors) -> logits (B,).
 
     Optional heads for the auxiliary losses (cgan/losses.py): contrastive_dim > 0 adds an image
@@ -80,20 +113,9 @@ class Discriminator(nn.Module):
         self.fc = EqualLinear(final_channels * 16, final_channels, activation=True)
         self.out = EqualLinear(final_channels, 1)
         self.cond_proj = EqualLinear(cond_dim, final_channels)
-        self.plain = self.embed_image = self.embed_cond = self.attribute_out = None
-        # one logit per categorical value, one output per continuous attribute (its value in [0, 1])
-        self.attribute_categorical = [s.kind == "categorical" for s in schema.specs]
-        self.attribute_sizes = [len(s.values) if s.kind == "categorical" else 1 for s in schema.specs]
-        if contrastive_dim or (attribute_heads and self.attribute_sizes):
-            plain_channels = ch(self.plain_resolution)
-            # the unconditioned features pooled to 4 x 4 and flattened (where things are survives) -> (B, C)
-            self.plain = EqualLinear(plain_channels * 16, final_channels, activation=True)
-        if contrastive_dim:
-            self.embed_image = EqualLinear(final_channels, contrastive_dim)
-            self.embed_cond = nn.Sequential(EqualLinear(cond_dim, cond_dim, activation=True),
-                                            EqualLinear(cond_dim, contrastive_dim))
-        if attribute_heads and self.attribute_sizes:
-            self.attribute_out = EqualLinear(final_channels, sum(self.attribute_sizes))
+        # the unconditioned features pooled to 4 x 4 and flattened (where things are survives)
+        self.build_auxiliary_heads(schema, ch(self.plain_resolution) * 16, final_channels, cond_dim, contrastive_dim,
+                                   attribute_heads)
 
     def condition(self, text: TextEncoding, prompt_present, attr_index, attr_value, attr_present) -> Condition:
         return self.conditioner(text, prompt_present, attr_index, attr_value, attr_present)
@@ -121,18 +143,6 @@ class Discriminator(nn.Module):
 
     def score(self, images: torch.Tensor, cond: Condition) -> torch.Tensor:
         return self.logits(self.features(images, cond)[0], cond)
-
-    def contrastive_embeddings(self, plain: torch.Tensor, cond: Condition) -> tuple[torch.Tensor, torch.Tensor]:
-        """Unconditioned features (B, C) -> (image embeddings (B, E), condition embeddings (B, E)), not normalised."""
-        if self.embed_image is None or self.embed_cond is None:
-            raise RuntimeError("this discriminator has no contrastive heads (loss.contrastive was 0 when it was built)")
-        return self.embed_image(plain), self.embed_cond(cond.cond_vector.to(plain.dtype))
-
-    def attribute_logits(self, plain: torch.Tensor) -> list[torch.Tensor]:
-        """Unconditioned features (B, C) -> per attribute: (B, num_values) logits, or (B, 1) if continuous."""
-        if self.attribute_out is None:
-            raise RuntimeError("this discriminator has no attribute heads (loss.attributes was 0 when it was built)")
-        return list(self.attribute_out(plain).split(self.attribute_sizes, dim=1))
 
     def forward(self, images: torch.Tensor, text: TextEncoding, prompt_present: torch.Tensor,
                 attr_index: torch.Tensor, attr_value: torch.Tensor, attr_present: torch.Tensor,

@@ -78,6 +78,9 @@ def mismatched_attributes(attr_index: torch.Tensor, attr_value: torch.Tensor, at
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of values (B,) or (B, N) (then averaged over N first) over the samples where mask (B,) holds."""
+    if values.dim() > 1:
+        values = values.flatten(1).mean(dim=1)
     mask = mask.to(values.dtype)
     return (values * mask).sum() / mask.sum().clamp(min=1)
 

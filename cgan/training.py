@@ -96,13 +96,25 @@ def generator_kwargs(config: Config, text_dim: int) -> dict[str, Any]:
 
 def discriminator_kwargs(config: Config, text_dim: int) -> dict[str, Any]:
     m = config.model
-    return dict(text_dim=text_dim, resolution=config.data.resolution, cond_dim=m.cond_dim,
-                channel_base=m.d_channel_base, channel_max=m.d_channel_max,
-                attn_resolutions=tuple(m.d_attn_resolutions), attn_heads=m.attn_heads, fusion=m.fusion,
-                num_cond_queries=m.num_cond_queries, fusion_layers=m.fusion_layers, fusion_heads=m.fusion_heads,
-                fusion_zero_init=m.fusion_zero_init, pool_first=m.d_pool_first,
-                contrastive_dim=m.cond_dim if config.loss.contrastive > 0 else 0,
-                attribute_heads=config.loss.attributes > 0)
+    shared = dict(text_dim=text_dim, resolution=config.data.resolution, cond_dim=m.cond_dim, attn_heads=m.attn_heads,
+                  fusion=m.fusion, num_cond_queries=m.num_cond_queries, fusion_layers=m.fusion_layers,
+                  fusion_heads=m.fusion_heads, fusion_zero_init=m.fusion_zero_init,
+                  contrastive_dim=m.cond_dim if config.loss.contrastive > 0 else 0,
+                  attribute_heads=config.loss.attributes > 0)
+    if m.discriminator == "projected":
+        return dict(shared, width=m.d_channel_max)
+    return dict(shared, channel_base=m.d_channel_base, channel_max=m.d_channel_max,
+                attn_resolutions=tuple(m.d_attn_resolutions), pool_first=m.d_pool_first)
+
+
+def build_discriminator(config: Config, schema, text_dim: int) -> torch.nn.Module:
+    """model.discriminator: residual (Discriminator) or projected (ProjectedDiscriminator)."""
+    kwargs = discriminator_kwargs(config, text_dim)
+    if config.model.discriminator == "projected":
+        from cgan.projected import ProjectedDiscriminator
+
+        return ProjectedDiscriminator(schema=schema, **kwargs)
+    return Discriminator(schema=schema, **kwargs)
 
 
 def sync_gradients(module: torch.nn.Module, accelerator) -> None:
@@ -350,7 +362,7 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
 
     torch.manual_seed(t.seed)  # identical initial weights on every process
     G = Generator(schema=dataset.schema, **generator_kwargs(config, text_encoder.dim))
-    D = Discriminator(schema=dataset.schema, **discriminator_kwargs(config, text_encoder.dim))
+    D = build_discriminator(config, dataset.schema, text_encoder.dim)
     G_ema = Generator(schema=dataset.schema, **generator_kwargs(config, text_encoder.dim)).eval().requires_grad_(False)
     G_ema.load_state_dict(G.state_dict())
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
@@ -439,7 +451,7 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
                    for _ in range(t.grad_accum)]
         # The GAN phases as data: (what trains, what is frozen, its optimizer, the step function).
         phases = [(D, G, opt_D, d_step)]
-        if step % t.r1_every == 0:
+        if step % t.r1_every == 0 and t.r1_gamma > 0:
             phases.append((D, G, opt_D, r1_step))
         phases.append((G, D, opt_G, g_step))
         stats: dict[str, torch.Tensor] = {}
