@@ -36,7 +36,8 @@ from cgan.config import load_config  # noqa: E402
 
 PREFIX = "metric/faithfulness/"
 TABLE_METRICS = ["seen/all_correct_one", "heldout/all_correct_one", "seen/all_correct_two", "seen/shape",
-                 "seen/color", "seen/relation", "seen/style", "seen/background"]
+                 "seen/color", "seen/relation", "seen/style", "seen/background", "seen/count"]
+CURVE_METRICS = TABLE_METRICS[:3]
 PLOT_METRICS = TABLE_METRICS[:6]
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
@@ -104,19 +105,24 @@ def cell(value) -> str:
     return "-" if value is None else f"{value:.3f}" if value < 10 else f"{value:.1f}"
 
 
-def report(curves: dict[str, dict], metrics: list[str]) -> str:
+def report(curves: dict[str, dict], curve_metrics: list[str], final_metrics: list[str]) -> str:
+    """Curves of `curve_metrics` against kimg, then every final metric at each run's last point."""
     kimgs = sorted({round(p["kimg"], 1) for c in curves.values() for p in c["points"]})
     lines = []
-    for metric in metrics + ["fid"]:
-        if not any(metric in p for c in curves.values() for p in c["points"]):
-            continue
-        lines.append(f"\n{metric} at kimg: " + "  ".join(f"{k:g}" for k in kimgs))
-        lines.append(f"{'run':<28}" + "".join(f"{k:>8g}" for k in kimgs) + f"{'train min':>11}{'img/s':>8}")
+    for metric in curve_metrics:
+        lines.append(f"\n{metric}, against thousands of images seen")
+        lines.append(f"{'run':<26}" + "".join(f"{k:>7g}" for k in kimgs))
         for run, curve in curves.items():
             at = {round(p["kimg"], 1): p.get(metric) for p in curve["points"]}
-            minutes = curve["points"][-1]["train_min"] if curve["points"] else None
-            lines.append(f"{run:<28}" + "".join(f"{cell(at.get(k)):>8}" for k in kimgs)
-                         + f"{cell(minutes):>11}{cell(curve['img_s']):>8}")
+            lines.append(f"{run:<26}" + "".join(f"{cell(at.get(k)):>7}" for k in kimgs))
+    names = [m.replace("all_correct_", "all") for m in final_metrics] + ["fid", "kimg", "train min", "img/s"]
+    lines.append("\nat each run's last point (allone/alltwo: all-correct, 1 / 2 objects)")
+    lines.append(f"{'run':<26}" + "".join(f"{n:>{max(len(n) + 2, 8)}}" for n in names))
+    for run, curve in curves.items():
+        last = curve["points"][-1] if curve["points"] else {}
+        values = [last.get(m) for m in final_metrics] + [last.get("fid"), last.get("kimg"), last.get("train_min"),
+                                                          curve["img_s"]]
+        lines.append(f"{run:<26}" + "".join(f"{cell(v):>{max(len(n) + 2, 8)}}" for n, v in zip(names, values)))
     return "\n".join(lines)
 
 
@@ -205,7 +211,7 @@ def main() -> None:
             for (cmd, run), seconds in zip(jobs, pool.map(lambda job: train_one(*job, args.threads), jobs)):
                 print(f"{run.name}: {seconds / 60:.1f} min (with evaluation)")
     curves = {run.name: read_curve(run) for _, run in jobs}
-    print(report(curves, TABLE_METRICS))
+    print(report(curves, CURVE_METRICS, TABLE_METRICS))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = {"base": str(args.base), "kimg": args.kimg, "recipes": recipes, "cpu": cpu_features(), "runs": curves}

@@ -41,6 +41,10 @@ def train_main(argv: list[str] | None = None) -> int:
         except TrainingDiverged as err:  # not bad input: the message says what to change before resuming
             print(f"error: {err}", file=sys.stderr)
             return 3
+        except KeyboardInterrupt:  # a second Ctrl-C: checkpoints written so far are complete
+            print(f"\ninterrupted: the newest complete checkpoint in {Path(args.out) / 'checkpoints'} is kept; "
+                  "continue with --resume latest", file=sys.stderr)
+            return 130
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -95,6 +95,8 @@ class TrainConfig:
     mixed_precision: str = "no"  # no | bf16 | fp16
     channels_last: bool = True
     compile: bool = False  # torch.compile G and D for the D and G phases (R1 keeps eager D): slow to compile
+    max_minutes: float = 0.0  # wall-clock budget of this invocation: then checkpoint, export and stop (0 = none)
+    checkpoint_minutes: float = 10.0  # also checkpoint (and export) when this long has passed since the last one
     log_every: int = 50
     sample_every: int = 1000
     checkpoint_every: int = 1000
@@ -190,6 +192,9 @@ class Config:
                                   ("dist_timeout_s", lambda v: v > 0, "a positive number of seconds")):
             if not ok(getattr(self.train, key)):
                 raise ConfigError(f"train.{key}: expected {expected}, got {getattr(self.train, key)}")
+        for key in ("max_minutes", "checkpoint_minutes"):
+            if not 0.0 <= getattr(self.train, key) < float("inf"):
+                raise ConfigError(f"train.{key}: expected minutes >= 0 (0 = off), got {getattr(self.train, key)}")
         for key in ("contrastive", "attributes"):
             if not 0.0 <= getattr(self.loss, key) < float("inf"):
                 raise ConfigError(f"loss.{key}: expected a weight >= 0 (0 = off), got {getattr(self.loss, key)}")

@@ -10,6 +10,10 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import signal
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -192,3 +196,52 @@ def check_free_space(out_dir: Path, bytes_needed: int) -> None:
         kept = f"; the newest complete state is {newest[-1]}, continue with --resume latest" if newest else ""
         raise ConfigError(f"--out {out_dir}: {free / 2**20:.0f} MiB free, but a checkpoint and an exported "
                           f"model need about {bytes_needed / 2**20:.0f} MiB{kept}")
+
+
+class StopControl:
+    """Ends a run cleanly: on SIGINT or SIGTERM, or at the wall-clock budget train.max_minutes, the loop
+    finishes its step, writes a checkpoint and the exported model and returns. A second SIGINT stops at
+    once (KeyboardInterrupt); every checkpoint already written is complete. It also says when
+    train.checkpoint_minutes have passed since the last checkpoint.
+
+    With several processes the decision is taken on all of them together (an all-reduce of two flags),
+    at the steps where the loop already synchronises; with one process, at every step, at no cost.
+    """
+
+    def __init__(self, max_minutes: float, checkpoint_minutes: float):
+        self.max_seconds, self.checkpoint_seconds = max_minutes * 60, checkpoint_minutes * 60
+        self.start = self.last_checkpoint = time.monotonic()
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopControl":
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signal_name is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # the second Ctrl-C: now
+        self.signal_name = signal.Signals(signum).name
+        print(f"\n{self.signal_name}: finishing this step, then saving a checkpoint and the model "
+              "(Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+    def poll(self, accelerator) -> tuple[str | None, bool]:
+        """-> (why to stop now or None, whether a time-based checkpoint is due), the same on every process."""
+        now = time.monotonic()
+        stop = self.signal_name is not None or (self.max_seconds > 0 and now - self.start >= self.max_seconds)
+        due = self.checkpoint_seconds > 0 and now - self.last_checkpoint >= self.checkpoint_seconds
+        if accelerator.num_processes > 1:
+            flags = accelerator.reduce(torch.tensor([float(stop), float(due)], device=accelerator.device), "max")
+            stop, due = bool(flags[0] > 0), bool(flags[1] > 0)
+        if not stop:
+            return None, due
+        return (self.signal_name or f"time budget train.max_minutes={self.max_seconds / 60:g}"), due
+
+    def checkpointed(self) -> None:
+        self.last_checkpoint = time.monotonic()

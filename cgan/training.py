@@ -36,7 +36,7 @@ from cgan.generator import Generator
 from cgan.losses import (attribute_loss, contrastive_loss, d_fake_term, d_real_term, g_loss, masked_mean,
                          mismatched_attributes, mismatched_prompt_index, r1_penalty, same_condition)
 from cgan.pipeline import describe_condition, generate, image_grid
-from cgan.recovery import (NonfiniteGuard, check_free_space, check_output_dir, check_same_model,
+from cgan.recovery import (NonfiniteGuard, StopControl, check_free_space, check_output_dir, check_same_model,
                            restore_training_state, rng_state, roll_back, skip_if_nonfinite)
 from cgan.text_encoder import FrozenTextEncoder, TextEmbeddingCache, TextEncoding
 
@@ -417,7 +417,10 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
                           f"D {sum(p.numel() for p in D.parameters()) / 1e6:.2f}M; {len(dataset)} training images; "
                           f"{accelerator.num_processes} process(es) on {device}")
 
+    stopper = StopControl(t.max_minutes, t.checkpoint_minutes)
+
     def checkpoint(at_step: int) -> None:
+        stopper.checkpointed()
         rng_states = gather_object([rng_state()])
         if is_main:
             check_free_space(out_dir, checkpoint_bytes)
@@ -446,78 +449,89 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
             progress.write(f"warning: step {at_step}: NaN or inf loss or gradient in {', '.join(skipped)}; "
                            f"optimizer step skipped ({streak} step(s) in a row, rollback at {t.nonfinite_patience})")
 
-    while step < last_step:
-        batches = [to_device_batch(next(loader), text_cache, config, device, memory_format)
-                   for _ in range(t.grad_accum)]
-        # The GAN phases as data: (what trains, what is frozen, its optimizer, the step function).
-        phases = [(D, G, opt_D, d_step)]
-        if step % t.r1_every == 0 and t.r1_gamma > 0:
-            phases.append((D, G, opt_D, r1_step))
-        phases.append((G, D, opt_G, g_step))
-        stats: dict[str, torch.Tensor] = {}
-        flags: dict[str, torch.Tensor] = {}  # phase name -> 1.0 if skipped as non-finite, on the device
-        for trained, frozen, optimizer, step_fn in phases:
-            phase_stats, flags[step_fn.__name__] = run_phase(step_fn, trained, frozen, optimizer, batches, G_run,
-                                                             D if step_fn is r1_step else D_run, config,
-                                                             accelerator, augment)
-            stats.update(phase_stats)
-        images_seen += global_batch
-        update_ema(G_ema, G, ema_beta(global_batch, images_seen, t.ema_kimg, t.ema_rampup))
-        step += 1
-        window_images += global_batch
-        progress.update(1)
-        for key, value in stats.items():
-            sums.setdefault(key, []).append(value)
+    stop_reason = None
+    with stopper:  # SIGINT / SIGTERM end the loop cleanly while it runs
+        while step < last_step:
+            batches = [to_device_batch(next(loader), text_cache, config, device, memory_format)
+                       for _ in range(t.grad_accum)]
+            # The GAN phases as data: (what trains, what is frozen, its optimizer, the step function).
+            phases = [(D, G, opt_D, d_step)]
+            if step % t.r1_every == 0 and t.r1_gamma > 0:
+                phases.append((D, G, opt_D, r1_step))
+            phases.append((G, D, opt_G, g_step))
+            stats: dict[str, torch.Tensor] = {}
+            flags: dict[str, torch.Tensor] = {}  # phase name -> 1.0 if skipped as non-finite, on the device
+            for trained, frozen, optimizer, step_fn in phases:
+                phase_stats, flags[step_fn.__name__] = run_phase(step_fn, trained, frozen, optimizer, batches, G_run,
+                                                                 D if step_fn is r1_step else D_run, config,
+                                                                 accelerator, augment)
+                stats.update(phase_stats)
+            images_seen += global_batch
+            update_ema(G_ema, G, ema_beta(global_batch, images_seen, t.ema_kimg, t.ema_rampup))
+            step += 1
+            window_images += global_batch
+            progress.update(1)
+            for key, value in stats.items():
+                sums.setdefault(key, []).append(value)
 
-        guard.record(step, flags)
-        logging_step = step % t.log_every == 0 or step == last_step
-        checkpoint_step = step % t.checkpoint_every == 0 or step == last_step
-        if logging_step or checkpoint_step:  # the guard's flags are read here only: no host sync per step
-            num_skipped, diverged_at = guard.check(warn_skipped)
-            window_skipped += num_skipped
-            if diverged_at is not None:
-                state = roll_back(out_dir, modules, optimizers, config, accelerator, step=diverged_at,
-                                  streak=guard.streak, rollbacks=rollbacks, lr_scale=lr_scale)
-                rollbacks += 1
-                guard.reset()
-                step, images_seen, lr_scale = state["step"], state["images_seen"], state["lr_scale"]
-                loader = make_loader(dataset, config, step, accelerator)
-                progress.n = step
-                progress.refresh()
+            guard.record(step, flags)
+            logging_step = step % t.log_every == 0 or step == last_step
+            time_checkpoint = False
+            if logging_step or accelerator.num_processes == 1:  # several processes decide together, at syncs
+                stop_reason, time_checkpoint = stopper.poll(accelerator)
+                if stop_reason is not None:
+                    last_step = step  # this step is the last: it logs, samples, checkpoints and exports
+                    logging_step = True
+            checkpoint_step = step % t.checkpoint_every == 0 or step == last_step or time_checkpoint
+            if logging_step or checkpoint_step:  # the guard's flags are read here only: no host sync per step
+                num_skipped, diverged_at = guard.check(warn_skipped)
+                window_skipped += num_skipped
+                if diverged_at is not None:
+                    state = roll_back(out_dir, modules, optimizers, config, accelerator, step=diverged_at,
+                                      streak=guard.streak, rollbacks=rollbacks, lr_scale=lr_scale)
+                    rollbacks += 1
+                    guard.reset()
+                    step, images_seen, lr_scale = state["step"], state["images_seen"], state["lr_scale"]
+                    loader = make_loader(dataset, config, step, accelerator)
+                    progress.n = step
+                    progress.refresh()
+                    if is_main:
+                        with (out_dir / "metrics.jsonl").open("a") as handle:
+                            handle.write(json.dumps({"step": step, "images_seen": images_seen, "rollback": rollbacks,
+                                                     "lr_g": t.lr_g * lr_scale, "lr_d": t.lr_d * lr_scale}) + "\n")
+                    sums, window_start, window_images, window_skipped = {}, time.perf_counter(), 0, 0
+                    continue
+
+            if logging_step:  # the loop's host syncs: the guard's flags above, the losses here
+                elapsed = time.perf_counter() - window_start
+                means = {k: float(torch.stack(v).mean()) for k, v in sums.items()}
+                means["speed/images_per_s"] = window_images / max(elapsed, 1e-9)
+                means["nonfinite/skipped"] = window_skipped  # phases skipped in this window
                 if is_main:
+                    progress.set_postfix({"img/s": f"{means['speed/images_per_s']:.1f}",
+                                          "D": f"{means['loss/D']:.3f}", "G": f"{means['loss/G']:.3f}"})
+                    for key, value in means.items():
+                        writer.add_scalar(key, value, step)  # type: ignore[union-attr]
                     with (out_dir / "metrics.jsonl").open("a") as handle:
-                        handle.write(json.dumps({"step": step, "images_seen": images_seen, "rollback": rollbacks,
-                                                 "lr_g": t.lr_g * lr_scale, "lr_d": t.lr_d * lr_scale}) + "\n")
+                        handle.write(json.dumps({"step": step, "images_seen": images_seen, **means}) + "\n")
                 sums, window_start, window_images, window_skipped = {}, time.perf_counter(), 0, 0
-                continue
-
-        if logging_step:  # the loop's host syncs: the guard's flags above, the losses here
-            elapsed = time.perf_counter() - window_start
-            means = {k: float(torch.stack(v).mean()) for k, v in sums.items()}
-            means["speed/images_per_s"] = window_images / max(elapsed, 1e-9)
-            means["nonfinite/skipped"] = window_skipped  # phases skipped in this window
-            if is_main:
-                progress.set_postfix({"img/s": f"{means['speed/images_per_s']:.1f}",
-                                      "D": f"{means['loss/D']:.3f}", "G": f"{means['loss/G']:.3f}"})
-                for key, value in means.items():
+            if is_main and evaluator.due(step):
+                metrics = evaluator(G_ema, step)
+                for key, value in metrics.items():
                     writer.add_scalar(key, value, step)  # type: ignore[union-attr]
                 with (out_dir / "metrics.jsonl").open("a") as handle:
-                    handle.write(json.dumps({"step": step, "images_seen": images_seen, **means}) + "\n")
-            sums, window_start, window_images, window_skipped = {}, time.perf_counter(), 0, 0
-        if is_main and evaluator.due(step):
-            metrics = evaluator(G_ema, step)
-            for key, value in metrics.items():
-                writer.add_scalar(key, value, step)  # type: ignore[union-attr]
-            with (out_dir / "metrics.jsonl").open("a") as handle:
-                handle.write(json.dumps({"step": step, "images_seen": images_seen, **metrics}) + "\n")
-        if is_main and (step % t.sample_every == 0 or step == last_step):
-            save_sample_grid(out_dir / "samples" / f"step_{step:08d}.png", G_ema, text_cache, dataset,
-                             grid_prompts, grid_attrs, config, device)
-        if (checkpoint_step and guard.streak == 0) or step == last_step:  # not a state that fails
-            checkpoint(step)
+                    handle.write(json.dumps({"step": step, "images_seen": images_seen, **metrics}) + "\n")
+            if is_main and (step % t.sample_every == 0 or step == last_step):
+                save_sample_grid(out_dir / "samples" / f"step_{step:08d}.png", G_ema, text_cache, dataset,
+                                 grid_prompts, grid_attrs, config, device)
+            if (checkpoint_step and guard.streak == 0) or step == last_step:  # not a state that fails
+                checkpoint(step)
     progress.close()
     if writer is not None:
         writer.close()
+    if stop_reason is not None:
+        accelerator.print(f"stopped at step {step} ({stop_reason}): checkpoint {out_dir / 'checkpoints'}, model "
+                          f"{out_dir / 'model'}; continue with the same command and --resume latest")
     if accelerator.num_processes > 1:  # the manual gradient all-reduce must keep every replica identical
         checksums = gather_object([[float(sum(p.detach().double().sum() for p in m.parameters()))
                                      for m in (G, D, G_ema)]])
