@@ -68,6 +68,7 @@ class ModelConfig:
     # image network (EfficientNet-Lite0, cgan/projected.py), width d_channel_max (d_channel_base,
     # d_attn_resolutions and d_pool_first do not apply)
     discriminator: str = "residual"
+    g_output: str = "linear"  # linear (StyleGAN's, may leave [-1, 1]) | tanh (bounded, as real images are)
     # cross_attention: the fused tokens' mean joins the condition vector through a layer that starts at
     # zero (the pooled path alone at the start) or, with false, at a random init (the token path is heard
     # from the first step)
@@ -174,6 +175,7 @@ class Config:
                 raise ConfigError(f"eval.{key}: expected 0 (off) or a positive number of steps")
         _choice("model.fusion", self.model.fusion, ("cross_attention", "concat"))
         _choice("model.discriminator", self.model.discriminator, ("residual", "projected"))
+        _choice("model.g_output", self.model.g_output, ("linear", "tanh"))
         _choice("train.loss", self.train.loss, ("logistic", "hinge"))
         _choice("train.mixed_precision", self.train.mixed_precision, ("no", "bf16", "fp16"))
         for key in ("g_attn_resolutions", "d_attn_resolutions"):

@@ -86,8 +86,11 @@ class Generator(nn.Module):
                  w_dim: int = 256, cond_dim: int = 256, mapping_layers: int = 4, channel_base: int = 4096,
                  channel_max: int = 256, attn_resolutions: tuple[int, ...] = (8, 16), attn_heads: int = 4,
                  fusion: str = "cross_attention", num_cond_queries: int = 8, fusion_layers: int = 2,
-                 fusion_heads: int = 4, fusion_zero_init: bool = True):
+                 fusion_heads: int = 4, fusion_zero_init: bool = True, output: str = "linear"):
         super().__init__()
+        if output not in ("linear", "tanh"):
+            raise ValueError(f"output: expected linear or tanh, got {output!r}")
+        self.output = output  # tanh: images strictly inside (-1, 1), as real ones are
         if resolution < 8 or resolution & (resolution - 1):
             raise ValueError(f"resolution must be a power of two >= 8, got {resolution}")
         self.resolution, self.z_dim, self.w_dim = resolution, z_dim, w_dim
@@ -128,7 +131,7 @@ class Generator(nn.Module):
                                                               align_corners=False) + block_rgb
             if weights is not None:
                 attention[block.resolution] = weights  # (B, heads, r*r, M)
-        return rgb, attention
+        return (torch.tanh(rgb) if self.output == "tanh" else rgb), attention
 
     def forward(self, z: torch.Tensor, text: TextEncoding, prompt_present: torch.Tensor, attr_index: torch.Tensor,
                 attr_value: torch.Tensor, attr_present: torch.Tensor, truncation: float = 1.0,

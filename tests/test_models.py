@@ -124,3 +124,15 @@ def test_truncation_zero_gives_the_condition_average(shapes_schema):
         truncated = G(z, text, present, *attrs, truncation=0.0)
     assert not torch.allclose(free[0], free[1])
     assert torch.allclose(truncated[0], truncated[1], atol=1e-5)  # z no longer matters, the condition does
+
+
+def test_tanh_output_stays_inside_the_image_range(shapes_schema):
+    torch.manual_seed(0)
+    G = Generator(schema=shapes_schema, output="tanh", **tiny_model_kwargs())
+    with torch.no_grad():
+        for block in G.blocks:  # a large output layer: linear images would leave [-1, 1] by far
+            block.to_rgb.weight.mul_(100)
+        images = G(torch.randn(B, 16), fake_text(B), torch.ones(B, dtype=torch.bool), *conditions(shapes_schema))
+    assert images.abs().max() < 1 and images.abs().max() > 0.9
+    with pytest.raises(ValueError, match="output"):
+        Generator(schema=shapes_schema, output="sigmoid", **tiny_model_kwargs())
