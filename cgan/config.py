@@ -123,6 +123,9 @@ class LossConfig:
     # AC-GAN style: D predicts the attributes of real images (categorical: cross-entropy, continuous:
     # squared error); G is trained so that D reads the attributes it was asked for in its images
     attributes: float = 0.0
+    # D: a real image with a caption that contradicts it (the data set's `negatives`, e.g. shapes' two
+    # objects swapped or their colours exchanged) is a fake, like the matching-aware negatives; 0 = off
+    hard_negative: float = 0.0
 
 
 @dataclass
@@ -197,7 +200,7 @@ class Config:
         for key in ("max_minutes", "checkpoint_minutes"):
             if not 0.0 <= getattr(self.train, key) < float("inf"):
                 raise ConfigError(f"train.{key}: expected minutes >= 0 (0 = off), got {getattr(self.train, key)}")
-        for key in ("contrastive", "attributes"):
+        for key in ("contrastive", "attributes", "hard_negative"):
             if not 0.0 <= getattr(self.loss, key) < float("inf"):
                 raise ConfigError(f"loss.{key}: expected a weight >= 0 (0 = off), got {getattr(self.loss, key)}")
         if not 0.0 < self.loss.contrastive_temperature <= 10.0:

@@ -56,6 +56,9 @@ class Batch:
     # (attr_index, attr_value, attr_present_full) as loaded, on the CPU: the matching-aware negatives are
     # drawn from these, so no device -> host copy (a host sync on a GPU) is needed in the step
     attr_host: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    # loss.hard_negative: per sample a caption that contradicts its image (B rows), and which samples have one
+    negative_text: TextEncoding | None = None
+    negative_valid: torch.Tensor | None = None  # (B,) bool
 
     def cond(self) -> tuple:
         return self.text, self.prompt_present, self.attr_index, self.attr_value, self.attr_present
@@ -153,16 +156,20 @@ def d_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str]) 
     mis_index, mis_value, attr_valid = mismatched_attributes(*(x[head] for x in batch.attr_host), num_values)
     device = batch.images.device
     always = torch.ones(num_mismatch, dtype=torch.bool, device=device)
-    images = torch.cat([batch.images, fake, batch.images[head], batch.images[head]])
-    text = cat_text([batch.text, batch.text, batch.text.index(text_index.to(device, non_blocking=True)),
-                     batch.text.index(head)])
-    prompt_present = torch.cat([batch.prompt_present, batch.prompt_present, always, always])
-    attr_index = torch.cat([batch.attr_index, batch.attr_index, batch.attr_index[head],
-                            mis_index.to(device, non_blocking=True)])
-    attr_value = torch.cat([batch.attr_value, batch.attr_value, batch.attr_value[head],
-                            mis_value.to(device, non_blocking=True)])
-    attr_present = torch.cat([batch.attr_present, batch.attr_present, batch.attr_present_full[head],
-                              batch.attr_present_full[head]])
+    # chunks of D's one forward: real, fake, real + another prompt, real + other attributes[, real + a
+    # caption that contradicts it (loss.hard_negative)]
+    chunks = [(batch.images, batch.text, batch.prompt_present, batch.attr_index, batch.attr_value, batch.attr_present),
+              (fake, batch.text, batch.prompt_present, batch.attr_index, batch.attr_value, batch.attr_present),
+              (batch.images[head], batch.text.index(text_index.to(device, non_blocking=True)), always,
+               batch.attr_index[head], batch.attr_value[head], batch.attr_present_full[head]),
+              (batch.images[head], batch.text.index(head), always, mis_index.to(device, non_blocking=True),
+               mis_value.to(device, non_blocking=True), batch.attr_present_full[head])]
+    hard = batch.negative_text is not None
+    if hard:
+        chunks.append((batch.images[head], batch.negative_text.index(head), always, batch.attr_index[head],
+                       batch.attr_value[head], batch.attr_present_full[head]))
+    images, text, prompt_present, attr_index, attr_value, attr_present = (
+        cat_text(list(part)) if i == 1 else torch.cat(part) for i, part in enumerate(zip(*chunks)))
     if augment:
         images = diff_augment(images, augment)
     with accelerator.autocast():
@@ -172,15 +179,20 @@ def d_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str]) 
         # the auxiliary heads learn from real images with their own conditions: the batch's first rows
         aux = auxiliary_losses(D, plain[:size] if plain is not None else None, cond.slice(0, size), batch, config,
                                batch.attr_present_full)
-    real, fake_logits, mis_text, mis_attr = logits.split([size, size, num_mismatch, num_mismatch])
+    real, fake_logits, mis_text, mis_attr, *hard_logits = logits.split([len(c[0]) for c in chunks])
     loss_mismatch = (masked_mean(d_fake_term(mis_text, t.loss), text_valid.to(device, non_blocking=True))
                      + masked_mean(d_fake_term(mis_attr, t.loss), attr_valid.to(device, non_blocking=True)))
     loss = d_real_term(real, t.loss).mean() + d_fake_term(fake_logits, t.loss).mean() + t.mismatch_weight * loss_mismatch
+    stats = {}
+    if hard:
+        loss = loss + config.loss.hard_negative * masked_mean(d_fake_term(hard_logits[0], t.loss),
+                                                              batch.negative_valid[head])
+        stats["logits/hard_negative"] = masked_mean(hard_logits[0].detach(), batch.negative_valid[head])
     loss = loss + weighted_sum(aux, config)
     accelerator.backward(loss / t.grad_accum)
     return {"loss/D": loss.detach(), "logits/real": real.detach().mean(), "logits/fake": fake_logits.detach().mean(),
             "logits/mismatch_text": mis_text.detach().mean(), "logits/mismatch_attr": mis_attr.detach().mean(),
-            **{f"loss/D_{name}": value.detach() for name, value in aux.items()}}
+            **stats, **{f"loss/D_{name}": value.detach() for name, value in aux.items()}}
 
 
 def r1_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str]) -> dict[str, torch.Tensor]:
@@ -322,11 +334,17 @@ def to_device_batch(raw: dict[str, Any], text_cache: TextEmbeddingCache, config:
     size = images.shape[0]
     prompt_present = torch.rand(size, device=device) >= t.drop_prompt
     attr_present_full = raw["attr_present"].to(device, non_blocking=True)
+    negative_text = negative_valid = None
+    if config.loss.hard_negative > 0:
+        negatives = list(raw["negative"])
+        negative_text = text_cache(negatives, device=device)
+        negative_valid = torch.tensor([bool(n) for n in negatives]).to(device, non_blocking=True)
     return Batch(images=images, captions=captions, text=text_cache(captions, device=device),
                  prompt_present=prompt_present, attr_index=raw["attr_index"].to(device, non_blocking=True),
                  attr_value=raw["attr_value"].to(device, non_blocking=True),
                  attr_present=drop_attributes(attr_present_full, t.drop_attr), attr_present_full=attr_present_full,
-                 attr_host=(raw["attr_index"], raw["attr_value"], raw["attr_present"]))
+                 attr_host=(raw["attr_index"], raw["attr_value"], raw["attr_present"]), negative_text=negative_text,
+                 negative_valid=negative_valid)
 
 
 def train(config: Config, out_dir: str | Path, resume: str | None = None, max_steps: int | None = None,

@@ -5,6 +5,8 @@ import pytest
 import torch
 
 from cgan.config import ConfigError, load_config
+from cgan.data import ShapesDataset
+from cgan.data.shapes import contradictions
 from cgan.discriminator import Discriminator
 from cgan.losses import attribute_loss, contrastive_loss, same_condition
 from cgan.training import train
@@ -83,16 +85,32 @@ def test_config_rejects_negative_weights():
 
 
 def test_training_with_both_terms_logs_them_and_resume_refuses_a_toggle(config, tmp_path, minilm):
-    for item in ("loss.contrastive=1", "loss.attributes=0.5"):
+    for item in ("loss.contrastive=1", "loss.attributes=0.5", "loss.hard_negative=1"):
         key, value = item.split("=")
         setattr(config.loss, key.split(".")[1], float(value))
     run = tmp_path / "run"
     train(config, run, max_steps=2, text_encoder=minilm)
     row = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
-    for key in ("loss/D_contrastive", "loss/G_contrastive", "loss/D_attributes", "loss/G_attributes"):
+    for key in ("loss/D_contrastive", "loss/G_contrastive", "loss/D_attributes", "loss/G_attributes",
+                "logits/hard_negative"):
         assert torch.isfinite(torch.tensor(row[key])), key
     config.loss.attributes = 0.0
     with pytest.raises(ConfigError, match="loss.attributes"):
         train(config, run, resume="latest", text_encoder=minilm)
     config.loss.attributes, config.loss.contrastive = 0.25, 2.0  # a weight may change
     train(config, run, resume="latest", max_steps=1, text_encoder=minilm)
+
+
+def test_shapes_hard_negatives_contradict_the_scene_and_respect_the_split():
+    a, b = {"color": "red", "shape": "square"}, {"color": "green", "shape": "circle"}
+    assert contradictions([a, b], "left of", "train") == ["a green circle left of a red square",
+                                                          "a green square left of a red circle"]
+    c = {"color": "blue", "shape": "square"}  # swapping colours with a red circle would show a held-out blue circle
+    assert contradictions([{"color": "red", "shape": "circle"}, c], "above", "train") == [
+        "a blue square above a red circle"]
+    assert contradictions([a], None, "train") == []
+    dataset = ShapesDataset(num_images=64, resolution=32)
+    known = set(dataset.all_captions())
+    items = [dataset[i] for i in range(64)]
+    assert all(item["negative"] in known for item in items if item["negative"])
+    assert any(item["negative"] for item in items) and not all(item["negative"] for item in items)

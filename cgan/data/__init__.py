@@ -55,7 +55,8 @@ class CaptionedDataset(Dataset):
         return self.num_records()
 
     def record(self, index: int) -> dict[str, Any]:
-        """{'captions': [...], 'attributes': {...}, 'truth': ...} of record `index`."""
+        """{'captions': [...], 'attributes': {...}, 'truth': ..., optionally 'negatives': [captions that
+        contradict the image, for loss.hard_negative]} of record `index`."""
         raise NotImplementedError
 
     def image(self, index: int):
@@ -70,9 +71,11 @@ class CaptionedDataset(Dataset):
         captions = record["captions"]
         # One caption per visit, chosen by the global index: different each epoch, same on resume.
         caption = captions[0] if len(captions) == 1 else random.Random(f"caption/{global_index}").choice(captions)
+        negatives = record.get("negatives") or [""]  # "": this record has none
+        negative = random.Random(f"negative/{global_index}").choice(negatives)
         attr_index, attr_value, attr_present = self.schema.encode_one(record["attributes"])
-        return {"image": image_to_tensor(self.image(index)), "text": caption, "attr_index": attr_index,
-                "attr_value": attr_value, "attr_present": attr_present, "index": index}
+        return {"image": image_to_tensor(self.image(index)), "text": caption, "negative": negative,
+                "attr_index": attr_index, "attr_value": attr_value, "attr_present": attr_present, "index": index}
 
 
 class ShapesDataset(CaptionedDataset):
@@ -92,7 +95,8 @@ class ShapesDataset(CaptionedDataset):
 
     def record(self, index: int) -> dict[str, Any]:
         scene = self.scene(index)
-        return {"captions": scene.captions, "attributes": scene.attributes, "truth": scene.truth()}
+        return {"captions": scene.captions, "attributes": scene.attributes, "truth": scene.truth(),
+                "negatives": shapes_lib.contradictions(scene.objects, scene.relation, self.split)}
 
     def image(self, index: int):
         return shapes_lib.render(self.scene(index), self.resolution)

@@ -80,6 +80,21 @@ def paraphrases(objects: list[dict[str, Any]], relation: str | None) -> list[str
     return forms[relation]
 
 
+def contradictions(objects: list[dict[str, Any]], relation: str | None, split: str) -> list[str]:
+    """Captions made of the scene's own words that describe another scene: hard negatives for the
+    discriminator. Two objects: the objects swapped (the relation reversed) and, where the colours
+    and shapes differ, the colours swapped between the shapes. One object: none. Colour-shape pairs
+    the split must not show (held out of `train`) never appear."""
+    if relation is None:
+        return []
+    a, b = objects
+    scenes = [[b, a]]
+    if a["color"] != b["color"] and a["shape"] != b["shape"]:
+        scenes.append([{"shape": a["shape"], "color": b["color"]}, {"shape": b["shape"], "color": a["color"]}])
+    allowed = [s for s in scenes if all(_pair_allowed(o["color"], o["shape"], split) for o in s)]
+    return [paraphrases(s, relation)[0] for s in allowed]
+
+
 def _pair_allowed(color: str, shape: str, split: str) -> bool:
     return split != "train" or (color, shape) not in HELDOUT_PAIRS
 
