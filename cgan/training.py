@@ -28,7 +28,7 @@ from cgan.attributes import drop_attributes
 from cgan.augment import diff_augment, parse_policy
 from cgan.checkpoint import (CheckpointError, atomic_save, export_model, remove_stale_temporaries, resolve_resume,
                              save_training_state)
-from cgan.config import Config, ConfigError, save_config
+from cgan.config import Config, ConfigError, data_cache_dir, save_config
 from cgan.data import CaptionedDataset, StepSampler, build_dataset, tensor_to_images
 from cgan.discriminator import Discriminator
 from cgan.ema import ema_beta, update_ema
@@ -295,7 +295,7 @@ class Evaluator:
             result = fid_generator_vs_data(
                 G_ema, self.text_cache, self.dataset.schema, "shapes" if data.name == "shapes" else data.path,
                 split=e.fid_split if data.name == "shapes" else None, num=e.fid_num, kid=e.fid_kid,
-                device=self.device, cache_dir=Path(data.cache_dir) / "fid", model_step=step)
+                device=self.device, cache_dir=data_cache_dir(data) / "fid", model_step=step)
             metrics["metric/fid"] = result.fid
             if result.kid is not None:
                 metrics["metric/kid"] = result.kid
@@ -375,7 +375,7 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
         text_encoder = FrozenTextEncoder(config.text.encoder, max_length=config.text.max_length,
                                          trust_remote_code=config.text.trust_remote_code)
     text_encoder = text_encoder.to(device)
-    text_cache = TextEmbeddingCache(text_encoder, config.data.cache_dir)
+    text_cache = TextEmbeddingCache(text_encoder, data_cache_dir(config.data))
     grid_prompts, grid_attrs = sample_conditions(config, dataset)
 
     torch.manual_seed(t.seed)  # identical initial weights on every process

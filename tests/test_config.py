@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from cgan.config import ConfigError, load_config
@@ -44,3 +46,13 @@ def test_bad_values_are_named(override, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_caches_default_to_the_user_cache_folder(monkeypatch, tmp_path):
+    from cgan.config import DataConfig, data_cache_dir, user_cache_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert data_cache_dir(DataConfig()) == user_cache_dir() == tmp_path / "xdg" / "cgan"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert user_cache_dir() == Path.home() / ".cache" / "cgan"
+    assert data_cache_dir(DataConfig(cache_dir="runs/c")) == Path("runs/c")
