@@ -82,6 +82,7 @@ def check() -> None:
     from cgan.generator import Generator
     from cgan.losses import r1_penalty
     from cgan.text_encoder import TextEncoding
+    from cgan.conditioning import ConditionInput
     from cgan.training import discriminator_kwargs, generator_kwargs
 
     repo = Path(__file__).resolve().parents[1]
@@ -97,15 +98,15 @@ def check() -> None:
     batch = 4
     text = TextEncoding(torch.randn(batch, 24, 384), torch.ones(batch, 24, dtype=torch.bool), torch.randn(batch, 384))
     attr_index, attr_value, attr_present = schema.encode([{}] * batch)
-    cond = (text, torch.ones(batch, dtype=torch.bool), attr_index, attr_value, attr_present)
+    cond = ConditionInput(text, torch.ones(batch, dtype=torch.bool), attr_index, attr_value, attr_present)
     z = torch.randn(batch, G.z_dim)
 
     def run() -> dict[str, torch.Tensor]:
         for module in (G, D):
             module.zero_grad(set_to_none=True)
-        images = G(z, *cond)
+        images = G(z, cond)
         real = images.detach().clone().requires_grad_(True)
-        logits = D(real, *cond)
+        logits = D(real, cond)
         penalty = r1_penalty(logits, real)
         (logits.sum() + penalty + images.square().mean()).backward()
         grads = {f"G.{n}": p.grad.clone() for n, p in G.named_parameters() if p.grad is not None}

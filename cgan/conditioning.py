@@ -14,6 +14,7 @@ With zero_init=False (model.fusion_zero_init=false) the fused tokens count from 
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,39 @@ from einops import rearrange, repeat
 from cgan.attributes import AttributeEmbedder, AttributeSchema
 from cgan.layers import Attention, EqualLinear, FeedForward
 from cgan.text_encoder import TextEncoding
+
+
+@dataclass
+class ConditionInput:
+    """What is asked for, before fusion: the one object G, D and the training steps take.
+
+    text: the prompts' encodings (B rows); prompt_present (B,) bool: False where the prompt is
+    dropped or empty (a learned null token stands in); attr_index, attr_value, attr_present (B, A):
+    the attributes as AttributeSchema.encode gives them (a missing one takes its null token).
+    """
+
+    text: TextEncoding
+    prompt_present: torch.Tensor
+    attr_index: torch.Tensor
+    attr_value: torch.Tensor
+    attr_present: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.prompt_present.shape[0]
+
+    def index(self, idx: torch.Tensor | slice | list[int]) -> "ConditionInput":
+        return ConditionInput(self.text.index(idx), self.prompt_present[idx], self.attr_index[idx],
+                              self.attr_value[idx], self.attr_present[idx])
+
+    def replace(self, **changes: torch.Tensor | TextEncoding) -> "ConditionInput":
+        return dataclasses.replace(self, **changes)
+
+    @staticmethod
+    def cat(parts: list["ConditionInput"]) -> "ConditionInput":
+        text = TextEncoding(*(torch.cat([getattr(p.text, f) for p in parts])
+                              for f in ("text_tokens", "text_mask", "text_pooled")))
+        return ConditionInput(text, *(torch.cat([getattr(p, f) for p in parts])
+                                      for f in ("prompt_present", "attr_index", "attr_value", "attr_present")))
 
 
 @dataclass
@@ -64,11 +98,8 @@ class FusionBlock(nn.Module):
 
 
 class Conditioner(nn.Module):
-    """(TextEncoding, prompt_present, attribute tensors) -> Condition.
-
-    prompt_present (B,) bool: False where the prompt is dropped or empty; a learned null-prompt
-    token then stands in for the text. Missing attributes take their null tokens.
-    """
+    """ConditionInput -> Condition. A learned null-prompt token stands in where the prompt is absent;
+    missing attributes take their null tokens."""
 
     def __init__(self, *, schema: AttributeSchema, text_dim: int, cond_dim: int, fusion: str = "cross_attention",
                  num_queries: int = 8, num_layers: int = 2, num_heads: int = 4, zero_init: bool = True):
@@ -94,11 +125,11 @@ class Conditioner(nn.Module):
             if zero_init:  # starts as the pooled path alone; learns what fusion adds
                 nn.init.zeros_(self.pool.weight)
 
-    def forward(self, text: TextEncoding, prompt_present: torch.Tensor, attr_index: torch.Tensor,
-                attr_value: torch.Tensor, attr_present: torch.Tensor, return_attention: bool = False) -> Condition:
-        attr_tokens = self.attr_embedder(attr_index, attr_value, attr_present)  # (B, A, D)
+    def forward(self, inputs: ConditionInput, return_attention: bool = False) -> Condition:
+        text = inputs.text
+        attr_tokens = self.attr_embedder(inputs.attr_index, inputs.attr_value, inputs.attr_present)  # (B, A, D)
         batch = attr_tokens.shape[0]
-        prompt_present = prompt_present.to(torch.bool)
+        prompt_present = inputs.prompt_present.to(torch.bool)
         null_prompt = repeat(self.null_prompt, "d -> b 1 d", b=batch)
         pooled = torch.where(prompt_present[:, None], self.pooled_proj(text.text_pooled), null_prompt[:, 0])  # (B, D)
         flat = torch.cat([pooled, rearrange(attr_tokens, "b a d -> b (a d)")], dim=-1)  # (B, (1 + A) * D)

@@ -14,10 +14,9 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from cgan.attributes import AttributeSchema
-from cgan.conditioning import Condition, Conditioner
+from cgan.conditioning import Condition, ConditionInput, Conditioner
 from cgan.generator import channels_at
 from cgan.layers import EqualConv2d, EqualLinear, SpatialCrossAttention
-from cgan.text_encoder import TextEncoding
 
 
 class DiscriminatorBlock(nn.Module):
@@ -77,7 +76,7 @@ class AuxiliaryHeads(nn.Module):
 
 
 class Discriminator(AuxiliaryHeads):
-    """(images (B, 3, R, R), text, prompt_present, attribute tensors) -> logits (B,).
+    """(images (B, 3, R, R), ConditionInput) -> logits (B,).
 
     Optional heads for the auxiliary losses (cgan/losses.py): contrastive_dim > 0 adds an image
     embedding and a condition embedding (loss.contrastive); attribute_heads adds a prediction of
@@ -117,8 +116,8 @@ class Discriminator(AuxiliaryHeads):
         self.build_auxiliary_heads(schema, ch(self.plain_resolution) * 16, final_channels, cond_dim, contrastive_dim,
                                    attribute_heads)
 
-    def condition(self, text: TextEncoding, prompt_present, attr_index, attr_value, attr_present) -> Condition:
-        return self.conditioner(text, prompt_present, attr_index, attr_value, attr_present)
+    def condition(self, inputs: ConditionInput) -> Condition:
+        return self.conditioner(inputs)
 
     def features(self, images: torch.Tensor, cond: Condition) -> tuple[torch.Tensor, torch.Tensor | None]:
         """images (B, 3, R, R) -> (features (B, C) of the projection head, unconditioned features (B, C)
@@ -144,12 +143,10 @@ class Discriminator(AuxiliaryHeads):
     def score(self, images: torch.Tensor, cond: Condition) -> torch.Tensor:
         return self.logits(self.features(images, cond)[0], cond)
 
-    def forward(self, images: torch.Tensor, text: TextEncoding, prompt_present: torch.Tensor,
-                attr_index: torch.Tensor, attr_value: torch.Tensor, attr_present: torch.Tensor,
-                return_features: bool = False):
+    def forward(self, images: torch.Tensor, inputs: ConditionInput, return_features: bool = False):
         """-> logits (B,); with return_features, (logits, unconditioned features (B, C) or None, the
         condition) for the auxiliary heads."""
-        cond = self.condition(text, prompt_present, attr_index, attr_value, attr_present)
+        cond = self.condition(inputs)
         features, plain = self.features(images, cond)
         logits = self.logits(features, cond)
         return (logits, plain, cond) if return_features else logits

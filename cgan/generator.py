@@ -14,9 +14,8 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from cgan.attributes import AttributeSchema
-from cgan.conditioning import Condition, Conditioner
+from cgan.conditioning import Condition, ConditionInput, Conditioner
 from cgan.layers import EqualLinear, ModulatedConv2d, SpatialCrossAttention
-from cgan.text_encoder import TextEncoding
 
 
 def channels_at(resolution: int, channel_base: int, channel_max: int) -> int:
@@ -77,7 +76,7 @@ class SynthesisBlock(nn.Module):
 
 
 class Generator(nn.Module):
-    """(z (B, z_dim), text, prompt_present, attribute tensors) -> images (B, 3, R, R) in about [-1, 1].
+    """(z (B, z_dim), ConditionInput) -> images (B, 3, R, R) in about [-1, 1].
 
     Holds its own Conditioner (attribute embedder + fusion); the frozen text encoder stays outside.
     """
@@ -108,9 +107,8 @@ class Generator(nn.Module):
             in_channels = out_channels
         self.blocks = nn.ModuleList(blocks)
 
-    def condition(self, text: TextEncoding, prompt_present, attr_index, attr_value, attr_present,
-                  return_attention: bool = False) -> Condition:
-        return self.conditioner(text, prompt_present, attr_index, attr_value, attr_present, return_attention)
+    def condition(self, inputs: ConditionInput, return_attention: bool = False) -> Condition:
+        return self.conditioner(inputs, return_attention)
 
     @torch.no_grad()
     def mean_w(self, cond_vector: torch.Tensor, num_samples: int = 128, seed: int = 0) -> torch.Tensor:
@@ -133,10 +131,8 @@ class Generator(nn.Module):
                 attention[block.resolution] = weights  # (B, heads, r*r, M)
         return (torch.tanh(rgb) if self.output == "tanh" else rgb), attention
 
-    def forward(self, z: torch.Tensor, text: TextEncoding, prompt_present: torch.Tensor, attr_index: torch.Tensor,
-                attr_value: torch.Tensor, attr_present: torch.Tensor, truncation: float = 1.0,
-                return_attention: bool = False):
-        cond = self.condition(text, prompt_present, attr_index, attr_value, attr_present, return_attention)
+    def forward(self, z: torch.Tensor, inputs: ConditionInput, truncation: float = 1.0, return_attention: bool = False):
+        cond = self.condition(inputs, return_attention)
         return self.from_condition(z, cond, truncation, return_attention)
 
     def from_condition(self, z: torch.Tensor, cond: Condition, truncation: float = 1.0,

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw, ImageFont
 from cgan.attention_maps import TokenAttention, token_attention
 from cgan.attributes import AttributeSchema, InvalidAttributeError
 from cgan.checkpoint import CheckpointError, read_exported
-from cgan.conditioning import Condition
+from cgan.conditioning import Condition, ConditionInput
 from cgan.data import tensor_to_images
 from cgan.generator import Generator
 from cgan.text_encoder import FrozenTextEncoder, TextEmbeddingCache
@@ -45,12 +45,18 @@ def generate(G: Generator, text_cache: TextEmbeddingCache, schema: AttributeSche
                                    attributes[start:start + max_batch], seeds[start:start + max_batch],
                                    truncation, device, max_batch=max_batch)
                           for start in range(0, len(seeds), max_batch)])
-    text = text_cache(prompts, device=device)
-    prompt_present = torch.tensor([bool(p.strip()) for p in prompts], device=device)
-    attr_index, attr_value, attr_present = (t.to(device) for t in schema.encode(list(attributes)))
     z = make_latents(seeds, G.z_dim).to(device)
-    return G(z, text, prompt_present, attr_index, attr_value, attr_present, truncation=truncation,
+    return G(z, condition_input(text_cache, schema, prompts, attributes, device), truncation=truncation,
              return_attention=return_attention)
+
+
+def condition_input(text_cache: TextEmbeddingCache, schema: AttributeSchema, prompts: list[str],
+                    attributes: list[Mapping[str, Any]], device: torch.device | str) -> ConditionInput:
+    """Prompts (an empty one means none) and valid attribute dicts -> the ConditionInput of G."""
+    attr_index, attr_value, attr_present = (t.to(device) for t in schema.encode(list(attributes)))
+    return ConditionInput(text_cache(prompts, device=device),
+                          torch.tensor([bool(p.strip()) for p in prompts], device=device),
+                          attr_index, attr_value, attr_present)
 
 
 def _wrap(text: str, draw: ImageDraw.ImageDraw, font, max_width: int) -> list[str]:
@@ -171,11 +177,9 @@ class CGANPipeline:
             raise ValueError(f"steps: expected at least 2 for an interpolation, got {steps}")
         clean = self.check_inputs(prompt_a, attributes, num_seeds)
         self.check_inputs(prompt_b, attributes, num_seeds)
-        text = self.text_cache([prompt_a, prompt_b], device=self.device)
-        prompt_present = torch.tensor([bool(prompt_a.strip()), bool(prompt_b.strip())], device=self.device)
-        attr_index, attr_value, attr_present = (t.to(self.device) for t in self.schema.encode([clean, clean]))
+        inputs = condition_input(self.text_cache, self.schema, [prompt_a, prompt_b], [clean, clean], self.device)
         with torch.no_grad():
-            ends = self.G.condition(text, prompt_present, attr_index, attr_value, attr_present)
+            ends = self.G.condition(inputs)
             fractions = torch.linspace(0, 1, steps, device=self.device)
             weight = fractions.repeat(num_seeds)[:, None]  # (N = S * steps, 1), seed-major rows
             cond_vector = torch.lerp(ends.cond_vector[0:1], ends.cond_vector[1:2], weight)  # (N, D)

@@ -21,11 +21,10 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from cgan.attributes import AttributeSchema
-from cgan.conditioning import Condition, Conditioner
+from cgan.conditioning import Condition, ConditionInput, Conditioner
 from cgan.discriminator import AuxiliaryHeads
 from cgan.image_features import FEATURE_CHANNELS, EfficientNetLite0
 from cgan.layers import EqualConv2d, EqualLinear, SpatialCrossAttention
-from cgan.text_encoder import TextEncoding
 
 MIXING_SEED = 20211101  # the random channel and scale mixing is a fixed function of this seed
 
@@ -53,7 +52,7 @@ class ScaleHead(nn.Module):
 
 
 class ProjectedDiscriminator(AuxiliaryHeads):
-    """(images (B, 3, R, R), text, prompt_present, attribute tensors) -> logits (B, N) over 4 scales."""
+    """(images (B, 3, R, R), ConditionInput) -> logits (B, N) over 4 scales."""
 
     def __init__(self, *, schema: AttributeSchema, text_dim: int, resolution: int = 64, cond_dim: int = 256,
                  width: int = 64, attn_heads: int = 4, fusion: str = "cross_attention", num_cond_queries: int = 8,
@@ -82,8 +81,8 @@ class ProjectedDiscriminator(AuxiliaryHeads):
         self.__dict__["feature_net"] = self.__dict__["feature_net"]._apply(fn)
         return super()._apply(fn, recurse)
 
-    def condition(self, text: TextEncoding, prompt_present, attr_index, attr_value, attr_present) -> Condition:
-        return self.conditioner(text, prompt_present, attr_index, attr_value, attr_present)
+    def condition(self, inputs: ConditionInput) -> Condition:
+        return self.conditioner(inputs)
 
     def mixed_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """images (B, 3, R, R) -> 4 maps (B, width, s, s): frozen features, mixed across channels and scales."""
@@ -100,11 +99,9 @@ class ProjectedDiscriminator(AuxiliaryHeads):
             mixed[i] = (mixed[i] + coarse) * (1 / math.sqrt(2))
         return mixed
 
-    def forward(self, images: torch.Tensor, text: TextEncoding, prompt_present: torch.Tensor,
-                attr_index: torch.Tensor, attr_value: torch.Tensor, attr_present: torch.Tensor,
-                return_features: bool = False):
+    def forward(self, images: torch.Tensor, inputs: ConditionInput, return_features: bool = False):
         """-> logits (B, N); with return_features, (logits, unconditioned features (B, C) or None, condition)."""
-        cond = self.condition(text, prompt_present, attr_index, attr_value, attr_present)
+        cond = self.condition(inputs)
         mixed = self.mixed_features(images)
         logits = torch.cat([rearrange(head(x, cond), "b h w -> b (h w)") for head, x in zip(self.heads, mixed)], 1)
         if not return_features:

@@ -38,6 +38,7 @@ from cgan.losses import (attribute_loss, contrastive_loss, d_fake_term, d_real_t
 from cgan.pipeline import describe_condition, generate, image_grid
 from cgan.recovery import (NonfiniteGuard, StopControl, check_free_space, check_output_dir, check_same_model,
                            restore_training_state, rng_state, roll_back, skip_if_nonfinite)
+from cgan.conditioning import ConditionInput
 from cgan.text_encoder import FrozenTextEncoder, TextEmbeddingCache, TextEncoding
 
 
@@ -47,11 +48,7 @@ class Batch:
 
     images: torch.Tensor  # (B, 3, R, R) in [-1, 1]
     captions: list[str]
-    text: TextEncoding
-    prompt_present: torch.Tensor  # (B,) bool, after prompt dropout
-    attr_index: torch.Tensor  # (B, A)
-    attr_value: torch.Tensor  # (B, A)
-    attr_present: torch.Tensor  # (B, A) after attribute dropout
+    cond: ConditionInput  # after prompt and attribute dropout
     attr_present_full: torch.Tensor  # (B, A) before dropout (for matching-aware negatives)
     # (attr_index, attr_value, attr_present_full) as loaded, on the CPU: the matching-aware negatives are
     # drawn from these, so no device -> host copy (a host sync on a GPU) is needed in the step
@@ -60,12 +57,15 @@ class Batch:
     negative_text: TextEncoding | None = None
     negative_valid: torch.Tensor | None = None  # (B,) bool
 
-    def cond(self) -> tuple:
-        return self.text, self.prompt_present, self.attr_index, self.attr_value, self.attr_present
+    def full_cond(self) -> ConditionInput:
+        """The condition without dropout: what a real image shows (prompt and every attribute it has)."""
+        return self.cond.replace(prompt_present=torch.ones_like(self.cond.prompt_present),
+                                 attr_present=self.attr_present_full)
 
     def same_condition(self) -> torch.Tensor:
         """(B, B) bool: pairs that ask for the same thing (not contrastive negatives of each other)."""
-        return same_condition(self.captions, self.prompt_present, self.attr_index, self.attr_value, self.attr_present)
+        c = self.cond
+        return same_condition(self.captions, c.prompt_present, c.attr_index, c.attr_value, c.attr_present)
 
 
 def auxiliary_losses(D, plain: torch.Tensor | None, cond, batch: Batch, config: Config,
@@ -80,7 +80,7 @@ def auxiliary_losses(D, plain: torch.Tensor | None, cond, batch: Batch, config: 
                                                 config.loss.contrastive_temperature)
     if config.loss.attributes > 0:
         terms["attributes"] = attribute_loss(D.attribute_logits(plain), D.attribute_categorical,
-                                             batch.attr_index, batch.attr_value, attr_present)
+                                             batch.cond.attr_index, batch.cond.attr_value, attr_present)
     return terms
 
 
@@ -135,11 +135,6 @@ def sync_gradients(module: torch.nn.Module, accelerator) -> None:
         offset += p.numel()
 
 
-def cat_text(parts: list[TextEncoding]) -> TextEncoding:
-    return TextEncoding(*(torch.cat([getattr(p, f) for p in parts]) for f in ("text_tokens", "text_mask",
-                                                                             "text_pooled")))
-
-
 def d_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str]) -> dict[str, torch.Tensor]:
     """D phase: real (matched) up; fake, real with another prompt, real with other attributes down."""
     t = config.train
@@ -147,7 +142,7 @@ def d_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str]) 
     num_mismatch = max(1, size // 2)
     with torch.no_grad(), accelerator.autocast():
         z = torch.randn(size, G.z_dim, device=batch.images.device)
-        fake = G(z, *batch.cond()).float()
+        fake = G(z, batch.cond).float()
     # Matching-aware negatives from the first half of the batch: never a pair that matches itself.
     head = slice(0, num_mismatch)
     text_index, text_valid = mismatched_prompt_index(batch.captions)  # partners from the whole batch
@@ -155,26 +150,22 @@ def d_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str]) 
     num_values = D.conditioner.attr_embedder.num_values
     mis_index, mis_value, attr_valid = mismatched_attributes(*(x[head] for x in batch.attr_host), num_values)
     device = batch.images.device
-    always = torch.ones(num_mismatch, dtype=torch.bool, device=device)
-    # chunks of D's one forward: real, fake, real + another prompt, real + other attributes[, real + a
-    # caption that contradicts it (loss.hard_negative)]
-    chunks = [(batch.images, batch.text, batch.prompt_present, batch.attr_index, batch.attr_value, batch.attr_present),
-              (fake, batch.text, batch.prompt_present, batch.attr_index, batch.attr_value, batch.attr_present),
-              (batch.images[head], batch.text.index(text_index.to(device, non_blocking=True)), always,
-               batch.attr_index[head], batch.attr_value[head], batch.attr_present_full[head]),
-              (batch.images[head], batch.text.index(head), always, mis_index.to(device, non_blocking=True),
-               mis_value.to(device, non_blocking=True), batch.attr_present_full[head])]
+    full = batch.full_cond().index(head)  # the first half's real images with all they show
+    # chunks of D's one forward, (images, condition): real, fake, real + another prompt, real + other
+    # attributes[, real + a caption that contradicts it (loss.hard_negative)]
+    chunks = [(batch.images, batch.cond), (fake, batch.cond),
+              (batch.images[head], full.replace(text=batch.cond.text.index(text_index.to(device, non_blocking=True)))),
+              (batch.images[head], full.replace(attr_index=mis_index.to(device, non_blocking=True),
+                                                attr_value=mis_value.to(device, non_blocking=True)))]
     hard = batch.negative_text is not None
     if hard:
-        chunks.append((batch.images[head], batch.negative_text.index(head), always, batch.attr_index[head],
-                       batch.attr_value[head], batch.attr_present_full[head]))
-    images, text, prompt_present, attr_index, attr_value, attr_present = (
-        cat_text(list(part)) if i == 1 else torch.cat(part) for i, part in enumerate(zip(*chunks)))
+        chunks.append((batch.images[head], full.replace(text=batch.negative_text.index(head))))
+    images = torch.cat([image for image, _ in chunks])
+    inputs = ConditionInput.cat([cond for _, cond in chunks])
     if augment:
         images = diff_augment(images, augment)
     with accelerator.autocast():
-        logits, plain, cond = D(images, text, prompt_present, attr_index, attr_value, attr_present,
-                                return_features=True)
+        logits, plain, cond = D(images, inputs, return_features=True)
         logits = logits.float()
         # the auxiliary heads learn from real images with their own conditions: the batch's first rows
         aux = auxiliary_losses(D, plain[:size] if plain is not None else None, cond.slice(0, size), batch, config,
@@ -202,7 +193,7 @@ def r1_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str])
     augmented = diff_augment(images, augment) if augment else images
     # fp32 (no autocast); the math attention kernel, since fused kernels have no double backward.
     with sdpa_kernel(SDPBackend.MATH):
-        logits = D(augmented, *batch.cond())
+        logits = D(augmented, batch.cond)
         penalty = r1_penalty(logits, images)
         accelerator.backward(penalty * (t.r1_gamma / 2) * t.r1_every / t.grad_accum)
     return {"loss/r1": penalty.detach()}
@@ -212,11 +203,11 @@ def g_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str]) 
     t = config.train
     z = torch.randn(batch.images.shape[0], G.z_dim, device=batch.images.device)
     with accelerator.autocast():
-        fake = G(z, *batch.cond())
+        fake = G(z, batch.cond)
         fake = diff_augment(fake, augment) if augment else fake
-        logits, plain, cond = D(fake, *batch.cond(), return_features=True)
+        logits, plain, cond = D(fake, batch.cond, return_features=True)
         logits = logits.float()
-        aux = auxiliary_losses(D, plain, cond, batch, config, batch.attr_present)
+        aux = auxiliary_losses(D, plain, cond, batch, config, batch.cond.attr_present)
     adversarial = g_loss(logits, t.loss)
     loss = adversarial + weighted_sum(aux, config)
     accelerator.backward(loss / t.grad_accum)
@@ -339,10 +330,10 @@ def to_device_batch(raw: dict[str, Any], text_cache: TextEmbeddingCache, config:
         negatives = list(raw["negative"])
         negative_text = text_cache(negatives, device=device)
         negative_valid = torch.tensor([bool(n) for n in negatives]).to(device, non_blocking=True)
-    return Batch(images=images, captions=captions, text=text_cache(captions, device=device),
-                 prompt_present=prompt_present, attr_index=raw["attr_index"].to(device, non_blocking=True),
-                 attr_value=raw["attr_value"].to(device, non_blocking=True),
-                 attr_present=drop_attributes(attr_present_full, t.drop_attr), attr_present_full=attr_present_full,
+    cond = ConditionInput(text_cache(captions, device=device), prompt_present,
+                          raw["attr_index"].to(device, non_blocking=True), raw["attr_value"].to(device, non_blocking=True),
+                          drop_attributes(attr_present_full, t.drop_attr))
+    return Batch(images=images, captions=captions, cond=cond, attr_present_full=attr_present_full,
                  attr_host=(raw["attr_index"], raw["attr_value"], raw["attr_present"]), negative_text=negative_text,
                  negative_valid=negative_valid)
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from cgan.attributes import AttributeEmbedder, AttributeSchema, InvalidAttributeError
-from cgan.conditioning import Conditioner
+from cgan.conditioning import ConditionInput, Conditioner
 from cgan.discriminator import Discriminator
 from cgan.generator import Generator
 from cgan.losses import mismatched_attributes, mismatched_prompt_index
@@ -17,6 +17,10 @@ def conditions(schema, batch=B):
     return schema.encode((attrs * batch)[:batch])
 
 
+def inputs(schema, text, present):
+    return ConditionInput(text, present, *conditions(schema, len(present)))
+
+
 @pytest.mark.parametrize("fusion", ["cross_attention", "concat"])
 @pytest.mark.parametrize("resolution", [32, 64])
 def test_generator_and_discriminator_shapes(shapes_schema, fusion, resolution):
@@ -26,9 +30,9 @@ def test_generator_and_discriminator_shapes(shapes_schema, fusion, resolution):
                                                fusion=fusion).items() if k not in ("z_dim", "w_dim", "mapping_layers")})
     text = fake_text(B)
     present = torch.ones(B, dtype=torch.bool)
-    images = G(torch.randn(B, 16), text, present, *conditions(shapes_schema))
+    images = G(torch.randn(B, 16), inputs(shapes_schema, text, present))
     assert images.shape == (B, 3, resolution, resolution)
-    logits = D(images, text, present, *conditions(shapes_schema))
+    logits = D(images, inputs(shapes_schema, text, present))
     assert logits.shape == (B,)
     logits.sum().backward()
     assert all(p.grad is not None for p in G.parameters() if p.requires_grad and p.grad is not None)
@@ -46,8 +50,8 @@ def test_pool_first_discriminator_same_weights_half_resolution_conv(shapes_schem
     for name, model in (("default", D), ("pool_first", D_fast)):
         model.blocks[0].conv1.register_forward_pre_hook(lambda m, args, name=name: sizes.update({name: args[0].shape[-1]}))
     images, text, present = torch.randn(B, 3, 32, 32), fake_text(B), torch.ones(B, dtype=torch.bool)
-    a = D(images, text, present, *conditions(shapes_schema))
-    b = D_fast(images, text, present, *conditions(shapes_schema))
+    a = D(images, inputs(shapes_schema, text, present))
+    b = D_fast(images, inputs(shapes_schema, text, present))
     assert sizes == {"default": 32, "pool_first": 16}
     assert b.shape == (B,) and torch.isfinite(b).all() and not torch.allclose(a, b)
 
@@ -56,7 +60,7 @@ def test_fusion_attention_over_text_and_attributes(shapes_schema):
     cond = Conditioner(schema=shapes_schema, text_dim=384, cond_dim=32, num_queries=4, num_layers=2, num_heads=2)
     text = fake_text(B, tokens=8)
     prompt_present = torch.tensor([True, True, False, True])
-    out = cond(text, prompt_present, *conditions(shapes_schema), return_attention=True)
+    out = cond(inputs(shapes_schema, text, prompt_present), return_attention=True)
     weights = out.fusion_attention  # (B, heads, Q, 1 + T + A)
     assert weights.shape == (B, 2, 4, 1 + 8 + 3)
     assert torch.allclose(weights.sum(-1), torch.ones(B, 2, 4), atol=1e-5)
@@ -120,8 +124,8 @@ def test_truncation_zero_gives_the_condition_average(shapes_schema):
     attrs = shapes_schema.encode([{"style": "flat"}, {"style": "flat"}])
     z = torch.randn(2, 16)
     with torch.no_grad():
-        free = G(z, text, present, *attrs)
-        truncated = G(z, text, present, *attrs, truncation=0.0)
+        free = G(z, ConditionInput(text, present, *attrs))
+        truncated = G(z, ConditionInput(text, present, *attrs), truncation=0.0)
     assert not torch.allclose(free[0], free[1])
     assert torch.allclose(truncated[0], truncated[1], atol=1e-5)  # z no longer matters, the condition does
 
@@ -132,12 +136,11 @@ def test_tanh_output_stays_inside_the_image_range(shapes_schema):
     with torch.no_grad():
         for block in G.blocks:  # a large output layer: linear images would leave [-1, 1] by far
             block.to_rgb.weight.mul_(100)
-        images = G(torch.randn(B, 16), fake_text(B), torch.ones(B, dtype=torch.bool), *conditions(shapes_schema))
-        linear = G.synthesize(torch.zeros(B, 32), G.condition(fake_text(B), torch.ones(B, dtype=torch.bool),
-                                                              *conditions(shapes_schema)))[0]
+        cond = inputs(shapes_schema, fake_text(B), torch.ones(B, dtype=torch.bool))
+        images = G(torch.randn(B, 16), cond)
+        linear = G.synthesize(torch.zeros(B, 32), G.condition(cond))[0]
         G.output = "linear"
-        unbounded = G.synthesize(torch.zeros(B, 32), G.condition(fake_text(B), torch.ones(B, dtype=torch.bool),
-                                                                 *conditions(shapes_schema)))[0]
+        unbounded = G.synthesize(torch.zeros(B, 32), G.condition(cond))[0]
     assert images.abs().max() <= 1 and linear.abs().max() <= 1 < unbounded.abs().max()
     with pytest.raises(ValueError, match="output"):
         Generator(schema=shapes_schema, output="sigmoid", **tiny_model_kwargs())

@@ -30,7 +30,8 @@ def test_same_seed_same_images_and_round_trip(model_dir, shapes_schema):
     c = pipe.generate_tensor("a red circle", {"style": "outline", "size": 0.7}, num_images=3, seed=6)
     assert a.shape == (3, 3, 32, 32)
     assert torch.equal(a, b)
-    assert torch.equal(a[1:], c[:2])  # image k uses seed + k, whatever the batch
+    # image k uses seed + k, whatever the batch (equal up to float rounding: kernels may block a batch differently)
+    torch.testing.assert_close(a[1:], c[:2], rtol=1e-4, atol=1e-5)
     assert not torch.equal(a[0], c[0])
     images = pipe("a red circle", {"style": "outline"}, num_images=2, seed=0)
     assert [im.size for im in images] == [(32, 32)] * 2

@@ -1,6 +1,7 @@
 """The projected discriminator: a frozen pretrained feature network under small trainable heads."""
 import torch
 
+from cgan.conditioning import ConditionInput
 from cgan.image_features import FEATURE_CHANNELS, EfficientNetLite0
 from cgan.projected import ProjectedDiscriminator
 from conftest import fake_text
@@ -29,12 +30,13 @@ def test_frozen_network_is_never_trained_nor_saved(shapes_schema):
     D.train().requires_grad_(True)
     assert not D.feature_net.training and not any(b.requires_grad for b in D.feature_net.buffers())
     images = torch.randn(3, 3, 32, 32, requires_grad=True)
-    cond = (fake_text(3), torch.ones(3, dtype=torch.bool), *shapes_schema.encode([{"style": "flat"}, {}, {}]))
-    logits, plain, _ = D(images, *cond, return_features=True)
+    cond = ConditionInput(fake_text(3), torch.ones(3, dtype=torch.bool),
+                          *shapes_schema.encode([{"style": "flat"}, {}, {}]))
+    logits, plain, _ = D(images, cond, return_features=True)
     assert logits.shape[0] == 3 and logits.dim() == 2 and plain.shape == (3, 32)
     logits.sum().backward()
     assert images.grad is not None and images.grad.abs().sum() > 0  # G gets gradients through it
     # the same seed gives the same fixed mixing: a D rebuilt from its state dict scores identically
     again = build(shapes_schema, contrastive_dim=8, feature_net=D.feature_net)
     again.load_state_dict(D.state_dict())
-    torch.testing.assert_close(again(images.detach(), *cond), D(images.detach(), *cond))
+    torch.testing.assert_close(again(images.detach(), cond), D(images.detach(), cond))
