@@ -64,6 +64,7 @@ class ModelConfig:
     z_dim: int = 128
     w_dim: int = 256
     mapping_layers: int = 4
+    mapping_lr_mul: float = 0.01  # learning-rate multiplier of the mapping layers (StyleGAN's 0.01: slow to move)
     g_channel_base: int = 4096  # channels at resolution r: min(channel_max, channel_base // r)
     g_channel_max: int = 256
     g_attn_resolutions: list[int] = field(default_factory=lambda: [8, 16])
@@ -207,6 +208,8 @@ class Config:
                                   ("dist_timeout_s", lambda v: v > 0, "a positive number of seconds")):
             if not ok(getattr(self.train, key)):
                 raise ConfigError(f"train.{key}: expected {expected}, got {getattr(self.train, key)}")
+        if not 0.0 < self.model.mapping_lr_mul <= 1.0:
+            raise ConfigError(f"model.mapping_lr_mul: expected a number in (0, 1], got {self.model.mapping_lr_mul}")
         for key in ("max_minutes", "checkpoint_minutes"):
             if not 0.0 <= getattr(self.train, key) < float("inf"):
                 raise ConfigError(f"train.{key}: expected minutes >= 0 (0 = off), got {getattr(self.train, key)}")

@@ -94,7 +94,8 @@ def generator_kwargs(config: Config, text_dim: int) -> dict[str, Any]:
                 cond_dim=m.cond_dim, mapping_layers=m.mapping_layers, channel_base=m.g_channel_base,
                 channel_max=m.g_channel_max, attn_resolutions=tuple(m.g_attn_resolutions), attn_heads=m.attn_heads,
                 fusion=m.fusion, num_cond_queries=m.num_cond_queries, fusion_layers=m.fusion_layers,
-                fusion_heads=m.fusion_heads, fusion_zero_init=m.fusion_zero_init, output=m.g_output)
+                fusion_heads=m.fusion_heads, fusion_zero_init=m.fusion_zero_init, output=m.g_output,
+                mapping_lr_mul=m.mapping_lr_mul)
 
 
 def discriminator_kwargs(config: Config, text_dim: int) -> dict[str, Any]:

@@ -56,3 +56,12 @@ def test_caches_default_to_the_user_cache_folder(monkeypatch, tmp_path):
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert user_cache_dir() == Path.home() / ".cache" / "cgan"
     assert data_cache_dir(DataConfig(cache_dir="runs/c")) == Path("runs/c")
+
+
+@pytest.mark.parametrize("override, key", [("model.mapping_lr_mul=0", "model.mapping_lr_mul"),
+                                           ("model.discriminator=big", "model.discriminator"),
+                                           ("model.g_output=relu", "model.g_output"),
+                                           ("loss.hard_negative=-0.5", "loss.hard_negative")])
+def test_recipe_switches_are_checked(override, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config(ROOT / "configs" / "tiny.yaml", [override])
