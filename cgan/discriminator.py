@@ -143,9 +143,13 @@ class Discriminator(AuxiliaryHeads):
     def score(self, images: torch.Tensor, cond: Condition) -> torch.Tensor:
         return self.logits(self.features(images, cond)[0], cond)
 
-    def forward(self, images: torch.Tensor, inputs: ConditionInput, return_features: bool = False):
+    def forward(self, images: torch.Tensor, inputs: ConditionInput, return_features: bool = False,
+                image_index: torch.Tensor | None = None):
         """-> logits (B,); with return_features, (logits, unconditioned features (B, C) or None, the
-        condition) for the auxiliary heads."""
+        condition) for the auxiliary heads. image_index (B,): pair row i shows images[image_index[i]]
+        (several conditions may share an image; here each pair still runs the whole trunk)."""
+        if image_index is not None:
+            images = images[image_index]
         cond = self.condition(inputs)
         features, plain = self.features(images, cond)
         logits = self.logits(features, cond)

@@ -99,10 +99,14 @@ class ProjectedDiscriminator(AuxiliaryHeads):
             mixed[i] = (mixed[i] + coarse) * (1 / math.sqrt(2))
         return mixed
 
-    def forward(self, images: torch.Tensor, inputs: ConditionInput, return_features: bool = False):
-        """-> logits (B, N); with return_features, (logits, unconditioned features (B, C) or None, condition)."""
+    def forward(self, images: torch.Tensor, inputs: ConditionInput, return_features: bool = False,
+                image_index: torch.Tensor | None = None):
+        """-> logits (B, N); with return_features, (logits, unconditioned features (B, C) or None, condition).
+        image_index (B,): pair row i shows images[image_index[i]]; the frozen network sees each image once."""
         cond = self.condition(inputs)
         mixed = self.mixed_features(images)
+        if image_index is not None:
+            mixed = [m[image_index] for m in mixed]
         logits = torch.cat([rearrange(head(x, cond), "b h w -> b (h w)") for head, x in zip(self.heads, mixed)], 1)
         if not return_features:
             return logits

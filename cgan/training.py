@@ -152,21 +152,25 @@ def d_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str]) 
     mis_index, mis_value, attr_valid = mismatched_attributes(*(x[head] for x in batch.attr_host), num_values)
     device = batch.images.device
     full = batch.full_cond().index(head)  # the first half's real images with all they show
-    # chunks of D's one forward, (images, condition): real, fake, real + another prompt, real + other
-    # attributes[, real + a caption that contradicts it (loss.hard_negative)]
-    chunks = [(batch.images, batch.cond), (fake, batch.cond),
-              (batch.images[head], full.replace(text=batch.cond.text.index(text_index.to(device, non_blocking=True)))),
-              (batch.images[head], full.replace(attr_index=mis_index.to(device, non_blocking=True),
-                                                attr_value=mis_value.to(device, non_blocking=True)))]
+    # D scores (image, condition) pairs in one forward: real, fake, real + another prompt, real + other
+    # attributes[, real + a caption that contradicts it (loss.hard_negative)]. The images are the batch's
+    # real and fake ones, each augmented once; image_index says which image each pair shows.
+    images = torch.cat([batch.images, fake])  # (2B, 3, R, R)
+    reals, fakes, heads = (torch.arange(size, device=device), torch.arange(size, 2 * size, device=device),
+                           torch.arange(num_mismatch, device=device))
+    chunks = [(reals, batch.cond), (fakes, batch.cond),
+              (heads, full.replace(text=batch.cond.text.index(text_index.to(device, non_blocking=True)))),
+              (heads, full.replace(attr_index=mis_index.to(device, non_blocking=True),
+                                   attr_value=mis_value.to(device, non_blocking=True)))]
     hard = batch.negative_text is not None
     if hard:
-        chunks.append((batch.images[head], full.replace(text=batch.negative_text.index(head))))
-    images = torch.cat([image for image, _ in chunks])
+        chunks.append((heads, full.replace(text=batch.negative_text.index(head))))
+    image_index = torch.cat([index for index, _ in chunks])
     inputs = ConditionInput.cat([cond for _, cond in chunks])
     if augment:
         images = diff_augment(images, augment)
     with accelerator.autocast():
-        logits, plain, cond = D(images, inputs, return_features=True)
+        logits, plain, cond = D(images, inputs, return_features=True, image_index=image_index)
         logits = logits.float()
         # the auxiliary heads learn from real images with their own conditions: the batch's first rows
         aux = auxiliary_losses(D, plain[:size] if plain is not None else None, cond.slice(0, size), batch, config,

@@ -40,3 +40,14 @@ def test_frozen_network_is_never_trained_nor_saved(shapes_schema):
     again = build(shapes_schema, contrastive_dim=8, feature_net=D.feature_net)
     again.load_state_dict(D.state_dict())
     torch.testing.assert_close(again(images.detach(), cond), D(images.detach(), cond))
+
+
+def test_shared_images_are_scored_as_if_repeated(shapes_schema):
+    """D's matching-aware pairs reuse the batch's images: scoring them through image_index must equal
+    scoring the repeated images (the frozen network then runs once per image)."""
+    D = build(shapes_schema)
+    images = torch.randn(2, 3, 32, 32)
+    index = torch.tensor([0, 1, 0, 0])
+    cond = ConditionInput(fake_text(4), torch.ones(4, dtype=torch.bool),
+                          *shapes_schema.encode([{"style": "flat"}, {}, {"style": "outline"}, {"size": 0.3}]))
+    torch.testing.assert_close(D(images, cond, image_index=index), D(images[index], cond))
