@@ -1,0 +1,63 @@
+"""Evaluation during training: FID / KID and faithfulness of G_ema, logged as metric/* (main process)."""
+from __future__ import annotations
+
+import time
+
+from cgan.config import Config, data_cache_dir
+from cgan.data import CaptionedDataset
+from cgan.text_encoder import FrozenTextEncoder, TextEmbeddingCache
+
+
+class Evaluator:
+    """FID / KID and faithfulness of G_ema during training, logged as metric/* (main process only)."""
+
+    def __init__(self, config: Config, dataset: CaptionedDataset, text_encoder: FrozenTextEncoder,
+                 text_cache: TextEmbeddingCache, device):
+        self.config, self.dataset, self.text_encoder, self.text_cache = config, dataset, text_encoder, text_cache
+        self.device = device
+        self.custom_classifier = None  # trained once on the data set's own images, then reused
+
+    def due(self, step: int) -> bool:
+        e = self.config.eval
+        return any(every and step % every == 0 for every in (e.fid_every, e.faithfulness_every))
+
+    def __call__(self, G_ema, step: int) -> dict[str, float]:
+        from cgan.pipeline import CGANPipeline
+
+        e, data = self.config.eval, self.config.data
+        metrics: dict[str, float] = {}
+        if e.fid_every and step % e.fid_every == 0:
+            from cgan.fid import fid_generator_vs_data
+
+            result = fid_generator_vs_data(
+                G_ema, self.text_cache, self.dataset.schema, "shapes" if data.name == "shapes" else data.path,
+                split=e.fid_split if data.name == "shapes" else None, num=e.fid_num, kid=e.fid_kid,
+                device=self.device, cache_dir=data_cache_dir(data) / "fid", model_step=step)
+            metrics["metric/fid"] = result.fid
+            if result.kid is not None:
+                metrics["metric/kid"] = result.kid
+            print(f"step {step}: {result.summary()} in {result.seconds:.0f} s")
+        if e.faithfulness_every and step % e.faithfulness_every == 0:
+            from cgan import faithfulness
+
+            start = time.perf_counter()
+            pipe = CGANPipeline(G_ema, self.text_encoder, self.dataset.schema, {"step": step}, self.device)
+            pipe.text_cache = self.text_cache  # the run's captions are encoded already
+            if data.name == "shapes":
+                result = faithfulness.evaluate_faithfulness(pipe, num=e.faithfulness_num, device=str(self.device))
+                for part in ("seen", "heldout"):
+                    values = {**result[part]["accuracy"], "all_correct_one": result[part]["all_correct_one"],
+                              "all_correct_two": result[part]["all_correct_two"]}
+                    for key, value in values.items():
+                        if value is not None:
+                            metrics[f"metric/faithfulness/{part}/{key}"] = value
+            else:
+                if self.custom_classifier is None:
+                    self.custom_classifier = faithfulness.train_attribute_classifier(self.dataset)
+                result = faithfulness.evaluate_custom(pipe, self.dataset, num=e.faithfulness_num,
+                                                      device=str(self.device), classifier=self.custom_classifier)
+                for name, value in result["accuracy"].items():
+                    if value is not None:
+                        metrics[f"metric/faithfulness/{name}"] = value
+            print(f"step {step}: faithfulness {metrics} in {time.perf_counter() - start:.0f} s")
+        return metrics
