@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import json
 import os
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,10 @@ class DataConfig:
     on_error: str = "fail"  # folder: fail | skip bad records (skip reports which)
     background: str = "white"  # folder: colour that transparent images are composited on
     hflip: bool = False  # off by default: a mirrored image turns "left of" into a lie
-    attributes: dict[str, Any] | None = None  # declared schema; None = inferred from the data
+    # folder: a declared schema ({name: {type, values | range}}), or a list of the columns to use as
+    # attributes (types inferred); None = every column besides file_name, text and truth
+    attributes: dict[str, Any] | list[str] | None = None
+    ignore: list[str] = field(default_factory=list)  # folder: columns that are not attributes (ids, splits, ...)
     num_workers: int = 1  # DataLoader worker processes
     cache_dir: str = ""  # text-embedding and FID caches; "" = the user cache folder (user_cache_dir())
 
@@ -181,6 +185,10 @@ class Config:
         _choice("data.name", self.data.name, ("shapes", "folder"))
         _choice("data.split", self.data.split, ("train", "heldout", "all"))
         _choice("data.on_error", self.data.on_error, ("fail", "skip"))
+        columns = self.data.attributes if isinstance(self.data.attributes, list) else []
+        for key, names in (("data.attributes", columns), ("data.ignore", self.data.ignore)):
+            if not all(isinstance(name, str) and name for name in names):
+                raise ConfigError(f"{key}: expected a list of column names, got {names!r}")
         if self.data.name == "folder" and not self.data.path:
             raise ConfigError("data.path: required when data.name is 'folder' (a folder with metadata.jsonl)")
         _choice("eval.fid_split", self.eval.fid_split, ("train", "heldout", "all"))
@@ -246,6 +254,14 @@ def _unknown_key(key: str, source: str) -> ConfigError:
 
 def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
     """Check a YAML value against a dataclass field's type (ints are accepted as floats)."""
+    members = [m for m in typing.get_args(annotation) if m is not type(None)]
+    if isinstance(annotation, types.UnionType) and len(members) > 1 and value is not None:
+        for member in members:  # dict[str, Any] | list[str] | None: the first type that fits
+            try:
+                return _coerce(value, member, key, source)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{source}: {key} expected {' or '.join(str(m) for m in members)}, got {value!r}")
     hints = str(annotation)
     if value is None:
         if "None" in hints or "Any" in hints:

@@ -1,5 +1,6 @@
 """The auxiliary loss terms (config `loss`): contrastive image-condition matching and attribute prediction."""
 import json
+import random
 
 import pytest
 import torch
@@ -7,7 +8,7 @@ import torch
 from cgan.conditioning import ConditionInput
 from cgan.config import ConfigError, load_config
 from cgan.data import ShapesDataset
-from cgan.data.shapes import contradictions
+from cgan.data.shapes import HELDOUT_PAIRS, contradictions, sample_scene
 from cgan.discriminator import Discriminator
 from cgan.losses import attribute_loss, contrastive_loss, same_condition
 from cgan.training import train
@@ -105,14 +106,25 @@ def test_training_with_both_terms_logs_them_and_resume_refuses_a_toggle(config, 
 
 def test_shapes_hard_negatives_contradict_the_scene_and_respect_the_split():
     a, b = {"color": "red", "shape": "square"}, {"color": "green", "shape": "circle"}
-    assert contradictions([a, b], "left of", "train") == ["a green circle left of a red square",
-                                                          "a green square left of a red circle"]
+    two = contradictions([a, b], "left of", "train")
+    assert two[-2:] == ["a green circle left of a red square", "a green square left of a red circle"]
+    assert len(two) == 4 and two == contradictions([a, b], "left of", "train")  # a function of the scene
     c = {"color": "blue", "shape": "square"}  # swapping colours with a red circle would show a held-out blue circle
-    assert contradictions([{"color": "red", "shape": "circle"}, c], "above", "train") == [
-        "a blue square above a red circle"]
-    assert contradictions([a], None, "train") == []
+    assert "a blue circle above a red square" not in contradictions([{"color": "red", "shape": "circle"}, c],
+                                                                     "above", "train")
+    # One object: its shape replaced and its colour replaced, never into a held-out pair in train.
+    rng = random.Random(0)
+    for _ in range(200):
+        scene = sample_scene(rng, "train")
+        if scene.relation is not None:
+            continue
+        (obj,) = scene.objects
+        shape_changed, colour_changed = contradictions(scene.objects, None, "train")
+        _, colour, shape = shape_changed.split()
+        assert colour == obj["color"] and shape != obj["shape"] and (colour, shape) not in HELDOUT_PAIRS
+        _, colour, shape = colour_changed.split()
+        assert shape == obj["shape"] and colour != obj["color"] and (colour, shape) not in HELDOUT_PAIRS
     dataset = ShapesDataset(num_images=64, resolution=32)
     known = set(dataset.all_captions())
     items = [dataset[i] for i in range(64)]
-    assert all(item["negative"] in known for item in items if item["negative"])
-    assert any(item["negative"] for item in items) and not all(item["negative"] for item in items)
+    assert all(item["negative"] in known and item["negative"] != item["text"] for item in items)

@@ -137,3 +137,54 @@ def test_check_command_prints_summary(bad_folder, capsys):
     out = capsys.readouterr().out
     assert "2 valid records, 5 with problems" in out and "column mixes types" in out
     assert data_main(["check", str(bad_folder / "nope")]) == 2
+
+
+@pytest.fixture
+def folder_with_bookkeeping(tmp_path):
+    d = tmp_path / "kept"
+    d.mkdir()
+    rows = []
+    for i in range(24):
+        good_image(d / f"{i}.png", color=(10 * i, 0, 0))
+        rows.append({"file_name": f"{i}.png", "text": "a dot", "style": ("flat", "outline")[i % 2],
+                     "split": ("train", "val")[i % 2], "photo_ref": f"p{i:03d}", "weight": float(i)})
+    write_rows(d, rows)
+    return d
+
+
+def test_bookkeeping_columns_are_warned_about_and_can_be_left_out(folder_with_bookkeeping, capsys):
+    report = validate_folder(folder_with_bookkeeping, 32)
+    assert report.schema.names == ["style", "split", "photo_ref", "weight"]
+    warned = " ".join(report.warnings)
+    assert "'split'" in warned and "'photo_ref'" in warned and "24 distinct values in 24 rows" in warned
+    assert "'style'" not in warned and "'weight'" not in warned and "data.ignore=[split]" in warned
+    assert data_main(["check", str(folder_with_bookkeeping), "--resolution", "32"]) == 0
+    assert "warning: column 'split'" in capsys.readouterr().out
+
+    ignored = validate_folder(folder_with_bookkeeping, 32, ignore=["split", "photo_ref"])
+    assert ignored.schema.names == ["style", "weight"] and not ignored.warnings and not ignored.problems
+    listed = FolderDataset(folder_with_bookkeeping, resolution=32, attributes=["style"])
+    assert listed.schema.names == ["style"] and listed.record(0)["attributes"] == {"style": "flat"}
+    assert data_main(["check", str(folder_with_bookkeeping), "--resolution", "32", "--ignore", "split,photo_ref"]) == 0
+    assert "warning" not in capsys.readouterr().out
+
+
+def test_unknown_columns_in_attributes_or_ignore_are_named(folder_with_bookkeeping):
+    with pytest.raises(DataValidationError, match=r"data.ignore: colour: no such column in metadata.jsonl "
+                                                  r"\(columns: photo_ref, split, style, weight\)"):
+        FolderDataset(folder_with_bookkeeping, resolution=32, ignore=["colour"], on_error="skip")
+    report = validate_folder(folder_with_bookkeeping, 32, ["style", "size"])
+    assert [str(p) for p in report.problems] == [
+        "data.attributes: size: no such column in metadata.jsonl (columns: photo_ref, split, style, weight)"]
+
+
+def test_column_lists_in_the_config_are_checked():
+    from cgan.config import ConfigError, load_config
+
+    config = load_config(None, ["data.attributes=[style, size]", "data.ignore=[split]"])
+    assert config.data.attributes == ["style", "size"] and config.data.ignore == ["split"]
+    assert load_config(None, ["data.attributes={style: {type: categorical, values: [a]}}"]).data.attributes
+    with pytest.raises(ConfigError, match="data.ignore: expected a list of column names"):
+        load_config(None, ["data.ignore=[1]"])
+    with pytest.raises(ConfigError, match="data.attributes expected"):
+        load_config(None, ["data.attributes=3"])

@@ -108,11 +108,12 @@ class ShapesDataset(CaptionedDataset):
 class FolderDataset(CaptionedDataset):
     """A custom-format folder (images + metadata.jsonl/csv), validated before use."""
 
-    def __init__(self, path: str | Path, *, resolution: int = 64, attributes: dict[str, Any] | None = None,
-                 on_error: str = "fail", background: str = "white", report: FolderReport | None = None):
+    def __init__(self, path: str | Path, *, resolution: int = 64, attributes: dict[str, Any] | list[str] | None = None,
+                 ignore: list[str] | tuple[str, ...] = (), on_error: str = "fail", background: str = "white",
+                 report: FolderReport | None = None):
         self.folder, self.resolution = Path(path), resolution
         self.background = parse_background(background)
-        self.report = report or validate_folder(self.folder, resolution, attributes)
+        self.report = report or validate_folder(self.folder, resolution, attributes, ignore=ignore)
         if self.report.problems:
             summary = (f"{self.report.metadata_file}: {len(self.report.problems)} problem(s) in "
                        f"{len(self.report.bad_lines)} record(s):\n{format_problems(self.report)}")
@@ -120,6 +121,8 @@ class FolderDataset(CaptionedDataset):
             if on_error == "fail" or column_problems or not self.report.records:
                 raise DataValidationError(summary + "\nfix them, or set data.on_error=skip to leave bad records out")
             print(f"data.on_error=skip: leaving out {summary}", file=sys.stderr)
+        for warning in self.report.warnings:
+            print(f"warning: {self.report.metadata_file}: {warning}", file=sys.stderr)
         self.records = self.report.records
         self.schema = self.report.schema  # type: ignore[assignment]
 
@@ -145,7 +148,7 @@ def build_dataset(data_config) -> CaptionedDataset:
                              split=data_config.split, seed=data_config.seed)
     if data_config.name == "folder":
         return FolderDataset(data_config.path, resolution=data_config.resolution, attributes=data_config.attributes,
-                             on_error=data_config.on_error, background=data_config.background)
+                             ignore=data_config.ignore, on_error=data_config.on_error, background=data_config.background)
     raise ValueError(f"data.name: expected shapes or folder, got {data_config.name!r}")
 
 

@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check", help="validate a custom-format folder and summarise it")
     check.add_argument("folder")
     check.add_argument("--resolution", type=int, default=64, help="the model resolution images must reach")
+    check.add_argument("--attributes", help="comma-separated columns to use as attributes (data.attributes)")
+    check.add_argument("--ignore", help="comma-separated columns that are not attributes (data.ignore)")
     args = parser.parse_args(argv)
 
     if args.command == "export":
@@ -84,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {attribute}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
         return 0
     try:
-        report = validate_folder(args.folder, args.resolution)
+        columns = [c.strip() for c in args.attributes.split(",") if c.strip()] if args.attributes else None
+        ignore = [c.strip() for c in args.ignore.split(",") if c.strip()] if args.ignore else []
+        report = validate_folder(args.folder, args.resolution, columns, ignore=ignore)
     except DataValidationError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

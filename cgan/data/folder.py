@@ -6,7 +6,9 @@ which one is drawn each time), optional `truth` (structured ground truth, carrie
 never an attribute), and any further columns as attributes. The attribute schema is, in
 order of precedence: declared in the config (`data.attributes`), declared in the folder's
 `attributes.json`, or inferred (strings -> categorical with the values seen, numbers ->
-continuous with the range seen).
+continuous with the range seen). `data.attributes` may instead list the columns to use, and
+`data.ignore` the columns to leave out; an inferred column that looks like bookkeeping (an id,
+a split, a path: named like one, or a distinct value in most rows) is kept but warned about.
 
 Everything is validated before training starts and reported at once, with line numbers.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,10 @@ from cgan.attributes import AttributeSchema, InvalidAttributeError
 RESERVED_COLUMNS = ("file_name", "text", "truth")
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
 SCHEMA_FILE = "attributes.json"
+# Column names that usually hold bookkeeping, not something to draw (compared lower-case, - and space as _).
+BOOKKEEPING_NAME = re.compile(r"(.*_)?(id|ids|uuid|guid|key|index|idx|split|fold|subset|partition|path|file|"
+                              r"filename|file_path|url|uri|source|family|author|license|hash|md5|sha1|sha256|"
+                              r"date|time|timestamp|row)")
 
 
 class DataValidationError(ValueError):
@@ -61,6 +68,7 @@ class FolderReport:
     bad_lines: set[int] = field(default_factory=set)
     schema: AttributeSchema | None = None
     schema_source: str = "inferred"
+    warnings: list[str] = field(default_factory=list)  # columns that look like bookkeeping, ...
 
     def summary(self) -> str:
         lines = [f"{self.folder}: {len(self.records)} valid records, {len(self.bad_lines)} with problems"]
@@ -80,6 +88,7 @@ class FolderReport:
                         if r.attributes.get(spec.name) in counts:
                             counts[r.attributes[spec.name]] += 1
                     lines.append(f"  {spec.name}: " + ", ".join(f"{v}={n}" for v, n in counts.items()))
+        lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
@@ -152,6 +161,24 @@ def infer_schema(rows: list[tuple[int, dict[str, Any]]], metadata_name: str,
     return AttributeSchema.from_dict(spec, metadata_name)
 
 
+def bookkeeping_warnings(schema: AttributeSchema, rows: list[tuple[int, dict[str, Any]]]) -> list[str]:
+    """A warning per inferred attribute column that looks like bookkeeping rather than a condition:
+    named like an id / split / path, or (categorical) a distinct value in more than half of the rows."""
+    warnings = []
+    for spec in schema.specs:
+        normalised = re.sub(r"[\s-]+", "_", spec.name.strip().lower())
+        reason = None
+        if BOOKKEEPING_NAME.fullmatch(normalised):
+            reason = "its name suggests bookkeeping"
+        elif spec.kind == "categorical" and len(rows) >= 20 and len(spec.values) > len(rows) / 2:
+            reason = f"{len(spec.values)} distinct values in {len(rows)} rows, like an identifier"
+        if reason:
+            warnings.append(f"column '{spec.name}' becomes a condition ({reason}); if it is not something to "
+                            f"draw, leave it out with data.ignore=[{spec.name}] (python -m cgan.data check "
+                            f"--ignore {spec.name}), or list the columns to use with data.attributes=[...]")
+    return warnings
+
+
 def _as_category(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
@@ -193,25 +220,47 @@ def find_metadata(folder: Path) -> Path:
                               "'file_name' and 'text' (see README, 'Your own data')")
 
 
-def validate_folder(folder: str | Path, resolution: int, declared_schema: dict[str, Any] | None = None,
-                    check_images: bool = True) -> FolderReport:
-    """Read and check every record; collect all problems instead of stopping at the first."""
+def validate_folder(folder: str | Path, resolution: int, declared_schema: dict[str, Any] | list[str] | None = None,
+                    check_images: bool = True, ignore: list[str] | tuple[str, ...] = ()) -> FolderReport:
+    """Read and check every record; collect all problems instead of stopping at the first.
+
+    declared_schema: a schema (dict), or a list of the columns to use as attributes (their types
+    inferred, or taken from the folder's attributes.json); ignore: columns that are not attributes."""
     folder = Path(folder)
     metadata = find_metadata(folder)
     problems: list[Problem] = []
     rows = _read_rows(metadata, problems)
     report = FolderReport(folder, metadata, [], problems)
-    if declared_schema is not None:
+    use_columns = declared_schema if isinstance(declared_schema, list) else None
+    present = {name for _, row in rows for name in row} - set(RESERVED_COLUMNS)
+    for key, names in (("data.attributes", use_columns or []), ("data.ignore", list(ignore))):
+        for name in names:
+            if name not in present:
+                problems.append(Problem(key, str(name), f"no such column in {metadata.name} (columns: "
+                                        f"{', '.join(sorted(present)) or 'none besides file_name and text'})"))
+
+    def keep(name: str) -> bool:
+        return name not in ignore and (use_columns is None or name in use_columns)
+
+    if isinstance(declared_schema, dict):
         report.schema, report.schema_source = AttributeSchema.from_dict(declared_schema, "data.attributes"), "config"
     elif (folder / SCHEMA_FILE).is_file():
         try:
             declared = json.loads((folder / SCHEMA_FILE).read_text())
+            if isinstance(declared, dict):
+                declared = {name: spec for name, spec in declared.items() if keep(name)}
             report.schema = AttributeSchema.from_dict(declared, str(folder / SCHEMA_FILE))
             report.schema_source = SCHEMA_FILE
         except (json.JSONDecodeError, InvalidAttributeError) as err:
             raise DataValidationError(f"{folder / SCHEMA_FILE}: {err}") from err
     else:
-        report.schema = infer_schema(rows, metadata.name, problems)
+        kept_rows = [(line_no, {k: v for k, v in row.items() if k in RESERVED_COLUMNS or keep(k)})
+                     for line_no, row in rows]
+        report.schema = infer_schema(kept_rows, metadata.name, problems)
+        if use_columns is None:
+            report.warnings = bookkeeping_warnings(report.schema, rows)
+        else:
+            report.schema_source = "inferred, columns from data.attributes"
     schema = report.schema
     for line_no, row in rows:
         where = f"{metadata.name}:{line_no}"

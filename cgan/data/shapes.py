@@ -82,15 +82,34 @@ def paraphrases(objects: list[dict[str, Any]], relation: str | None) -> list[str
 
 def contradictions(objects: list[dict[str, Any]], relation: str | None, split: str) -> list[str]:
     """Captions made of the scene's own words that describe another scene: hard negatives for the
-    discriminator. Two objects: the objects swapped (the relation reversed) and, where the colours
-    and shapes differ, the colours swapped between the shapes. One object: none. Colour-shape pairs
-    the split must not show (held out of `train`) never appear."""
-    if relation is None:
-        return []
-    a, b = objects
-    scenes = [[b, a]]
-    if a["color"] != b["color"] and a["shape"] != b["shape"]:
-        scenes.append([{"shape": a["shape"], "color": b["color"]}, {"shape": b["shape"], "color": a["color"]}])
+    discriminator, one per kind of mistake a generator makes.
+
+    - every scene: one object's shape replaced, and one object's colour replaced (so D must read
+      shape and colour, not only the layout);
+    - two objects: also the objects swapped (the relation reversed) and, where the colours and
+      shapes differ, the colours exchanged between the shapes.
+
+    The replacements are drawn by a generator seeded with the scene, so the list is a pure
+    function of the scene. Colour-shape pairs the split must not show (held out of `train`) never
+    appear, and two objects never become identical."""
+    rng = random.Random(repr([(o["shape"], o["color"]) for o in objects]) + str(relation))
+    scenes: list[list[dict[str, Any]]] = []
+    for field_name, values in (("shape", SHAPES), ("color", tuple(COLORS))):
+        target = rng.randrange(len(objects))
+        options = []
+        for value in values:
+            changed = [dict(o) for o in objects]
+            changed[target][field_name] = value
+            if value != objects[target][field_name] and (len(changed) == 1 or changed[0] != changed[1]):
+                options.append(changed)
+        allowed = [s for s in options if all(_pair_allowed(o["color"], o["shape"], split) for o in s)]
+        if allowed:
+            scenes.append(rng.choice(allowed))
+    if relation is not None:
+        a, b = objects
+        scenes.append([b, a])
+        if a["color"] != b["color"] and a["shape"] != b["shape"]:
+            scenes.append([{"shape": a["shape"], "color": b["color"]}, {"shape": b["shape"], "color": a["color"]}])
     allowed = [s for s in scenes if all(_pair_allowed(o["color"], o["shape"], split) for o in s)]
     return [paraphrases(s, relation)[0] for s in allowed]
 
