@@ -28,7 +28,9 @@ def train_main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             from cgan.config import config_json
             from cgan.data import build_dataset
+            from cgan.training import check_run_settings
 
+            check_run_settings(config)
             dataset = build_dataset(config.data)
             print(config_json(config))
             print(f"data: {len(dataset)} records; attributes:\n{dataset.schema.describe()}")

@@ -110,6 +110,7 @@ class TrainConfig:
     ema_rampup: float = 0.05  # half-life ramps up as images_seen * rampup (None-like: 0 = off)
     mixed_precision: str = "no"  # no | bf16 | fp16
     channels_last: bool = True
+    threads: int = 0  # torch's intra-op threads in each process (0 = torch's default: all cores)
     compile: bool = False  # torch.compile G and D for the D and G phases (R1 keeps eager D): slow to compile
     max_minutes: float = 0.0  # wall-clock budget of this invocation: then checkpoint, export and stop (0 = none)
     checkpoint_minutes: float = 10.0  # also checkpoint (and export) when this long has passed since the last one
@@ -145,7 +146,7 @@ class LossConfig:
 
 @dataclass
 class SampleConfig:
-    prompts: list[str] = field(default_factory=list)  # the fixed grid; [] = first records of the data
+    prompts: list[str] = field(default_factory=list)  # the fixed grid; [] = 8 records spread over the data's conditions
     attributes: list[dict[str, Any]] = field(default_factory=list)  # one dict per prompt (optional)
     num_per_prompt: int = 4
     seed: int = 1234
@@ -218,6 +219,8 @@ class Config:
                 raise ConfigError(f"train.{key}: expected {expected}, got {getattr(self.train, key)}")
         if not 0.0 < self.model.mapping_lr_mul <= 1.0:
             raise ConfigError(f"model.mapping_lr_mul: expected a number in (0, 1], got {self.model.mapping_lr_mul}")
+        if self.train.threads < 0:
+            raise ConfigError(f"train.threads: expected 0 (torch's default) or a number of threads, got {self.train.threads}")
         for key in ("max_minutes", "checkpoint_minutes"):
             if not 0.0 <= getattr(self.train, key) < float("inf"):
                 raise ConfigError(f"train.{key}: expected minutes >= 0 (0 = off), got {getattr(self.train, key)}")

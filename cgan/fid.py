@@ -208,6 +208,32 @@ def warn_if_small(what: str, count: int) -> None:
                       "and noisy, so compare such numbers only at the same N", stacklevel=3)
 
 
+def typical_size(folder: str | Path, sample: int = 200) -> tuple[int, int] | None:
+    """The most common (width, height) among up to `sample` of the folder's images (headers only)."""
+    from collections import Counter
+
+    from cleanfid.utils import EXTENSIONS
+    from PIL import Image
+
+    files = sorted(f for ext in EXTENSIONS for f in glob(os.path.join(str(folder), f"**/*.{ext}"), recursive=True))
+    sizes: Counter[tuple[int, int]] = Counter()
+    for path in files[:: max(1, len(files) // sample)][:sample]:
+        try:
+            with Image.open(path) as img:
+                sizes[img.size] += 1
+        except OSError:
+            continue  # clean-fid reports unreadable files itself
+    return sizes.most_common(1)[0][0] if sizes else None
+
+
+def warn_if_sizes_differ(folder_a: str | Path, folder_b: str | Path) -> None:
+    size_a, size_b = typical_size(folder_a), typical_size(folder_b)
+    if size_a and size_b and size_a != size_b:
+        warnings.warn(f"{folder_a} holds {size_a[0]}x{size_a[1]} images and {folder_b} {size_b[0]}x{size_b[1]}: both "
+                      "are resized to 299x299, but FID then also measures the difference in detail between the two "
+                      "resolutions; compare images of the same size", stacklevel=3)
+
+
 def folder_features(folder: str | Path, network: FeatureNetwork, *, device: str | torch.device = "cpu",
                     batch_size: int = 32, num_workers: int = 0, verbose: bool = False) -> np.ndarray:
     from cleanfid.fid import get_folder_features
@@ -250,6 +276,7 @@ def compute_fid(folder_a: str | Path, folder_b: str | Path, *, kid: bool = False
                                    allow_download=allow_download)
     for folder, count in zip((folder_a, folder_b), counts):
         warn_if_small(str(folder), count)
+    warn_if_sizes_differ(folder_a, folder_b)
     feats_a, feats_b = (folder_features(f, network, device=device, batch_size=batch_size, num_workers=num_workers,
                                         verbose=verbose) for f in (folder_a, folder_b))
     return FIDResult(fid=float(fid_from_feats(feats_a, feats_b)), kid=kid_from_feats(feats_a, feats_b) if kid else None,

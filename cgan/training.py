@@ -30,7 +30,7 @@ from cgan.checkpoint import (CheckpointError, atomic_save, export_model, remove_
                              save_training_state)
 from cgan.conditioning import ConditionInput
 from cgan.config import Config, ConfigError, data_cache_dir, save_config
-from cgan.data import CaptionedDataset, StepSampler, build_dataset, tensor_to_images
+from cgan.data import CaptionedDataset, StepSampler, build_dataset, stratified_records, tensor_to_images
 from cgan.discriminator import Discriminator
 from cgan.ema import ema_beta, update_ema
 from cgan.evaluation import Evaluator
@@ -254,7 +254,7 @@ def sample_conditions(config: Config, dataset: CaptionedDataset) -> tuple[list[s
         prompts = list(config.sample.prompts)
         attrs = list(config.sample.attributes) + [{}] * (len(prompts) - len(config.sample.attributes))
         return prompts, [dataset.schema.validate(a, "sample.attributes") for a in attrs]
-    records = [dataset.record(i) for i in range(min(8, len(dataset)))]
+    records = [dataset.record(i) for i in stratified_records(dataset, count=8, seed=config.sample.seed)]
     return [r["captions"][0] for r in records], [r["attributes"] for r in records]
 
 
@@ -289,6 +289,15 @@ def to_device_batch(raw: dict[str, Any], text_cache: TextEmbeddingCache, config:
                  negative_valid=negative_valid)
 
 
+def check_run_settings(config: Config) -> list[str]:
+    """Every check of the settings that needs no data and no model (also run by --dry-run); returns the
+    DiffAugment policy."""
+    config.validate()
+    if config.train.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("train.mixed_precision: fp16 needs a GPU; on the CPU use bf16 or no")
+    return parse_policy(config.train.augment)
+
+
 def train(config: Config, out_dir: str | Path, resume: str | None = None, max_steps: int | None = None,
           text_encoder: FrozenTextEncoder | None = None) -> Path:
     """Train (or continue) a run in out_dir; returns the exported model folder.
@@ -300,11 +309,10 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs, gather_object
 
-    config.validate()
+    augment = check_run_settings(config)
     t = config.train
-    if t.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise ConfigError("train.mixed_precision: fp16 needs a GPU; on the CPU use bf16 or no")
-    augment = parse_policy(t.augment)
+    if t.threads:
+        torch.set_num_threads(t.threads)
     out_dir = Path(out_dir)
     # A process that dies ends the run through the launcher; one that hangs, through this timeout.
     accelerator = Accelerator(mixed_precision=t.mixed_precision,

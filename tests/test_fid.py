@@ -7,6 +7,7 @@ wrapper and on a folder with itself.
 """
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -189,6 +190,18 @@ def test_too_few_images_and_small_n_warning(work, tmp_path):
         fid.compute_fid(work["folders"][0], one, inception_weights=work["net"])
     with pytest.warns(UserWarning, match="only 24 images; FID from fewer than 1,000"):
         fid.compute_fid(work["folders"][0], work["folders"][1], inception_weights=work["net"])
+
+
+def test_folders_of_different_resolutions_are_warned_about(work, tmp_path):
+    rng = np.random.default_rng(0)
+    small = write_folder(tmp_path / "small", [rng.integers(0, 255, (16, 16, 3), dtype=np.uint8) for _ in range(4)])
+    large = write_folder(tmp_path / "large", [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(4)])
+    with pytest.warns(UserWarning, match=f"{small} holds 16x16 images and {large} 32x32"):
+        fid.compute_fid(small, large, inception_weights=work["net"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fid.compute_fid(small, small, inception_weights=work["net"])
+    assert not [w for w in caught if "holds" in str(w.message)]
 
 
 def test_cli_folders_and_model_vs_shapes_end_to_end(work, model_dir, tmp_path, capsys):

@@ -188,3 +188,26 @@ def test_column_lists_in_the_config_are_checked():
         load_config(None, ["data.ignore=[1]"])
     with pytest.raises(ConfigError, match="data.attributes expected"):
         load_config(None, ["data.attributes=3"])
+
+
+def test_progress_grid_records_spread_over_the_conditions(tmp_path):
+    from cgan.data import stratified_records
+
+    d = tmp_path / "sorted"
+    d.mkdir()
+    rows = []  # sorted as folders often are: 10 variants of each (caption, style) combination in a row
+    for caption in ("a cat", "a dog", "a fish", "a bird"):
+        for style in ("photo", "sketch"):
+            for k in range(10):
+                name = f"{caption[2:]}-{style}-{k}.png"
+                good_image(d / name)
+                rows.append({"file_name": name, "text": caption, "style": style})
+    write_rows(d, rows)
+    dataset = FolderDataset(d, resolution=32)
+    first = {(dataset.record(i)["captions"][0], dataset.record(i)["attributes"]["style"]) for i in range(8)}
+    assert len(first) == 1  # what the grid showed before: one combination eight times
+    picked = stratified_records(dataset, count=8)
+    assert picked == stratified_records(dataset, count=8)  # fixed across runs
+    shown = [(dataset.record(i)["captions"][0], dataset.record(i)["attributes"]["style"]) for i in picked]
+    assert {c for c, _ in shown} == {"a cat", "a dog", "a fish", "a bird"} and {s for _, s in shown} == {"photo", "sketch"}
+    assert len(set(picked)) == 8

@@ -59,6 +59,16 @@ def test_cli_rejects_bad_input_before_training(tmp_path, capsys):
     assert "not writable" in capsys.readouterr().err
 
 
+def test_dry_run_checks_what_the_run_checks(tmp_path, capsys):
+    tiny = str(ROOT / "configs" / "tiny.yaml")
+    assert train_main(["--config", tiny, "--out", str(tmp_path / "r"), "--dry-run", "train.augment=colour"]) == 2
+    assert "train.augment: unknown augmentation 'colour'" in capsys.readouterr().err
+    assert train_main(["--config", tiny, "--out", str(tmp_path / "r"), "--dry-run", "train.threads=-1"]) == 2
+    assert "train.threads: expected 0" in capsys.readouterr().err
+    assert train_main(["--config", tiny, "--out", str(tmp_path / "r"), "--dry-run", "train.threads=1"]) == 0
+    assert '"threads": 1' in capsys.readouterr().out and not (tmp_path / "r").exists()
+
+
 @pytest.mark.slow
 def test_two_processes_stay_in_sync_with_one_writer_and_resume_exactly(tmp_path):
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}

@@ -141,6 +141,37 @@ class FolderDataset(CaptionedDataset):
         return sorted({c for r in self.records for c in r.captions})
 
 
+def stratified_records(dataset: CaptionedDataset, count: int = 8, scan: int = 4000, seed: int = 0) -> list[int]:
+    """`count` record indices that together show as many conditions as they can: greedily, the record
+    that adds the most (caption, attribute value) pairs not shown yet (continuous values in 3 bins), out
+    of `scan` records in a seeded random order. A sorted folder's first records are variants of one
+    combination; these spread over the data set's captions and attribute values instead."""
+    order = list(range(dataset.num_records()))
+    random.Random(seed).shuffle(order)
+    candidates = order[:scan]
+
+    def shown(index: int) -> set[tuple[str, Any]]:
+        record = dataset.record(index)
+        keys: set[tuple[str, Any]] = {("text", record["captions"][0])}
+        for spec in dataset.schema.specs:
+            value = record["attributes"].get(spec.name)
+            if value is None:
+                continue
+            if spec.kind == "continuous":
+                value = min(2, int(3 * (float(value) - spec.low) / max(spec.high - spec.low, 1e-12)))
+            keys.add((spec.name, value))
+        return keys
+
+    keys = {index: shown(index) for index in candidates}
+    chosen: list[int] = []
+    covered: set[tuple[str, Any]] = set()
+    for _ in range(min(count, len(candidates))):
+        best = max((i for i in candidates if i not in chosen), key=lambda i: len(keys[i] - covered))
+        chosen.append(best)
+        covered |= keys[best]
+    return chosen
+
+
 def build_dataset(data_config) -> CaptionedDataset:
     """The data set a DataConfig names, validated."""
     if data_config.name == "shapes":
