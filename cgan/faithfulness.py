@@ -22,7 +22,7 @@ import json
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -326,16 +326,23 @@ def evaluate_faithfulness(model: Any, num: int = 500, seed: int = 0, truncation:
             "reader": {"path": str(reader.path), "ceiling": reader.ceiling}, "seconds": round(time.time() - start, 1)}
 
 
+CAPTION_HEAD = "caption"  # the head that reads the caption, where the captions are few enough to be classes
+MAX_CAPTION_CLASSES = 300
+
+
 @dataclass
 class AttributeClassifier:
-    """A classifier of a folder's categorical attributes, with its accuracy on real held-out records."""
+    """A classifier of a folder's categorical attributes and, where its captions are few (at most
+    MAX_CAPTION_CLASSES unique, and at least 3 records per caption on average), of the caption as a
+    class; with its accuracy on real records it was not trained on."""
 
     net: ShapesReader
-    names: list[str]
+    names: list[str]  # the heads: categorical attributes, then CAPTION_HEAD if captions are classes
     size: int
     eval_indices: list[int]
     ceiling: dict[str, float | None]
     majority: dict[str, float | None]
+    captions: list[str] = field(default_factory=list)  # the caption classes (each record's first caption)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -343,12 +350,28 @@ class AttributeClassifier:
         return {n: torch.cat([p[n] for p in parts]).argmax(1) for n in self.names}
 
 
-def _attribute_targets(dataset, indices: list[int], names: list[str]) -> tuple[dict, dict]:
-    """Class index and presence per categorical attribute: ({name: (N,) long}, {name: (N,) bool})."""
-    values = [[dataset.record(i)["attributes"].get(n) for i in indices] for n in names]
-    targets = {n: torch.tensor([dataset.schema.by_name[n].values.index(str(v)) if v is not None else 0 for v in vs])
-               for n, vs in zip(names, values)}
-    return targets, {n: torch.tensor([v is not None for v in vs]) for n, vs in zip(names, values)}
+def caption_classes(dataset) -> list[str]:
+    """The data set's captions as classes (each record's first caption), or [] if they are too many."""
+    classes = sorted({dataset.record(i)["captions"][0] for i in range(dataset.num_records())})
+    few = 2 <= len(classes) <= MAX_CAPTION_CLASSES and 3 * len(classes) <= dataset.num_records()
+    return classes if few and CAPTION_HEAD not in dataset.schema.by_name else []
+
+
+def _targets(dataset, indices: list[int], names: list[str], captions: list[str]) -> tuple[dict, dict]:
+    """Class index and presence per head: ({name: (N,) long}, {name: (N,) bool})."""
+    records = [dataset.record(i) for i in indices]
+    targets, masks = {}, {}
+    for n in names:
+        if n == CAPTION_HEAD:
+            position = {c: k for k, c in enumerate(captions)}
+            targets[n] = torch.tensor([position[r["captions"][0]] for r in records])
+            masks[n] = torch.ones(len(records), dtype=torch.bool)
+            continue
+        values = [r["attributes"].get(n) for r in records]
+        targets[n] = torch.tensor([dataset.schema.by_name[n].values.index(str(v)) if v is not None else 0
+                                   for v in values])
+        masks[n] = torch.tensor([v is not None for v in values])
+    return targets, masks
 
 
 def _accuracy(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> float | None:
@@ -358,24 +381,28 @@ def _accuracy(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> f
 def train_attribute_classifier(dataset, steps: int = 1000, batch_size: int = 64, seed: int = 0,
                                max_images: int = 10_000, log: Callable[[str], None] | None = None
                                ) -> AttributeClassifier:
-    """Train on 80 % of a FolderDataset's records (its categorical attributes), measure on the rest.
-    The split depends on `seed` only, so evaluations with any generation seed share it."""
-    names = [s.name for s in dataset.schema.specs if s.kind == "categorical"]
+    """Train on 80 % of a FolderDataset's records (its categorical attributes, and the caption where
+    the captions are few), measure on the rest. The split depends on `seed` only, so evaluations with
+    any generation seed share it."""
+    captions = caption_classes(dataset)
+    names = [s.name for s in dataset.schema.specs if s.kind == "categorical"] + ([CAPTION_HEAD] if captions else [])
     if not names:
-        raise ValueError("the data set has no categorical attributes to check")
+        raise ValueError(f"the data set has no categorical attributes to check and too many distinct captions "
+                         f"(more than {MAX_CAPTION_CLASSES}, or under 3 records each) to treat them as classes")
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()[:max_images]
     cut = max(1, min(len(order) - 1, round(0.8 * len(order))))
     train_idx, eval_idx = order[:cut], order[cut:]
     load = lambda idx: rearrange(torch.from_numpy(np.stack([np.asarray(dataset.image(i), np.uint8) for i in idx])),
                                  "n h w c -> n c h w")  # (N, 3, R, R) uint8
-    targets, masks = _attribute_targets(dataset, train_idx, names)
+    targets, masks = _targets(dataset, train_idx, names, captions)
     size = min(READER_SIZE, dataset.resolution)
+    heads = {n: len(captions) if n == CAPTION_HEAD else len(dataset.schema.by_name[n].values) for n in names}
     with torch.random.fork_rng(devices=[]):  # leaves the caller's (e.g. a training run's) RNG untouched
         torch.manual_seed(seed)
-        net = ShapesReader({n: len(dataset.schema.by_name[n].values) for n in names}, width=24)
+        net = ShapesReader(heads, width=24)
         fit(net, load(train_idx), targets, steps, batch_size, seed, size, masks, log)
-    classifier = AttributeClassifier(net, names, size, eval_idx, {}, {})
-    eval_targets, eval_masks = _attribute_targets(dataset, eval_idx, names)
+    classifier = AttributeClassifier(net, names, size, eval_idx, {}, {}, captions)
+    eval_targets, eval_masks = _targets(dataset, eval_idx, names, captions)
     pred = classifier.predict(load(eval_idx))
     for n in names:
         m = eval_masks[n]
@@ -387,12 +414,13 @@ def train_attribute_classifier(dataset, steps: int = 1000, batch_size: int = 64,
 
 def evaluate_attributes(generate_fn: GenerateFn, dataset, classifier: AttributeClassifier, num: int = 500,
                         seed: int = 0) -> dict[str, float | None]:
-    """Attribute accuracy of images generated from (up to `num` of) the classifier's held-out records.
-    Usable during training: train the classifier once, pass a generate_fn built on G_ema."""
+    """Accuracy (attributes, caption) of images generated from (up to `num` of) the records the
+    classifier was not trained on. Usable during training: train the classifier once, pass a
+    generate_fn built on G_ema."""
     indices = classifier.eval_indices[:num]
     prompts, attributes = _conditions([dataset.record(i) for i in indices], f"{seed}/custom")
     pred = classifier.predict(generate_fn(prompts, attributes, [seed + i for i in indices]))
-    targets, masks = _attribute_targets(dataset, indices, classifier.names)
+    targets, masks = _targets(dataset, indices, classifier.names, classifier.captions)
     return {n: _accuracy(pred[n], targets[n], masks[n]) for n in classifier.names}
 
 
@@ -412,7 +440,8 @@ def evaluate_custom(model: Any, data_dir: Any, num: int = 500, seed: int = 0, tr
     accuracy = evaluate_attributes(pipeline_generate_fn(pipe, truncation, batch_size), dataset, classifier, num, seed)
     return {"kind": "custom", "model": str(model) if not hasattr(model, "G") else None, "data": str(data_dir),
             "step": pipe.meta.get("step"), "num": min(num, len(classifier.eval_indices)), "seed": seed,
-            "truncation": truncation, "classifier_steps": steps, "accuracy": accuracy, "ceiling": classifier.ceiling,
+            "truncation": truncation, "classifier_steps": steps, "caption_classes": len(classifier.captions),
+            "accuracy": accuracy, "ceiling": classifier.ceiling,
             "majority": classifier.majority, "seconds": round(time.time() - start, 1)}
 
 
@@ -422,8 +451,9 @@ def format_table(result: dict[str, Any]) -> str:
     head = (f"faithfulness of {result.get('model')} (step {result.get('step')}), seed {result['seed']}, "
             f"truncation {result['truncation']}")
     if result["kind"] == "custom":
-        lines = [head + f", {result['num']} held-out records of {result['data']}",
-                 f"{'attribute':<24}{'ceiling (real)':>16}{'generated':>11}{'majority':>10}"]
+        lines = [head + f", {result['num']} records of {result['data']} that the classifier was not trained on "
+                 "(held out of the classifier, not of the generator's training data)",
+                 f"{'attribute / caption':<24}{'ceiling (real)':>16}{'generated':>11}{'majority':>10}"]
         lines += [f"{n:<24}{fmt(result['ceiling'][n]):>16}{fmt(v):>11}{fmt(result['majority'][n]):>10}"
                   for n, v in result["accuracy"].items()]
         return "\n".join(lines)

@@ -152,3 +152,34 @@ def test_attribute_classifier_leaves_the_global_rng_alone(tmp_path):
     classifier = train_attribute_classifier(dataset, steps=2, batch_size=4)
     assert torch.equal(torch.rand(3), expected)  # a training run calling it keeps its exact resume
     assert classifier.names == ["style", "background"] and len(classifier.eval_indices) == 4
+
+
+def test_few_captions_are_classes_read_above_the_majority_baseline(tmp_path):
+    from PIL import Image, ImageDraw
+
+    from cgan.data import FolderDataset
+    from cgan.faithfulness import CAPTION_HEAD, evaluate_attributes, train_attribute_classifier
+
+    folder = tmp_path / "marks"
+    folder.mkdir()
+    rows, gen = [], torch.Generator().manual_seed(0)
+    drawings = {"a red disc": ((220, 30, 30), "ellipse"), "a blue bar": ((30, 60, 220), "rectangle"),
+                "a green bar": ((30, 180, 60), "rectangle")}
+    for i in range(60):
+        caption = list(drawings)[i % 3] if i % 5 else "a red disc"  # the disc is the majority class
+        colour, kind = drawings[caption]
+        image = Image.new("RGB", (32, 32), (240, 240, 240))
+        x, y = (int(v) for v in torch.randint(4, 12, (2,), generator=gen))
+        getattr(ImageDraw.Draw(image), kind)((x, y, x + 16, y + (16 if kind == "ellipse" else 8)), fill=colour)
+        image.save(folder / f"{i}.png")
+        rows.append(json.dumps({"file_name": f"{i}.png", "text": caption}))
+    (folder / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    dataset = FolderDataset(folder, resolution=32)  # no attributes at all: the caption is what there is to check
+    classifier = train_attribute_classifier(dataset, steps=60, batch_size=16)
+    assert classifier.names == [CAPTION_HEAD] and classifier.captions == sorted(drawings)
+    assert classifier.ceiling[CAPTION_HEAD] > classifier.majority[CAPTION_HEAD]
+    # a "generator" that draws the real image of each record reads at the ceiling; a blank one at most majority
+    real = lambda prompts, attributes, seeds: torch.stack([image_to_tensor(dataset.image(s)) for s in seeds])
+    assert evaluate_attributes(real, dataset, classifier)[CAPTION_HEAD] == classifier.ceiling[CAPTION_HEAD]
+    blank = lambda prompts, attributes, seeds: torch.ones(len(prompts), 3, 32, 32)
+    assert evaluate_attributes(blank, dataset, classifier)[CAPTION_HEAD] <= classifier.majority[CAPTION_HEAD]
