@@ -41,8 +41,12 @@ def atomic_save(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(tmp_path), then rename the temporary file into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # never leave a half-written temporary file behind
+        raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -101,15 +105,21 @@ def load_module_weights(module: torch.nn.Module, path: Path) -> None:
 def export_model(out_dir: str | Path, *, G_ema: torch.nn.Module, generator_kwargs: dict[str, Any],
                  schema_dict: dict[str, Any], text_encoder: dict[str, Any], config_dict: dict[str, Any],
                  step: int, images_seen: int) -> Path:
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     from cgan import __version__
 
     meta = {"format_version": FORMAT_VERSION, "cgan_version": __version__, "generator": generator_kwargs,
             "text_encoder": text_encoder, "step": step, "images_seen": images_seen,
             "prompt_dropout": config_dict["train"]["drop_prompt"], "config": config_dict}
+    return write_exported(out_dir, meta, schema_dict, G_ema)
+
+
+def write_exported(out_dir: str | Path, meta: dict[str, Any], schema_dict: dict[str, Any],
+                   G_ema: torch.nn.Module) -> Path:
+    """Write a model folder (config.json, attributes.json, G_ema.safetensors) whole, or not at all."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     (tmp / "config.json").write_text(json.dumps(meta, indent=2))
     (tmp / "attributes.json").write_text(json.dumps(schema_dict, indent=2))
     save_file(_state_dict(G_ema), str(tmp / "G_ema.safetensors"), metadata={"format": "pt"})

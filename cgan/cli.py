@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from cgan.attributes import InvalidAttributeError
-from cgan.checkpoint import CheckpointError, atomic_save
+from cgan.batch import save_image
+from cgan.checkpoint import CheckpointError
 from cgan.config import ConfigError, load_config
 from cgan.data.folder import DataValidationError
 
@@ -85,8 +86,50 @@ def parse_sweep(spec: str, schema) -> tuple[str, list]:
     return name, [v.strip() for v in values.split(",")] if values else list(attr.values)
 
 
-def save_image(path: Path, image) -> None:
-    atomic_save(path, lambda tmp: image.save(tmp, format="PNG"))
+def check_sample_args(args) -> list[int] | None:
+    """Every check of sample.py's arguments that needs no model, before it is loaded; returns the
+    --seeds list (None without --seeds)."""
+    import torch
+
+    from cgan.batch import check_seed_range, check_writable_file, check_writable_folder, image_format, parse_seeds
+
+    if args.interpolate and args.sweep:
+        raise ValueError("--interpolate and --sweep: choose one")
+    if args.attention_maps and (args.interpolate or args.sweep):
+        raise ValueError("--attention-maps works with a single --prompt, not with --interpolate or --sweep")
+    if args.prompts and (args.prompt is not None or args.interpolate or args.sweep or args.attention_maps):
+        raise ValueError("--prompts: generates every row of the file; leave out --prompt, --interpolate, --sweep "
+                         "and --attention-maps")
+    if args.prompts and not args.out_dir:
+        raise ValueError("--prompts: needs --out-dir, the folder the images and metadata.jsonl go to")
+    if not 0.0 < args.truncation <= 1.0:
+        raise ValueError(f"--truncation: expected a number in (0, 1], got {args.truncation}")
+    if args.num < 1:
+        raise ValueError(f"--num: expected at least 1, got {args.num}")
+    if args.prompt is None and not (args.interpolate or args.list_attributes or args.prompts):
+        raise ValueError("--prompt: required (use --prompt \"\" for none if the model allows it)")
+    seeds = None
+    if args.seeds is not None:
+        if args.interpolate or args.sweep or args.attention_maps:
+            raise ValueError("--seeds works with --prompt or --prompts; with --interpolate, --sweep and "
+                             "--attention-maps use --seed and --num")
+        seeds = parse_seeds(args.seeds)
+    else:
+        check_seed_range(args.seed, args.num)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: no CUDA GPU is available here (torch.cuda.is_available() is "
+                         "False); use --device cpu")
+    if args.dtype == "float16" and not args.device.startswith("cuda"):
+        raise ValueError("--dtype float16: needs a GPU; on the CPU use bfloat16 or float32")
+    if not args.list_attributes:
+        if args.out_dir:
+            check_writable_folder(Path(args.out_dir), "--out-dir")
+            if Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
+                raise ValueError(f"--out-dir {args.out_dir!r}: is a file; expected a folder")
+        else:
+            check_writable_file(Path(args.out), "--out")
+            image_format(Path(args.out))
+    return seeds
 
 
 def sample_main(argv: list[str] | None = None) -> int:
@@ -98,6 +141,10 @@ def sample_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num", type=int, default=16,
                         help="number of images (with --interpolate / --sweep: number of seeds, one row each)")
     parser.add_argument("--seed", type=int, default=0, help="image k uses seed + k")
+    parser.add_argument("--seeds", help="the seeds, as numbers and ranges, e.g. 0-35,40,42 (instead of --seed/--num)")
+    parser.add_argument("--prompts", metavar="FILE",
+                        help="a .txt (a prompt a line), .jsonl or .csv (text plus a column per attribute) file: "
+                             "--num images per row into --out-dir, with a metadata.jsonl training can read")
     parser.add_argument("--truncation", type=float, default=1.0, help="psi in (0, 1]: lower = closer to typical")
     parser.add_argument("--interpolate", nargs=2, metavar=("PROMPT_A", "PROMPT_B"),
                         help="a row per seed moving from PROMPT_A to PROMPT_B (same z); see --steps")
@@ -106,27 +153,35 @@ def sample_main(argv: list[str] | None = None) -> int:
                         help="a column per value of one attribute, e.g. size=0:1:8 or style")
     parser.add_argument("--attention-maps", action="store_true",
                         help="also write, beside each image, where each word and attribute was attended to")
-    parser.add_argument("--out", default="samples.png", help="grid image to write")
+    parser.add_argument("--out", default="samples.png", help="grid image to write (.png, .jpg or .webp)")
     parser.add_argument("--out-dir", help="write one PNG per image into this folder instead of a grid")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="compute precision of the generator (bfloat16/float16 under autocast; float16 on a GPU)")
     parser.add_argument("--list-attributes", action="store_true", help="print the model's attributes and exit")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow the text encoder's own code to run (off by default)")
     args = parser.parse_args(argv)
     try:
-        if args.interpolate and args.sweep:
-            raise ValueError("--interpolate and --sweep: choose one")
-        if args.attention_maps and (args.interpolate or args.sweep):
-            raise ValueError("--attention-maps works with a single --prompt, not with --interpolate or --sweep")
-        if not 0.0 < args.truncation <= 1.0:
-            raise ValueError(f"--truncation: expected a number in (0, 1], got {args.truncation}")
-        if args.prompt is None and not args.interpolate and not args.list_attributes:
-            raise ValueError("--prompt: required (use --prompt \"\" for none if the model allows it)")
+        seeds = check_sample_args(args)
+        import torch
+
         from cgan.pipeline import CGANPipeline, describe_condition, image_grid
 
-        pipe = CGANPipeline.from_pretrained(args.model, device=args.device, trust_remote_code=args.trust_remote_code)
+        pipe = CGANPipeline.from_pretrained(args.model, device=args.device, trust_remote_code=args.trust_remote_code,
+                                            dtype=getattr(torch, args.dtype))
         if args.list_attributes:
             print(pipe.schema.describe())
+            return 0
+        if args.prompts:
+            from cgan.batch import read_prompts, write_generated_set
+
+            rows = read_prompts(args.prompts, pipe.schema)
+            seeds = seeds or [args.seed + k for k in range(args.num)]
+            count = write_generated_set(pipe, rows, seeds, Path(args.out_dir), args.truncation, str(args.model),
+                                        progress=sys.stderr.isatty())
+            print(f"wrote {count} images ({len(rows)} prompts x {len(seeds)} seeds) and metadata.jsonl to "
+                  f"{args.out_dir}")
             return 0
         attributes = pipe.schema.validate(parse_attr(args.attr), source="--attr")
         column_labels, maps = None, None
@@ -149,12 +204,13 @@ def sample_main(argv: list[str] | None = None) -> int:
             tensor, maps = pipe.attention_maps(args.prompt, attributes, num_images=args.num, seed=args.seed,
                                                truncation=args.truncation)
         else:
-            tensor = pipe.generate_tensor(args.prompt, attributes, num_images=args.num, seed=args.seed,
-                                          truncation=args.truncation)
+            seeds = seeds or [args.seed + k for k in range(args.num)]
+            tensor = pipe.generate_batch([args.prompt] * len(seeds), [attributes] * len(seeds), seeds, args.truncation)
         if not (args.interpolate or args.sweep):
-            num_columns = min(args.num, 8)
-            row_labels = [f"{describe_condition(args.prompt, attributes)} | seeds {args.seed + r * num_columns}+"
-                          for r in range(math.ceil(args.num / num_columns))]
+            num_columns = min(len(tensor), 8)
+            row_labels = [f"{describe_condition(args.prompt, attributes)} | seeds "
+                          + (f"{seeds[r * num_columns]}+" if seeds else f"{args.seed + r * num_columns}+")
+                          for r in range(math.ceil(len(tensor) / num_columns))]
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -167,7 +223,7 @@ def sample_main(argv: list[str] | None = None) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
         for k, image in enumerate(images):
             save_image(out_dir / f"{k:04d}.png" if (args.interpolate or args.sweep) else
-                       out_dir / f"seed{args.seed + k:06d}.png", image)
+                       out_dir / f"seed{seeds[k] if seeds else args.seed + k:06d}.png", image)
         print(f"wrote {len(images)} images to {out_dir}")
     else:
         out_dir = Path(args.out).parent

@@ -120,17 +120,44 @@ class CGANPipeline:
     """An exported model ready to generate: prompt + attributes + seed -> PIL images."""
 
     def __init__(self, G: Generator, text_encoder: FrozenTextEncoder, schema: AttributeSchema, meta: dict[str, Any],
-                 device: torch.device | str = "cpu"):
-        # channels_last: 1.2-1.4x faster sampling on the CPU (benchmarks/sample_speed.py), as in training
-        G = G.eval().to(device, memory_format=torch.channels_last)
-        self.G, self.text_encoder, self.schema, self.meta = G, text_encoder.to(device), schema, meta
-        self.device = torch.device(device)
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+        self.G, self.text_encoder, self.schema, self.meta = G.eval(), text_encoder, schema, meta
         self.text_cache = TextEmbeddingCache(text_encoder)
         self.prompt_dropout = float(meta.get("prompt_dropout", 0.0))
+        self.dtype = dtype
+        self.to(device, dtype)
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "CGANPipeline":
+        """Move to a device and/or set the compute dtype (float32; bfloat16 or float16 run G under autocast,
+        the weights stay float32). Returns the pipeline."""
+        if dtype is not None:
+            if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+                raise ValueError(f"dtype: expected torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
+            self.dtype = dtype
+        if device is not None:
+            device = torch.device(device)
+            if device.type == "cuda" and not torch.cuda.is_available():
+                raise ValueError(f"device {str(device)!r}: no CUDA GPU is available here; use cpu")
+            # channels_last: 1.2-1.4x faster sampling on the CPU (benchmarks/sample_speed.py), as in training
+            self.G = self.G.to(device, memory_format=torch.channels_last)
+            self.text_encoder = self.text_encoder.to(device)
+            self.device = device
+        if self.dtype == torch.float16 and self.device.type == "cpu":
+            raise ValueError("dtype torch.float16: needs a GPU; on the CPU use torch.bfloat16 or torch.float32")
+        return self
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+    def save_pretrained(self, model_dir: str | Path) -> Path:
+        """Write this model as an exported model folder that from_pretrained (and sample.py --model) reads."""
+        from cgan.checkpoint import write_exported
+
+        return write_exported(model_dir, self.meta, self.schema.to_dict(), self.G)
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, device: str | torch.device = "cpu",
-                        trust_remote_code: bool = False) -> "CGANPipeline":
+                        trust_remote_code: bool = False, dtype: torch.dtype = torch.float32) -> "CGANPipeline":
         model_dir = resolve_model_dir(model_dir)
         meta, schema_dict, weights = read_exported(model_dir)
         schema = AttributeSchema.from_dict(schema_dict, f"{model_dir}/attributes.json")
@@ -146,7 +173,7 @@ class CGANPipeline:
         encoder_info = meta["text_encoder"]
         text_encoder = FrozenTextEncoder(encoder_info["name"], max_length=encoder_info["max_length"],
                                          trust_remote_code=trust_remote_code)
-        return cls(G, text_encoder, schema, meta, device)
+        return cls(G, text_encoder, schema, meta, device, dtype)
 
     @property
     def resolution(self) -> int:
@@ -166,8 +193,22 @@ class CGANPipeline:
                         seed: int = 0, truncation: float = 1.0, return_attention: bool = False):
         clean = self.check_inputs(prompt, attributes, num_images)
         seeds = [seed + i for i in range(num_images)]
-        return generate(self.G, self.text_cache, self.schema, [prompt] * num_images, [clean] * num_images, seeds,
-                        truncation, self.device, return_attention)
+        with self._autocast():
+            out = generate(self.G, self.text_cache, self.schema, [prompt] * num_images, [clean] * num_images, seeds,
+                           truncation, self.device, return_attention)
+        return (out[0].float(), out[1]) if return_attention else out.float()
+
+    def generate_batch(self, prompts: list[str], attributes: list[Mapping[str, Any]] | None, seeds: list[int],
+                       truncation: float = 1.0) -> torch.Tensor:
+        """Images (N, 3, R, R) in [-1, 1], one per (prompt, attributes, seed) entry of the three lists."""
+        attributes = [{}] * len(prompts) if attributes is None else list(attributes)
+        if not len(prompts) == len(attributes) == len(seeds):
+            raise ValueError(f"prompts, attributes and seeds: expected lists of one length, got {len(prompts)}, "
+                             f"{len(attributes)} and {len(seeds)}")
+        clean = [self.check_inputs(p, a, 1) for p, a in zip(prompts, attributes)]
+        with self._autocast():
+            return generate(self.G, self.text_cache, self.schema, list(prompts), clean, list(seeds), truncation,
+                            self.device).float()
 
     def interpolate(self, prompt_a: str, prompt_b: str, attributes: Mapping[str, Any] | None = None, steps: int = 8,
                     num_seeds: int = 1, seed: int = 0, truncation: float = 1.0) -> torch.Tensor:
@@ -178,7 +219,7 @@ class CGANPipeline:
         clean = self.check_inputs(prompt_a, attributes, num_seeds)
         self.check_inputs(prompt_b, attributes, num_seeds)
         inputs = condition_input(self.text_cache, self.schema, [prompt_a, prompt_b], [clean, clean], self.device)
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast():
             ends = self.G.condition(inputs)
             fractions = torch.linspace(0, 1, steps, device=self.device)
             weight = fractions.repeat(num_seeds)[:, None]  # (N = S * steps, 1), seed-major rows
@@ -188,7 +229,7 @@ class CGANPipeline:
             cond = Condition(cond_vector, attn_tokens, either.expand(weight.shape[0], -1))
             seeds = [seed + s for s in range(num_seeds) for _ in range(steps)]
             z = make_latents(seeds, self.G.z_dim).to(self.device)
-            return self.G.from_condition(z, cond, truncation)
+            return self.G.from_condition(z, cond, truncation).float()
 
     def sweep(self, prompt: str, attributes: Mapping[str, Any] | None, name: str, values: list[Any],
               num_seeds: int = 1, seed: int = 0, truncation: float = 1.0) -> torch.Tensor:
@@ -196,8 +237,10 @@ class CGANPipeline:
         base = self.check_inputs(prompt, attributes, num_seeds)
         settings = [self.schema.validate({**base, name: value}, source="--sweep") for value in values]
         conditions = [(s, a) for s in range(num_seeds) for a in settings]
-        return generate(self.G, self.text_cache, self.schema, [prompt] * len(conditions), [a for _, a in conditions],
-                        [seed + s for s, _ in conditions], truncation, self.device)
+        with self._autocast():
+            return generate(self.G, self.text_cache, self.schema, [prompt] * len(conditions),
+                            [a for _, a in conditions], [seed + s for s, _ in conditions], truncation,
+                            self.device).float()
 
     def attention_maps(self, prompt: str, attributes: Mapping[str, Any] | None = None, num_images: int = 1,
                        seed: int = 0, truncation: float = 1.0) -> tuple[torch.Tensor, list[TokenAttention]]:
@@ -219,10 +262,26 @@ class CGANPipeline:
                                      resolution=self.resolution) for i in range(num_images)]
         return images, per_image
 
-    def __call__(self, prompt: str, attributes: Mapping[str, Any] | None = None, num_images: int = 1,
-                 seed: int = 0, truncation: float = 1.0) -> list[Image.Image]:
-        """num_images PIL images for one prompt; image k uses seed + k."""
-        return tensor_to_images(self.generate_tensor(prompt, attributes, num_images, seed, truncation))
+    def __call__(self, prompt: str | list[str], attributes: Mapping[str, Any] | list[Mapping[str, Any]] | None = None,
+                 num_images: int = 1, seed: int = 0, truncation: float = 1.0,
+                 num_images_per_prompt: int | None = None) -> list[Image.Image]:
+        """PIL images: num_images (or num_images_per_prompt) per prompt, image k of every prompt with seed + k.
+        A list of prompts takes one attribute dict for all of them or a list with one per prompt; the
+        images come prompt by prompt."""
+        per_prompt = num_images if num_images_per_prompt is None else num_images_per_prompt
+        if isinstance(prompt, str):
+            return tensor_to_images(self.generate_tensor(prompt, attributes, per_prompt, seed, truncation))
+        prompts = list(prompt)
+        settings = list(attributes) if isinstance(attributes, (list, tuple)) else [attributes] * len(prompts)
+        if len(settings) != len(prompts):
+            raise ValueError(f"attributes: expected one dict for all prompts or a list of {len(prompts)}, "
+                             f"got a list of {len(settings)}")
+        if per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt: expected at least 1, got {per_prompt}")
+        seeds = [seed + k for _ in prompts for k in range(per_prompt)]
+        return tensor_to_images(self.generate_batch([p for p in prompts for _ in range(per_prompt)],
+                                                    [a or {} for a in settings for _ in range(per_prompt)],
+                                                    seeds, truncation))
 
 
 __all__ = ["CGANPipeline", "InvalidAttributeError", "generate", "image_grid", "make_latents"]

@@ -50,6 +50,21 @@ def tiny_model_kwargs(**overrides):
     return kwargs
 
 
+def export_tiny_model(folder: Path, schema, step: int = 0, seed: int = 0) -> Path:
+    """A randomly initialised tiny generator exported as a model folder (configs/tiny.yaml's settings)."""
+    from cgan.checkpoint import export_model
+    from cgan.config import load_config
+    from cgan.generator import Generator
+
+    torch.manual_seed(seed)
+    kwargs = tiny_model_kwargs()
+    G = Generator(schema=schema, **kwargs)
+    return export_model(folder, G_ema=G, generator_kwargs=kwargs, schema_dict=schema.to_dict(),
+                        text_encoder={"name": "minilm", "max_length": 16},
+                        config_dict=load_config(ROOT / "configs" / "tiny.yaml").to_dict(), step=step,
+                        images_seen=8 * step)
+
+
 def fake_text(batch: int, tokens: int = 8, dim: int = 384, seed: int = 0):
     from cgan.text_encoder import TextEncoding
 

@@ -16,11 +16,9 @@ import torch
 from PIL import Image
 
 from cgan import fid
-from cgan.checkpoint import export_model
 from cgan.data import ShapesDataset
-from cgan.generator import Generator
 from cgan.pipeline import CGANPipeline
-from conftest import tiny_model_kwargs
+from conftest import export_tiny_model
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*only \\d+ images:UserWarning"),
               pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning"),  # the networks ship as TorchScript
@@ -68,15 +66,7 @@ def work(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, shapes_schema):
-    from cgan.config import load_config
-    from conftest import ROOT
-
-    torch.manual_seed(0)
-    kwargs = tiny_model_kwargs()
-    G = Generator(schema=shapes_schema, **kwargs)
-    return export_model(tmp_path_factory.mktemp("model") / "model", G_ema=G, generator_kwargs=kwargs,
-                        schema_dict=shapes_schema.to_dict(), text_encoder={"name": "minilm", "max_length": 16},
-                        config_dict=load_config(ROOT / "configs" / "tiny.yaml").to_dict(), step=7, images_seen=56)
+    return export_tiny_model(tmp_path_factory.mktemp("model") / "model", shapes_schema, step=7)
 
 
 def test_self_zero_and_fid_kid_grow_with_noise(work, tmp_path):

@@ -96,7 +96,7 @@ def test_sample_cli_grid_files_and_list(model_dir, tmp_path, capsys):
     assert sample_main(["--model", str(model_dir), "--prompt", "x", "--attr", "style"]) == 2
     assert "expected name=value" in capsys.readouterr().err
     assert sample_main(["--model", str(model_dir), "--prompt", "x", "--num", "0"]) == 2
-    assert "num_images: expected at least 1" in capsys.readouterr().err
+    assert "--num: expected at least 1, got 0" in capsys.readouterr().err
 
 
 def test_broken_model_folders(model_dir, tmp_path):

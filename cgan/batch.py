@@ -1,0 +1,186 @@
+"""Generation in bulk: `sample.py --prompts FILE --out-dir DIR` and the checks of sample.py's arguments.
+
+A prompts file is one of
+    .txt    one prompt a line (blank lines skipped)
+    .jsonl  one object a line: `text` plus one key per attribute
+    .csv    a header row: a `text` column plus one column per attribute (empty cell = unset)
+Every row is checked against the model's attributes before the first image. The output folder is a
+data folder in the form training reads (README, "Your own data"): the images, `metadata.jsonl`
+(file_name, text, attributes), `attributes.json` (the model's schema) and `generation.json` (model,
+seeds, truncation), so it goes straight into `cgan.fid`, `cgan.faithfulness --data` or training.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from PIL import Image
+
+from cgan.attributes import AttributeSchema, InvalidAttributeError
+from cgan.checkpoint import atomic_save, atomic_write_text
+
+# File suffix -> Pillow format and save options (--out follows its suffix).
+IMAGE_FORMATS: dict[str, tuple[str, dict[str, Any]]] = {
+    ".png": ("PNG", {}), ".jpg": ("JPEG", {"quality": 95}), ".jpeg": ("JPEG", {"quality": 95}),
+    ".webp": ("WEBP", {"quality": 95}),
+}
+PROMPT_SUFFIXES = (".txt", ".jsonl", ".csv")
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed's range
+
+
+class PromptsFileError(ValueError):
+    """A prompts file that cannot be read; the message names the file, the line and the field."""
+
+
+def image_format(path: Path, argument: str = "--out") -> tuple[str, dict[str, Any]]:
+    try:
+        return IMAGE_FORMATS[path.suffix.lower()]
+    except KeyError:
+        raise ValueError(f"{argument} {str(path)!r}: unknown image suffix {path.suffix or '(none)'!r}; expected one "
+                         f"of {', '.join(IMAGE_FORMATS)}") from None
+
+
+def save_image(path: Path, image: Image.Image) -> None:
+    """Write atomically, in the format the suffix names (PNG for a suffix that names none)."""
+    fmt, options = IMAGE_FORMATS.get(path.suffix.lower(), ("PNG", {}))
+    atomic_save(path, lambda tmp: image.save(tmp, format=fmt, **options))
+
+
+def check_writable_file(path: Path, argument: str) -> None:
+    """Fail before any work if `path` cannot be written: a folder, or a place we may not create files."""
+    if path.is_dir():
+        raise ValueError(f"{argument} {str(path)!r}: is a folder; expected an image file name such as "
+                         "samples.png (or use --out-dir for one file per image)")
+    check_writable_folder(path.parent, argument)
+
+
+def check_writable_folder(folder: Path, argument: str) -> None:
+    existing = folder
+    while not existing.exists():  # the folders that do not exist yet are created later
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{argument}: {str(existing)!r} is a file, so {str(folder)!r} cannot be created")
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".cgan-write-test-"):
+            pass
+    except OSError as err:
+        raise ValueError(f"{argument}: cannot write in {str(existing)!r} ({err.strerror or err})") from None
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-35,40,42' -> [0, ..., 35, 40, 42], as StyleGAN's generate.py takes them."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not match:
+            raise ValueError(f"--seeds {text!r}: expected numbers and ranges such as 0-35,40,42; got {part!r}")
+        low, high = int(match[1]), int(match[2] or match[1])
+        if high < low:
+            raise ValueError(f"--seeds {text!r}: range {part.strip()!r} runs backwards")
+        if high > MAX_SEED:
+            raise ValueError(f"--seeds {text!r}: seeds go up to 2**64 - 1, got {high}")
+        if high - low >= 1_000_000:
+            raise ValueError(f"--seeds {text!r}: range {part.strip()!r} has over a million seeds")
+        seeds += range(low, high + 1)
+    return seeds
+
+
+def check_seed_range(seed: int, count: int) -> None:
+    if not 0 <= seed <= MAX_SEED - max(count - 1, 0):
+        raise ValueError(f"--seed: expected a number from 0 to 2**64 - 1 - (--num - 1), got {seed}")
+
+
+def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, {text, attribute: value}) per row of a .txt, .jsonl or .csv file."""
+    if path.suffix == ".txt":
+        for line_no, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+            if line.strip():
+                yield line_no, {"text": line.strip()}
+    elif path.suffix == ".jsonl":
+        for line_no, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise PromptsFileError(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise PromptsFileError(f"{path}:{line_no}: expected an object such as "
+                                       '{"text": "a red circle", "style": "flat"}')
+            yield line_no, row
+    else:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            if "text" not in (reader.fieldnames or []):
+                raise PromptsFileError(f"{path}:1: expected a header row with a 'text' column, got "
+                                       f"{', '.join(reader.fieldnames or []) or 'nothing'}")
+            for line_no, row in enumerate(reader, start=2):
+                yield line_no, {k: v for k, v in row.items() if k is not None and v not in (None, "")}
+
+
+def read_prompts(path: str | Path, schema: AttributeSchema) -> list[tuple[str, dict[str, Any]]]:
+    """Every row of a prompts file as (prompt, valid attributes); all rows checked before returning."""
+    path = Path(path)
+    if path.suffix not in PROMPT_SUFFIXES:
+        raise PromptsFileError(f"--prompts {str(path)!r}: expected a {', '.join(PROMPT_SUFFIXES)} file")
+    if not path.is_file():
+        raise PromptsFileError(f"--prompts {str(path)!r}: file not found")
+    rows = []
+    for line_no, row in _rows(path):
+        where = f"{path}:{line_no}"
+        text = row.pop("text", None)
+        if not isinstance(text, str):
+            raise PromptsFileError(f"{where}: text: expected a prompt string, got {text!r}")
+        row.pop("file_name", None)  # a metadata.jsonl of real images also works as a prompts file
+        row.pop("truth", None)
+        try:
+            attributes = schema.validate(row, source=where)
+        except InvalidAttributeError as err:
+            raise PromptsFileError(str(err)) from None
+        rows.append((text, attributes))
+    if not rows:
+        raise PromptsFileError(f"--prompts {str(path)!r}: no prompts in the file")
+    return rows
+
+
+def write_generated_set(pipe, rows: list[tuple[str, dict[str, Any]]], seeds: list[int], out_dir: Path,
+                        truncation: float = 1.0, model: str = "", progress: bool = True) -> int:
+    """Generate an image per (row, seed) into out_dir as a data folder; returns the number written.
+
+    Images are written as they are made (each atomically); metadata.jsonl last, so a folder with a
+    metadata.jsonl is complete. Work goes through the pipeline in chunks of 64 images."""
+    from tqdm import tqdm
+
+    from cgan.data import tensor_to_images
+
+    for prompt, attributes in rows:
+        pipe.check_inputs(prompt, attributes, len(seeds))
+    jobs = [(r, seed) for r in range(len(rows)) for seed in seeds]
+    records = []
+    start = time.perf_counter()
+    bar = tqdm(total=len(jobs), unit="img", disable=not progress, desc=f"generating into {out_dir}")
+    for first in range(0, len(jobs), 64):
+        chunk = jobs[first:first + 64]
+        tensor = pipe.generate_batch([rows[r][0] for r, _ in chunk], [rows[r][1] for r, _ in chunk],
+                                     [seed for _, seed in chunk], truncation)
+        for (r, seed), image in zip(chunk, tensor_to_images(tensor)):
+            name = f"{r:05d}_seed{seed}.png"
+            save_image(out_dir / name, image)
+            records.append({"file_name": name, "text": rows[r][0], **rows[r][1]})
+        bar.update(len(chunk))
+    bar.close()
+    atomic_write_text(out_dir / "attributes.json", json.dumps(pipe.schema.to_dict(), indent=2) + "\n")
+    atomic_write_text(out_dir / "generation.json", json.dumps(
+        {"model": model, "step": pipe.meta.get("step"), "seeds": seeds, "truncation": truncation,
+         "rows": len(rows), "images": len(records), "seconds": round(time.perf_counter() - start, 1)}, indent=2) + "\n")
+    atomic_write_text(out_dir / "metadata.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    return len(records)
+
+
+__all__ = ["IMAGE_FORMATS", "PromptsFileError", "check_writable_file", "check_writable_folder", "image_format",
+           "parse_seeds", "read_prompts", "save_image", "write_generated_set"]
