@@ -180,6 +180,7 @@ class Config:
 
     def validate(self) -> None:
         """Check values that would otherwise fail hours into a run."""
+        _check_ranges(self)
         res = self.data.resolution
         if res not in (32, 64, 128, 256):
             raise ConfigError(f"data.resolution: expected one of 32, 64, 128, 256, got {res}")
@@ -233,6 +234,32 @@ class Config:
         for key in ("drop_prompt", "drop_attr"):
             if not 0.0 <= getattr(self.train, key) < 1.0:
                 raise ConfigError(f"train.{key}: expected a probability in [0, 1), got {getattr(self.train, key)}")
+
+
+# Numeric settings and the values they may take (checked by Config.validate).
+POSITIVE, NON_NEGATIVE, PROBABILITY = (lambda v: v > 0, "> 0"), (lambda v: v >= 0, ">= 0"), (lambda v: 0 <= v <= 1, "in [0, 1]")
+RANGES: dict[str, tuple[Any, str]] = {
+    "data.num_images": POSITIVE, "data.num_workers": NON_NEGATIVE, "text.max_length": POSITIVE,
+    "model.cond_dim": POSITIVE, "model.num_cond_queries": POSITIVE, "model.fusion_layers": NON_NEGATIVE,
+    "model.fusion_heads": POSITIVE, "model.z_dim": POSITIVE, "model.w_dim": POSITIVE, "model.mapping_layers": POSITIVE,
+    "model.g_channel_base": POSITIVE, "model.g_channel_max": POSITIVE, "model.d_channel_base": POSITIVE,
+    "model.d_channel_max": POSITIVE, "model.attn_heads": POSITIVE,
+    "train.lr_g": POSITIVE, "train.lr_d": POSITIVE, "train.r1_gamma": NON_NEGATIVE,
+    "train.mismatch_weight": NON_NEGATIVE, "train.ema_kimg": NON_NEGATIVE, "train.ema_rampup": NON_NEGATIVE,
+    "sample.num_per_prompt": POSITIVE, "sample.truncation": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "eval.fid_num": (lambda v: v >= 2, ">= 2"), "eval.faithfulness_num": POSITIVE,
+}
+
+
+def _check_ranges(config: "Config") -> None:
+    for key, (ok, expected) in RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if not (ok(value) and value == value and abs(value) != float("inf")):
+            raise ConfigError(f"{key}: expected a number {expected}, got {value}")
+    betas = config.train.betas
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        raise ConfigError(f"train.betas: expected two numbers in [0, 1) (Adam's beta1, beta2), got {betas}")
 
 
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -289,7 +316,8 @@ def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
             return value
     elif hints.startswith("list"):
         if isinstance(value, list):
-            return value
+            (item_type,) = typing.get_args(annotation) or (Any,)
+            return [_coerce(v, item_type, f"{key}[{i}]", source) for i, v in enumerate(value)]
     elif hints.startswith("dict"):
         if isinstance(value, dict):
             return value

@@ -100,6 +100,16 @@ class FrozenTextEncoder(nn.Module):
         special = set(self.tokenizer.all_special_tokens)
         return list(strings), [s not in special for s in strings]
 
+    def unknown_words(self, prompts: list[str], input_ids: list[list[int]]) -> dict[str, list[str]]:
+        """{prompt: its words that tokenize to the unknown token} for the prompts that have any."""
+        unk = self.tokenizer.unk_token_id
+        found = {}
+        for prompt, ids in zip(prompts, input_ids):
+            if unk is not None and unk in ids:
+                found[prompt] = [w for w in prompt.split()
+                                 if unk in self.tokenizer(w, add_special_tokens=False)["input_ids"]]
+        return found
+
     @torch.no_grad()
     def forward(self, prompts: list[str]) -> TextEncoding:
         tokens = self.tokenizer(list(prompts), padding="max_length", truncation=False,
@@ -108,6 +118,12 @@ class FrozenTextEncoder(nn.Module):
         if too_long:
             warnings.warn(f"{len(too_long)} prompt(s) longer than the text encoder's limit of "
                           f"{self.max_length} tokens were truncated, e.g. {too_long[0][:80]!r}", stacklevel=2)
+        unknown = self.unknown_words(prompts, tokens["input_ids"])
+        if unknown:
+            warnings.warn(f"{len(unknown)} prompt(s) hold words the text encoder cannot represent (each becomes "
+                          f"{self.tokenizer.unk_token}, so the model does not see it): "
+                          + "; ".join(f"{', '.join(map(repr, words))} in {prompt[:60]!r}"
+                                      for prompt, words in list(unknown.items())[:3]), stacklevel=2)
         batch = self.tokenizer(list(prompts), padding="max_length", truncation=True,
                                max_length=self.max_length, return_tensors="pt")
         device = next(self.model.parameters()).device

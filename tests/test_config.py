@@ -65,3 +65,24 @@ def test_caches_default_to_the_user_cache_folder(monkeypatch, tmp_path):
 def test_recipe_switches_are_checked(override, key):
     with pytest.raises(ConfigError, match=key):
         load_config(ROOT / "configs" / "tiny.yaml", [override])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.betas=[0.5]", "train.betas: expected two numbers in [0, 1)"),
+    ("model.g_attn_resolutions=[x]", "model.g_attn_resolutions[0] expected int, got 'x'"),
+    ("train.lr_g=-1", "train.lr_g: expected a number > 0, got -1.0"),
+    ("train.r1_gamma=-1", "train.r1_gamma: expected a number >= 0"),
+    ("train.ema_kimg=-5", "train.ema_kimg: expected a number >= 0"),
+    ("train.lr_d=.nan", "train.lr_d: expected a number > 0, got nan"),
+    ("sample.truncation=0", "sample.truncation: expected a number in (0, 1]"),
+    ("data.num_workers=-1", "data.num_workers: expected a number >= 0"),
+])
+def test_every_numeric_setting_has_its_range(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(ROOT / "configs" / "tiny.yaml", [override])
+    assert message in str(err.value)
+
+
+def test_shipped_configs_are_in_range():
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        load_config(path)

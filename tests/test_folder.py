@@ -211,3 +211,38 @@ def test_progress_grid_records_spread_over_the_conditions(tmp_path):
     shown = [(dataset.record(i)["captions"][0], dataset.record(i)["attributes"]["style"]) for i in picked]
     assert {c for c, _ in shown} == {"a cat", "a dog", "a fish", "a bird"} and {s for _, s in shown} == {"photo", "sketch"}
     assert len(set(picked)) == 8
+
+
+def test_file_names_may_not_leave_the_folder(tmp_path):
+    outside = tmp_path / "secret.png"
+    good_image(outside)
+    d = tmp_path / "data"
+    d.mkdir()
+    good_image(d / "ok.png")
+    (d / "link.png").symlink_to(outside)
+    (d / "sub").mkdir()
+    (d / "sub" / "inner.png").symlink_to(d / "ok.png")  # a link that stays inside is fine
+    write_rows(d, [{"file_name": "ok.png", "text": "fine"}, {"file_name": "../secret.png", "text": "up"},
+                   {"file_name": str(outside), "text": "absolute"}, {"file_name": "link.png", "text": "linked"},
+                   {"file_name": "sub/inner.png", "text": "inside"}])
+    report = validate_folder(d, 32)
+    text = "\n".join(str(p) for p in report.problems)
+    assert "metadata.jsonl:2: file_name: '../secret.png': expected a path inside the data folder" in text
+    assert f"metadata.jsonl:3: file_name: '{outside}': expected a path inside the data folder" in text
+    assert "metadata.jsonl:4: file_name: 'link.png': a link that leads out of the data folder" in text
+    assert report.bad_lines == {2, 3, 4} and [r.file_name for r in report.records] == ["ok.png", "sub/inner.png"]
+
+
+def test_byte_order_mark_and_skip_hint(tmp_path):
+    d = tmp_path / "bom"
+    d.mkdir()
+    good_image(d / "a.png")
+    (d / "metadata.jsonl").write_text("\ufeff" + json.dumps({"file_name": "a.png", "text": "first"}) + "\n",
+                                      encoding="utf-8")
+    assert [r.captions for r in validate_folder(d, 32).records] == [["first"]]
+    good_image(d / "b.png")
+    write_rows(d, [{"file_name": "a.png", "text": "x", "style": "flat"}, {"file_name": "b.png", "text": "y", "style": 2}])
+    with pytest.raises(DataValidationError) as err:
+        FolderDataset(d, resolution=32, on_error="skip")  # a column of mixed types: skipping records cannot help
+    assert "style: column mixes types" in str(err.value)
+    assert "which data.on_error=skip cannot leave out" in str(err.value) and "set data.on_error=skip" not in str(err.value)

@@ -40,6 +40,15 @@ def test_long_prompts_are_truncated_with_a_warning(minilm):
         minilm(["a red circle"])
 
 
+def test_words_the_encoder_cannot_represent_are_named(minilm):
+    with pytest.warns(UserWarning, match=r"1 prompt\(s\) hold words the text encoder cannot represent .*"
+                                         r"'🐱' in 'a 🐱 on a mat'"):
+        minilm(["a 🐱 on a mat", "a red circle"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        minilm(["a red circle left of a blue square"])
+
+
 def test_cache_encodes_each_caption_once_and_persists(minilm, tmp_path):
     cache = TextEmbeddingCache(minilm, tmp_path)
     cache.precompute(["a", "b", "a"])

@@ -118,7 +118,11 @@ class FolderDataset(CaptionedDataset):
             summary = (f"{self.report.metadata_file}: {len(self.report.problems)} problem(s) in "
                        f"{len(self.report.bad_lines)} record(s):\n{format_problems(self.report)}")
             column_problems = [p for p in self.report.problems if ":" not in p.source]
-            if on_error == "fail" or column_problems or not self.report.records:
+            if column_problems or not self.report.records:
+                raise DataValidationError(summary + "\nfix them: " + ("these concern whole columns or settings"
+                                          if column_problems else "no record is left") + ", which data.on_error=skip "
+                                          "cannot leave out")
+            if on_error == "fail":
                 raise DataValidationError(summary + "\nfix them, or set data.on_error=skip to leave bad records out")
             print(f"data.on_error=skip: leaving out {summary}", file=sys.stderr)
         for warning in self.report.warnings:

@@ -95,7 +95,8 @@ class FolderReport:
 def _read_rows(metadata: Path, problems: list[Problem]) -> list[tuple[int, dict[str, Any]]]:
     rows = []
     if metadata.suffix == ".jsonl":
-        for line_no, line in enumerate(metadata.read_text(encoding="utf-8").splitlines(), start=1):
+        # utf-8-sig: a byte-order mark (as some editors write) is not part of the first record
+        for line_no, line in enumerate(metadata.read_text(encoding="utf-8-sig").splitlines(), start=1):
             if not line.strip():
                 continue
             try:
@@ -108,7 +109,7 @@ def _read_rows(metadata: Path, problems: list[Problem]) -> list[tuple[int, dict[
                 continue
             rows.append((line_no, row))
     else:
-        with metadata.open(newline="", encoding="utf-8") as handle:
+        with metadata.open(newline="", encoding="utf-8-sig") as handle:
             for line_no, row in enumerate(csv.DictReader(handle), start=2):  # line 1 is the header
                 rows.append((line_no, {k: _csv_value(v) for k, v in row.items() if k is not None}))
     return rows
@@ -268,6 +269,12 @@ def validate_folder(folder: str | Path, resolution: int, declared_schema: dict[s
         file_name = row.get("file_name")
         if not isinstance(file_name, str) or not file_name.strip():
             problems.append(Problem(where, "file_name", "missing or empty"))
+        elif Path(file_name).is_absolute() or ".." in Path(file_name).parts:
+            problems.append(Problem(where, "file_name", f"'{file_name}': expected a path inside the data folder "
+                                    "(relative, without '..')"))
+        elif not (folder / file_name).resolve().is_relative_to(folder.resolve()):
+            problems.append(Problem(where, "file_name", f"'{file_name}': a link that leads out of the data folder "
+                                    f"(to {(folder / file_name).resolve()}); copy the file into the folder instead"))
         else:
             path = folder / file_name
             if not path.is_file():
