@@ -80,7 +80,7 @@ def _state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
 
 
-def _load_weights(path: Path) -> dict[str, torch.Tensor]:
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path}: file missing")
     try:
@@ -90,7 +90,7 @@ def _load_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_module_weights(module: torch.nn.Module, path: Path) -> None:
-    weights = _load_weights(path)
+    weights = load_weights(path)
     try:
         module.load_state_dict(weights)
     except RuntimeError as err:
@@ -145,7 +145,7 @@ def read_exported(model_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{model_dir}: exported with model format {version!r} (cgan "
                               f"{meta.get('cgan_version', '?')}); this cgan reads format {FORMAT_VERSION}")
-    return meta, schema, _load_weights(model_dir / "G_ema.safetensors")
+    return meta, schema, load_weights(model_dir / "G_ema.safetensors")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -110,6 +110,9 @@ class TrainConfig:
     ema_rampup: float = 0.05  # half-life ramps up as images_seen * rampup (None-like: 0 = off)
     mixed_precision: str = "no"  # no | bf16 | fp16
     channels_last: bool = True
+    # start a new run from another run's weights (its folder or a checkpoint folder), e.g. a 32 px run
+    # grown to 64 px with the same channel widths (cgan/warm_start.py); used only when not resuming
+    init_from: str = ""
     threads: int = 0  # torch's intra-op threads in each process (0 = torch's default: all cores)
     compile: bool = False  # torch.compile G and D for the D and G phases (R1 keeps eager D): slow to compile
     max_minutes: float = 0.0  # wall-clock budget of this invocation: then checkpoint, export and stop (0 = none)

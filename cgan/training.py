@@ -372,6 +372,10 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
     else:
         if resume == "latest":
             accelerator.print(f"--resume latest: no checkpoint in {out_dir}/checkpoints yet, starting fresh")
+        if t.init_from:
+            from cgan.warm_start import warm_start
+
+            accelerator.print(warm_start(t.init_from, G, G_ema, D))
         torch.manual_seed(t.seed + 1 + accelerator.process_index)  # per-process noise, dropout and mismatches
     loader = make_loader(dataset, config, step, accelerator)
 

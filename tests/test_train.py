@@ -118,3 +118,46 @@ def test_gradient_accumulation_counts_every_micro_batch(tiny_config, tmp_path, m
     assert state["images_seen"] == 2 * 8 * 2  # steps x batch x micro-batches
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 2 and all(math.isfinite(v) for v in rows[-1].values())
+
+
+def test_init_from_grows_a_32px_run_to_64px(tiny_config, tmp_path, minilm, capsys):
+    import copy
+
+    import torch.nn.functional as F
+
+    from cgan.checkpoint import load_weights
+    from cgan.data import ShapesDataset
+    from cgan.generator import Generator
+    from cgan.pipeline import generate
+    from cgan.text_encoder import TextEmbeddingCache
+    from cgan.training import build_discriminator, generator_kwargs
+    from cgan.warm_start import warm_start
+
+    small = tmp_path / "small"
+    train(tiny_config, small, max_steps=2, text_encoder=minilm)
+    big = copy.deepcopy(tiny_config)
+    big.data.resolution = 64
+    schema = ShapesDataset(num_images=8, resolution=32).schema
+    torch.manual_seed(0)
+    G, G_ema = (Generator(schema=schema, **generator_kwargs(big, minilm.dim)) for _ in range(2))
+    D = build_discriminator(big, schema, minilm.dim)
+    line = warm_start(small, G, G_ema, D)
+    assert "(32 px -> 64 px)" in line and "new: blocks.4" in line and "from_rgb" in line
+    state = small / "checkpoints" / "step_00000002"
+    old_G, old_D = load_weights(state / "G_ema.safetensors"), load_weights(state / "D.safetensors")
+    assert torch.equal(G_ema.state_dict()["blocks.3.conv1.weight"], old_G["blocks.3.conv1.weight"])
+    assert torch.equal(D.state_dict()["blocks.1.conv1.weight"], old_D["blocks.0.conv1.weight"])  # one block deeper
+    # before any step, the 64 px images are the 32 px images upsampled (the new block's to_rgb is zero)
+    pipe = CGANPipeline.from_pretrained(small / "model")
+    cache = TextEmbeddingCache(minilm)
+    args = (["a red circle", "a blue square"], [{"style": "flat"}, {}], [3, 4])
+    expected = F.interpolate(generate(pipe.G, cache, schema, *args), scale_factor=2, mode="bilinear",
+                             align_corners=False)
+    torch.testing.assert_close(generate(G_ema.eval(), cache, schema, *args), expected, atol=1e-5, rtol=1e-4)
+    # wired into training: a new run starts from the small one's weights
+    big.train.init_from = str(small)
+    train(big, tmp_path / "big", max_steps=1, text_encoder=minilm)
+    assert "init_from" in capsys.readouterr().out
+    big.data.resolution, big.train.init_from = 32, str(tmp_path / "big")
+    with pytest.raises(Exception, match="a 64 px run cannot start a 32 px one"):
+        train(big, tmp_path / "shrunk", max_steps=1, text_encoder=minilm)

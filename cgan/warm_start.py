@@ -1,0 +1,71 @@
+"""`train.init_from`: start a new run from another run's weights, e.g. grow a 32 px run to 64 px.
+
+The generator's blocks are indexed from 4 px up, so a 32 px G's blocks are the first blocks of a
+64 px G with the same channel_base and channel_max; the 64 px block is new, and its to_rgb starts
+at zero so that the first images are the 32 px images upsampled. The discriminator's blocks are
+indexed from the input down, so block k of a 32 px D is block k + 1 of a 64 px D (its from_rgb
+and its first block are new). Every tensor whose (re-indexed) name and shape match is copied; the
+rest keep their fresh initialisation, and the log says which. Optimizer moments, the step count
+and the learning-rate schedule start fresh: this is a new run, not a resume.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import torch
+
+from cgan.checkpoint import CheckpointError, list_checkpoints, load_weights
+
+
+def resolve_init_from(path: str | Path) -> Path:
+    """A training-state folder, or a run folder (its newest complete state)."""
+    path = Path(path)
+    if (path / "state.json").is_file():
+        return path
+    states = list_checkpoints(path)
+    if not states:
+        raise CheckpointError(f"train.init_from {str(path)!r}: not a training state folder (state.json) nor a run "
+                              "folder with checkpoints")
+    return states[-1]
+
+
+def _shift_blocks(key: str, shift: int) -> str:
+    return re.sub(r"^blocks\.(\d+)\.", lambda m: f"blocks.{int(m.group(1)) + shift}.", key)
+
+
+def transfer(module: torch.nn.Module, source: dict[str, torch.Tensor], shift: int = 0) -> list[str]:
+    """Copy the tensors of `source` (keys re-indexed by `shift` blocks) whose name and shape match into
+    `module`; -> the names of `module`'s tensors left as they were."""
+    own = module.state_dict()
+    renamed = {_shift_blocks(k, shift): v for k, v in source.items()}
+    matched = {k: v for k, v in renamed.items() if k in own and own[k].shape == v.shape}
+    module.load_state_dict(matched, strict=False)
+    return [k for k in own if k not in matched]
+
+
+def warm_start(path: str | Path, G: torch.nn.Module, G_ema: torch.nn.Module, D: torch.nn.Module) -> str:
+    """Load another run's G, G_ema and D into these (possibly larger) models; -> a line for the log."""
+    state = resolve_init_from(path)
+    sources = {name: load_weights(state / f"{name}.safetensors") for name in ("G", "G_ema", "D")}
+    old_blocks = 1 + max(int(m.group(1)) for k in sources["G"] if (m := re.match(r"blocks\.(\d+)\.", k)))
+    old_resolution = 2 ** (old_blocks + 1)
+    if old_resolution > G.resolution:
+        raise CheckpointError(f"train.init_from {state}: a {old_resolution} px run cannot start a "
+                              f"{G.resolution} px one (only growing is supported)")
+    shift = int(math.log2(G.resolution // old_resolution))
+    fresh_G = transfer(G, sources["G"])
+    transfer(G_ema, sources["G_ema"])
+    fresh_D = transfer(D, sources["D"], shift=shift)
+    with torch.no_grad():  # a new top block adds nothing to the image until it has learned something
+        for index in range(old_blocks, len(G.blocks)):
+            for model in (G, G_ema):
+                model.blocks[index].to_rgb.weight.zero_()
+    if not any(k.startswith("blocks.") or k.startswith("mapping.") for k in sources["G"]):
+        raise CheckpointError(f"train.init_from {state}: G.safetensors holds no generator weights")
+    prefixes = lambda keys: sorted({".".join(k.split(".")[:2]) for k in keys})  # noqa: E731
+    return (f"init_from {state} ({old_resolution} px -> {G.resolution} px): G {len(G.state_dict()) - len(fresh_G)}/"
+            f"{len(G.state_dict())} tensors loaded, new: {', '.join(prefixes(fresh_G)) or 'none'}; D "
+            f"{len(D.state_dict()) - len(fresh_D)}/{len(D.state_dict())} loaded, new: "
+            f"{', '.join(prefixes(fresh_D)) or 'none'}")
