@@ -81,10 +81,13 @@ class FIDResult:
     reference_cache: str | None = None  # "hit" or "miss" for model-vs-data runs
 
     def to_json(self) -> dict[str, Any]:
-        import cleanfid
+        from importlib.metadata import PackageNotFoundError, version
 
-        record = {"fid": self.fid, "kid": self.kid, "clean_fid_mode": MODE,
-                  "clean_fid_version": getattr(cleanfid, "__version__", None)}
+        try:
+            clean_fid_version = version("clean-fid")  # the package has no __version__
+        except PackageNotFoundError:
+            clean_fid_version = None
+        record = {"fid": self.fid, "kid": self.kid, "clean_fid_mode": MODE, "clean_fid_version": clean_fid_version}
         record.update(asdict(self))
         return record
 
@@ -427,8 +430,14 @@ def fid_model_vs_data(model_dir: str | Path, data: str | Path, *, split: str | N
 # Command line
 
 
+def prog_name(module_form: str) -> str:
+    """The name the user typed: an installed script (cgan-fid) or the module form."""
+    script = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return script if script.startswith("cgan-") else module_form
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cgan.fid", description=__doc__,
+    parser = argparse.ArgumentParser(prog=prog_name("python -m cgan.fid"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="*", metavar="FOLDER", help="two image folders (A B)")
     parser.add_argument("--model", help="an exported model folder")

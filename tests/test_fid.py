@@ -182,6 +182,17 @@ def test_too_few_images_and_small_n_warning(work, tmp_path):
         fid.compute_fid(work["folders"][0], work["folders"][1], inception_weights=work["net"])
 
 
+def test_help_names_the_command_the_user_typed(monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["/usr/local/bin/cgan-fid", "--help"])
+    with pytest.raises(SystemExit):
+        fid.main(["--help"])
+    assert capsys.readouterr().out.startswith("usage: cgan-fid")
+    monkeypatch.setattr("sys.argv", ["/x/cgan/fid.py"])
+    with pytest.raises(SystemExit):
+        fid.main(["--help"])
+    assert capsys.readouterr().out.startswith("usage: python -m cgan.fid")
+
+
 def test_folders_of_different_resolutions_are_warned_about(work, tmp_path):
     rng = np.random.default_rng(0)
     small = write_folder(tmp_path / "small", [rng.integers(0, 255, (16, 16, 3), dtype=np.uint8) for _ in range(4)])
@@ -205,6 +216,7 @@ def test_cli_folders_and_model_vs_shapes_end_to_end(work, model_dir, tmp_path, c
     assert fid.main(args + ["--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["fid"] > 0 and record["kid"] is not None and record["clean_fid_mode"] == "clean"
+    assert record["clean_fid_version"] and record["clean_fid_version"][0].isdigit()
     assert (record["model"], record["model_step"], record["data"], record["split"]) == (str(model_dir), 7, "shapes",
                                                                                          "heldout")
     assert (record["num_generated"], record["num_real"], record["seed"], record["truncation"]) == (16, 16, 3, 0.7)
