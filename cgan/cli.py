@@ -18,14 +18,23 @@ USER_ERRORS = (ConfigError, CheckpointError, DataValidationError, InvalidAttribu
 def train_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train a text-and-attribute conditioned GAN.")
     parser.add_argument("--config", help="YAML config (see configs/); defaults apply to anything it leaves out")
-    parser.add_argument("--out", required=True, help="run folder: checkpoints, exported model, samples, logs")
+    parser.add_argument("--out", help="run folder: checkpoints, exported model, samples, logs (required to train)")
     parser.add_argument("--resume", help="'latest' (newest complete checkpoint in --out) or a checkpoint folder")
     parser.add_argument("--max-steps", type=int, help="stop after this many steps in this invocation")
     parser.add_argument("--dry-run", action="store_true", help="resolve and validate the config and data, then stop")
+    parser.add_argument("--print-config", action="store_true",
+                        help="list every setting with its value (defaults, --config, overrides) and a line of help")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train.lr_g=2e-4 data.resolution=32")
     args = parser.parse_intermixed_args(argv)
     try:
         config = load_config(args.config, args.overrides)
+        if args.print_config:
+            from cgan.config import describe_settings
+
+            print(describe_settings(config))
+            return 0
+        if not args.out:
+            raise ValueError("--out: required, the run folder (e.g. --out runs/mine)")
         if args.dry_run:
             from cgan.config import config_json
             from cgan.data import build_dataset

