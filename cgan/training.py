@@ -37,6 +37,7 @@ from cgan.evaluation import Evaluator
 from cgan.generator import Generator
 from cgan.losses import (attribute_loss, contrastive_loss, d_fake_term, d_real_term, g_loss, masked_mean,
                          mismatched_attributes, mismatched_prompt_index, r1_penalty, same_condition)
+from cgan.model_card import run_model_card
 from cgan.pipeline import describe_condition, generate, image_grid
 from cgan.recovery import (NonfiniteGuard, StopControl, check_free_space, check_output_dir, check_same_model,
                            restore_training_state, rng_state, roll_back, skip_if_nonfinite)
@@ -356,12 +357,13 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
     if accelerator.scaler is not None:
         optimizers["scaler"] = accelerator.scaler
 
-    step, images_seen, lr_scale = 0, 0, 1.0
+    step, images_seen, lr_scale, seconds_before = 0, 0, 1.0, 0.0
     resume_path = resolve_resume(out_dir, resume)
     if resume_path is not None:
         check_same_model(out_dir, config)
         state = restore_training_state(resume_path, modules, optimizers, config, accelerator)
         step, images_seen, lr_scale = state["step"], state["images_seen"], state["lr_scale"]
+        seconds_before = float(state.get("train_seconds", 0.0))
         accelerator.print(f"resumed from {resume_path} at step {step} ({images_seen} images seen)"
                           + (f", learning rates x{lr_scale:.3g} after earlier rollbacks" if lr_scale != 1 else ""))
         if accelerator.num_processes > 1:
@@ -390,19 +392,23 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
                           f"{accelerator.num_processes} process(es) on {device}")
 
     stopper = StopControl(t.max_minutes, t.checkpoint_minutes)
+    started = time.perf_counter()
 
     def checkpoint(at_step: int) -> None:
         stopper.checkpointed()
         rng_states = gather_object([rng_state()])
         if is_main:
             check_free_space(out_dir, checkpoint_bytes)
+            train_seconds = seconds_before + time.perf_counter() - started
             save_training_state(out_dir, step=at_step, images_seen=images_seen, modules=modules,
                                 optimizers=optimizers, rng_states=rng_states, keep_last=t.keep_last,
-                                extra={"lr_scale": lr_scale})
+                                extra={"lr_scale": lr_scale, "train_seconds": train_seconds})
+            card = run_model_card(config, dataset, G_ema, step=at_step, images_seen=images_seen, out_dir=out_dir,
+                              device=device, num_processes=accelerator.num_processes, train_seconds=train_seconds)
             export_model(out_dir / "model", G_ema=G_ema, generator_kwargs=generator_kwargs(config, text_encoder.dim),
                          schema_dict=dataset.schema.to_dict(),
                          text_encoder={"name": text_encoder.name, "max_length": text_encoder.max_length},
-                         config_dict=config.to_dict(), step=at_step, images_seen=images_seen)
+                         config_dict=config.to_dict(), step=at_step, images_seen=images_seen, model_card=card)
         accelerator.wait_for_everyone()
 
     evaluator = Evaluator(config, dataset, text_encoder, text_cache, device)

@@ -31,6 +31,10 @@ def test_train_writes_state_model_samples_and_resumes(tiny_config, tmp_path, min
     images = CGANPipeline.from_pretrained(model)("a red circle", {"style": "flat"}, num_images=2)
     assert len(images) == 2 and images[0].size == (32, 32)
     assert not list(run.rglob("*.tmp-*"))
+    card = (model / "MODEL_CARD.md").read_text()
+    assert "4 steps, 32 images, batch 8" in card and "`shapes`, 512 procedural images" in card
+    assert "style: one of flat, outline, shaded" in card and "min of training" in card and "no GPU" in card
+    assert json.loads((run / "checkpoints" / "step_00000004" / "state.json").read_text())["train_seconds"] > 0
 
 
 def test_resume_matches_an_uninterrupted_run(tiny_config, tmp_path, minilm):
@@ -161,3 +165,14 @@ def test_init_from_grows_a_32px_run_to_64px(tiny_config, tmp_path, minilm, capsy
     big.data.resolution, big.train.init_from = 32, str(tmp_path / "big")
     with pytest.raises(Exception, match="a 64 px run cannot start a 32 px one"):
         train(big, tmp_path / "shrunk", max_steps=1, text_encoder=minilm)
+
+
+def test_model_card_lists_the_last_value_of_each_metric(tmp_path):
+    from cgan.model_card import last_metrics
+
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"step": 10, "metric/fid": 90.5, "loss/G": 1.0}\n{"step": 20, "metric/fid": 60.25}\n'
+        '{"step": 20, "metric/faithfulness/caption": 0.4}\n{"step": 3')  # the last line cut by a kill
+    assert last_metrics(tmp_path / "metrics.jsonl") == {"metric/fid": (20, 60.25),
+                                                        "metric/faithfulness/caption": (20, 0.4)}
+    assert last_metrics(tmp_path / "none.jsonl") == {}

@@ -1,0 +1,108 @@
+"""MODEL_CARD.md of every exported model: what it was trained on, how, on what, for how long, and
+what was measured during training. Written by training at each export (cgan/training.py)."""
+from __future__ import annotations
+
+import os
+import platform
+from typing import Any
+
+import torch
+
+
+def hardware_summary(device: torch.device, num_processes: int) -> str:
+    """'1 x NVIDIA H200' or '2 threads of Intel Xeon (avx512_bf16, amx_bf16), no GPU', plus processes."""
+    if device.type == "cuda":
+        where = f"{torch.cuda.get_device_name(device)}"
+    else:
+        name = platform.processor() or platform.machine()
+        features: list[str] = []
+        try:
+            with open("/proc/cpuinfo") as handle:
+                for line in handle:
+                    if line.startswith("model name") and ":" in line:
+                        name = line.split(":", 1)[1].strip()
+                    if line.startswith("flags"):
+                        flags = set(line.split(":", 1)[1].split())
+                        features = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+                        break
+        except OSError:
+            pass
+        cores = os.cpu_count() or 1
+        where = (f"{torch.get_num_threads()} thread(s) of a {cores}-core {name}"
+                 + (f" ({', '.join(features)})" if features else "") + ", no GPU")
+    return where + (f", {num_processes} processes" if num_processes > 1 else "")
+
+
+def last_metrics(metrics_file) -> dict[str, tuple[int, float]]:
+    """{metric/...: (step, value)}, the last of each in a run's metrics.jsonl ({} if there is none)."""
+    import json
+    from pathlib import Path
+
+    found: dict[str, tuple[int, float]] = {}
+    path = Path(metrics_file)
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+        for key, value in row.items():
+            if key.startswith("metric/") and isinstance(value, (int, float)):
+                found[key] = (int(row.get("step", 0)), float(value))
+    return found
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def render_model_card(*, name: str, config: dict[str, Any], schema_description: str, data_summary: str,
+                      num_params: int, step: int, images_seen: int, hardware: str, train_seconds: float,
+                      metrics: dict[str, tuple[int, float]], cgan_version: str, model_path: str = "MODEL_DIR") -> str:
+    """The card as Markdown. metrics: {name: (step measured, value)}, the last of each."""
+    model, train, loss = config["model"], config["train"], config["loss"]
+    terms = [f"{k}={v:g}" for k, v in loss.items() if k in ("contrastive", "attributes", "hard_negative") and v]
+    hours, minutes = divmod(round(train_seconds / 60), 60)
+    rows = [
+        ("data", data_summary),
+        ("attributes", schema_description.replace("\n", "; ") or "none"),
+        ("generator", f"{num_params / 1e6:.2f}M parameters, {config['data']['resolution']} px, "
+                      f"`model.fusion={model['fusion']}`, channels base/max {model['g_channel_base']}/"
+                      f"{model['g_channel_max']}"),
+        ("text encoder", f"`{config['text']['encoder']}`, max {config['text']['max_length']} tokens, frozen"),
+        ("training", f"{step:,} steps, {images_seen:,} images, batch {train['batch_size']} x {train['grad_accum']}, "
+                     f"lr G/D {train['lr_g']:g}/{train['lr_d']:g}, R1 {train['r1_gamma']:g}, loss terms: "
+                     f"{', '.join(terms) or 'adversarial only'}, `train.mixed_precision={train['mixed_precision']}`, "
+                     f"seed {train['seed']}"),
+        ("hardware", hardware),
+        ("wall time", f"{hours} h {minutes:02d} min of training (evaluations included, over every resume)"),
+        ("weights", "`G_ema.safetensors` (the exponential moving average of G)"),
+    ]
+    lines = [f"# {name}: a cgan model", "",
+             f"Written by cgan {cgan_version} when this model was exported at step {step:,}. `config.json` "
+             "holds every setting; `attributes.json` the attribute schema.", "",
+             "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+    lines += ["", "## Measured during training", ""]
+    if metrics:
+        lines += ["| metric | value | at step |", "|---|---|---|"]
+        lines += [f"| {k.removeprefix('metric/')} | {_fmt(v)} | {s:,} |" for k, (s, v) in sorted(metrics.items())]
+    else:
+        lines.append("Nothing (`eval.fid_every` and `eval.faithfulness_every` were off). Measure it with "
+                     "`python -m cgan.faithfulness --model DIR` or `python -m cgan.fid --model DIR --data ...`.")
+    lines += ["", "## Use", "", "```bash",
+              f"python sample.py --model {model_path} --prompt \"...\" --num 8 --out samples.png", "```", ""]
+    return "\n".join(lines)
+
+
+def run_model_card(config, dataset, G_ema: torch.nn.Module, *, step: int, images_seen: int, out_dir, device,
+                   num_processes: int, train_seconds: float) -> str:
+    """The card of a training run's export (config: a Config; dataset: the run's CaptionedDataset)."""
+    from cgan import __version__
+
+    d = config.data
+    data = (f"`shapes`, {d.num_images:,} procedural images, split `{d.split}`" if d.name == "shapes"
+            else f"folder `{d.path}`, {len(dataset):,} records")
+    return render_model_card(name=out_dir.name, config=config.to_dict(), schema_description=dataset.schema.describe(),
+                             data_summary=data, num_params=sum(p.numel() for p in G_ema.parameters()), step=step,
+                             images_seen=images_seen, hardware=hardware_summary(torch.device(device), num_processes),
+                             train_seconds=train_seconds, metrics=last_metrics(out_dir / "metrics.jsonl"),
+                             cgan_version=__version__, model_path=str(out_dir / "model"))
