@@ -26,6 +26,9 @@ def make_latents(seeds: list[int], z_dim: int) -> torch.Tensor:
 # On the CPU, a batch above ~16 images runs slower per image than 16 (its activations no longer fit
 # the caches): 208 vs 279 img/s at 64 px (benchmarks/sample_speed.py), so generate() splits it.
 CPU_MAX_BATCH = 16
+# Prompts whose text embeddings a pipeline keeps (least recently used go first): ~25 KB each, so a
+# server that sees new prompts forever stays within ~50 MB for them.
+PIPELINE_CACHE_ENTRIES = 2048
 
 
 @torch.no_grad()
@@ -122,7 +125,7 @@ class CGANPipeline:
     def __init__(self, G: Generator, text_encoder: FrozenTextEncoder, schema: AttributeSchema, meta: dict[str, Any],
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
         self.G, self.text_encoder, self.schema, self.meta = G.eval(), text_encoder, schema, meta
-        self.text_cache = TextEmbeddingCache(text_encoder)
+        self.text_cache = TextEmbeddingCache(text_encoder, max_entries=PIPELINE_CACHE_ENTRIES)
         self.prompt_dropout = float(meta.get("prompt_dropout", 0.0))
         self.dtype = dtype
         self.to(device, dtype)

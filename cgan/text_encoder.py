@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,13 +144,17 @@ class TextEmbeddingCache:
     """Computes each unique caption's embedding once; keeps them in memory and, optionally, on disk.
 
     The disk cache is one safetensors file per (encoder, caption set) under `cache_dir/text/`.
+    max_entries bounds the memory cache (least recently used captions go first): a long-running server
+    (the demo) sees new prompts without end; training keeps every caption of its data set (None).
     """
 
-    def __init__(self, encoder: FrozenTextEncoder, cache_dir: str | Path | None = None, batch_size: int = 256):
+    def __init__(self, encoder: FrozenTextEncoder, cache_dir: str | Path | None = None, batch_size: int = 256,
+                 max_entries: int | None = None):
         self.encoder = encoder
         self.cache_dir = Path(cache_dir) / "text" if cache_dir else None
         self.batch_size = batch_size
-        self.memory: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self.max_entries = max_entries
+        self.memory: OrderedDict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = OrderedDict()
         self.num_encoded = 0  # captions that went through the encoder (cache misses)
 
     def _file_for(self, captions: list[str]) -> Path | None:
@@ -195,6 +200,11 @@ class TextEmbeddingCache:
     def __call__(self, captions: list[str], device: torch.device | str = "cpu") -> TextEncoding:
         self._encode_missing(captions)
         rows = [self.memory[c] for c in captions]
+        if self.max_entries is not None:
+            for caption in captions:
+                self.memory.move_to_end(caption)
+            while len(self.memory) > max(self.max_entries, len(set(captions))):
+                self.memory.popitem(last=False)
         # CPU autocast rejects stacking float16 rows ("Unexpected floating ScalarType"); a lookup is not
         # model compute, so it runs outside any autocast the caller opened.
         with torch.autocast("cpu", enabled=False):

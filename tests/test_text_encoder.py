@@ -76,3 +76,16 @@ def test_tiny_clip_text_tower_from_a_folder(tmp_path, minilm):
     enc = clip(["a red circle", "a blue square"])
     assert enc.text_tokens.shape == (2, 16, 32) and enc.text_pooled.shape == (2, 32)
     assert all(not p.requires_grad for p in clip.parameters())
+
+
+def test_a_bounded_cache_keeps_the_most_recent_prompts(minilm):
+    cache = TextEmbeddingCache(minilm, max_entries=3)
+    first = cache(["a red circle"]).text_pooled
+    for k in range(5):
+        cache([f"prompt {k}"])
+    assert len(cache.memory) == 3 and "a red circle" not in cache.memory
+    cache(["prompt 2"])  # a hit moves it to the end; the oldest goes next
+    cache(["a red circle"])
+    assert list(cache.memory) == ["prompt 4", "prompt 2", "a red circle"]
+    torch.testing.assert_close(cache(["a red circle"]).text_pooled, first)  # re-encoded, same embedding
+    assert len(cache(["a", "b", "c", "d"]).text_pooled) == 4  # a batch larger than the bound still works
