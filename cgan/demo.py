@@ -130,9 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines too")
     parser.add_argument("--port", type=int, default=7860)
     args = parser.parse_args(argv)
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
         print('error: the demo needs Gradio: pip install "cgan[demo]"', file=sys.stderr)
         return 2
     from cgan.checkpoint import CheckpointError

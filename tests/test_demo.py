@@ -27,11 +27,11 @@ def _need(ok: bool, what: str) -> None:
 @pytest.fixture(scope="module")
 def page(tmp_path_factory, shapes_schema):
     _need(CHROMIUM is not None and DRIVER is not None, "chromium and chromium-driver (apt-get install)")
-    try:
-        import gradio  # noqa: F401
-        from selenium import webdriver
-    except ImportError:
-        _need(False, 'the demo extra (pip install -e ".[demo,test]")')
+    import importlib.util
+
+    _need(importlib.util.find_spec("gradio") is not None and importlib.util.find_spec("selenium") is not None,
+          'gradio and selenium (pip install -e ".[test]")')
+    from selenium import webdriver
     from cgan.demo import build_demo
 
     pipe = CGANPipeline.from_pretrained(export_tiny_model(tmp_path_factory.mktemp("demo") / "model", shapes_schema))
