@@ -36,6 +36,9 @@ class AttributeSpec:
 
     def describe(self) -> str:
         if self.kind == "categorical":
+            if len(self.values) > 20:  # an id-like column: the list would fill the screen
+                return (f"{self.name}: one of {len(self.values)} values: {', '.join(self.values[:10])}, ... "
+                        f"{', '.join(self.values[-2:])}")
             return f"{self.name}: one of {', '.join(self.values)}"
         return f"{self.name}: a number in [{self.low:g}, {self.high:g}]"
 

@@ -87,7 +87,9 @@ class FolderReport:
                     for r in self.records:
                         if r.attributes.get(spec.name) in counts:
                             counts[r.attributes[spec.name]] += 1
-                    lines.append(f"  {spec.name}: " + ", ".join(f"{v}={n}" for v, n in counts.items()))
+                    shown = sorted(counts.items(), key=lambda item: -item[1])[:20]  # the most common
+                    more = f", ... ({len(counts) - 20} more values)" if len(counts) > 20 else ""
+                    lines.append(f"  {spec.name}: " + ", ".join(f"{v}={n}" for v, n in shown) + more)
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -175,7 +177,7 @@ def bookkeeping_warnings(schema: AttributeSchema, rows: list[tuple[int, dict[str
             reason = f"{len(spec.values)} distinct values in {len(rows)} rows, like an identifier"
         if reason:
             warnings.append(f"column '{spec.name}' becomes a condition ({reason}); if it is not something to "
-                            f"draw, leave it out with data.ignore=[{spec.name}] (python -m cgan.data check "
+                            f"draw, leave it out with data.ignore=[{spec.name}] (python -m cgan.data check DIR "
                             f"--ignore {spec.name}), or list the columns to use with data.attributes=[...]")
     return warnings
 
