@@ -16,8 +16,10 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
+from cgan.errors import CganError
 
-class InvalidAttributeError(ValueError):
+
+class InvalidAttributeError(CganError, ValueError):
     """An attribute name or value a model or data set does not know."""
 
 

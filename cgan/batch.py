@@ -23,6 +23,7 @@ from PIL import Image
 
 from cgan.attributes import AttributeSchema, InvalidAttributeError
 from cgan.checkpoint import atomic_save, atomic_write_text
+from cgan.errors import CganError
 
 # File suffix -> Pillow format and save options (--out follows its suffix).
 IMAGE_FORMATS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -33,7 +34,7 @@ PROMPT_SUFFIXES = (".txt", ".jsonl", ".csv")
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed's range
 
 
-class PromptsFileError(ValueError):
+class PromptsFileError(CganError, ValueError):
     """A prompts file that cannot be read; the message names the file, the line and the field."""
 
 

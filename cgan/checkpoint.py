@@ -28,12 +28,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from cgan.errors import CganError
+
 FORMAT_VERSION = 1
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d{8})$")
 STALE_PATTERN = re.compile(r"^(?P<name>.+)\.(?P<kind>tmp|old)-\d+$")  # leftovers of atomic_save / _publish_folder
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(CganError, RuntimeError):
     """A model folder or training state is missing, incomplete, corrupt or incompatible."""
 
 

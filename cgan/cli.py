@@ -8,11 +8,8 @@ from pathlib import Path
 
 from cgan.attributes import InvalidAttributeError
 from cgan.batch import save_image
-from cgan.checkpoint import CheckpointError
-from cgan.config import ConfigError, load_config
-from cgan.data.folder import DataValidationError
-
-USER_ERRORS = (ConfigError, CheckpointError, DataValidationError, InvalidAttributeError, ValueError, FileExistsError)
+from cgan.config import load_config
+from cgan.errors import USER_ERRORS
 
 
 def train_main(argv: list[str] | None = None) -> int:

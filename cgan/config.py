@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from cgan.errors import CganError
+
 
 def user_cache_dir() -> Path:
     """cgan's caches when none is configured: $XDG_CACHE_HOME/cgan, else ~/.cache/cgan; never the working folder."""
@@ -28,7 +30,7 @@ def data_cache_dir(data: "DataConfig") -> Path:
     return Path(data.cache_dir) if data.cache_dir else user_cache_dir()
 
 
-class ConfigError(ValueError):
+class ConfigError(CganError, ValueError):
     """A config file or override names a key that does not exist or holds a bad value."""
 
 

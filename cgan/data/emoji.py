@@ -29,6 +29,8 @@ from typing import Iterator, Sequence
 
 from PIL import Image, ImageDraw, ImageFont, features
 
+from cgan.errors import CganError
+
 STYLES: tuple[str, ...] = ("noto", "emojione", "symbola")
 SKIN_TONES: tuple[str, ...] = ("light", "medium-light", "medium", "medium-dark", "dark")
 # Module-level so tests (and unusual installs) can point the search elsewhere.
@@ -39,7 +41,7 @@ SYMBOLA_SIZE = 128  # vector font: render large, then downscale like the others
 _LINE = re.compile(r"^([0-9A-Fa-f ]+?)\s*;\s*([\w-]+)\s*#\s*\S+\s+(?:E\d+\.\d+\s+)?(.+?)\s*$")
 
 
-class MissingPackageError(RuntimeError):
+class MissingPackageError(CganError, RuntimeError):
     """A Debian package providing an emoji source is not installed / downloaded."""
 
 

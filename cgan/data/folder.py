@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageColor
 
 from cgan.attributes import AttributeSchema, InvalidAttributeError
+from cgan.errors import CganError
 
 RESERVED_COLUMNS = ("file_name", "text", "truth")
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
@@ -36,7 +37,7 @@ BOOKKEEPING_NAME = re.compile(r"(.*_)?(id|ids|uuid|guid|key|index|idx|split|fold
                               r"date|time|timestamp|row)")
 
 
-class DataValidationError(ValueError):
+class DataValidationError(CganError, ValueError):
     """A data folder failed validation; the message lists every problem found."""
 
 
