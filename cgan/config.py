@@ -142,7 +142,10 @@ class LossConfig:
     # InfoNCE between D's image embedding and D's condition embedding over the batch, both ways
     # (XMC-GAN): real images train D's embeddings, generated images train G to match their condition
     contrastive: float = 0.0
-    contrastive_temperature: float = 0.1  # temperature of the contrastive InfoNCE
+    contrastive_temperature: float = 0.1
+    # the data set's contradicting captions (see hard_negative) join the contrastive negatives: each
+    # image, real (D) or generated (G), must match its caption better than the one that contradicts it
+    contrastive_hard: bool = False  # temperature of the contrastive InfoNCE
     # AC-GAN style: D predicts the attributes of real images (categorical: cross-entropy, continuous:
     # squared error); G is trained so that D reads the attributes it was asked for in its images
     attributes: float = 0.0
@@ -236,6 +239,9 @@ class Config:
         for key in ("contrastive", "attributes", "hard_negative"):
             if not 0.0 <= getattr(self.loss, key) < float("inf"):
                 raise ConfigError(f"loss.{key}: expected a weight >= 0 (0 = off), got {getattr(self.loss, key)}")
+        if self.loss.contrastive_hard and self.loss.contrastive <= 0:
+            raise ConfigError("loss.contrastive_hard: adds negatives to the contrastive term, which is off; "
+                              "set loss.contrastive > 0 too")
         if not 0.0 < self.loss.contrastive_temperature <= 10.0:
             raise ConfigError("loss.contrastive_temperature: expected a number in (0, 10], "
                               f"got {self.loss.contrastive_temperature}")

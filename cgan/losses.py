@@ -101,17 +101,24 @@ def same_condition(captions: list[str], prompt_present: torch.Tensor, attr_index
 
 
 def contrastive_loss(image_embedding: torch.Tensor, cond_embedding: torch.Tensor, same: torch.Tensor,
-                     temperature: float) -> torch.Tensor:
+                     temperature: float, hard_embedding: torch.Tensor | None = None,
+                     hard_valid: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE over a batch (XMC-GAN's image-sentence term): image i must pick its own
     condition among the batch's, and condition i its own image. Pairs with `same` condition (B, B)
-    are left out of each other's negatives. Embeddings (B, E), normalised here; computed in fp32."""
+    are left out of each other's negatives. hard_embedding (B, E): per image one more condition it
+    must not pick (a caption that contradicts it, loss.contrastive_hard), where hard_valid (B,) is
+    True. Embeddings not normalised (done here); computed in fp32."""
     image = F.normalize(image_embedding.float(), dim=-1)
     cond = F.normalize(cond_embedding.float(), dim=-1)
     similarity = image @ cond.t() / temperature  # (B, B): row i = image i against every condition
     own = torch.eye(len(image), dtype=torch.bool, device=image.device)
     similarity = similarity.masked_fill(same & ~own, float("-inf"))
     target = torch.arange(len(image), device=image.device)
-    return 0.5 * (F.cross_entropy(similarity, target) + F.cross_entropy(similarity.t(), target))
+    image_to_cond = similarity
+    if hard_embedding is not None and hard_valid is not None:
+        hard = (image * F.normalize(hard_embedding.float(), dim=-1)).sum(-1, keepdim=True) / temperature  # (B, 1)
+        image_to_cond = torch.cat([similarity, hard.masked_fill(~hard_valid[:, None], float("-inf"))], dim=1)
+    return 0.5 * (F.cross_entropy(image_to_cond, target) + F.cross_entropy(similarity.t(), target))
 
 
 def attribute_loss(predictions: list[torch.Tensor], categorical: list[bool], attr_index: torch.Tensor,

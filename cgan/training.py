@@ -71,19 +71,30 @@ class Batch:
 
 
 def auxiliary_losses(D, plain: torch.Tensor | None, cond, batch: Batch, config: Config,
-                     attr_present: torch.Tensor) -> dict[str, torch.Tensor]:
+                     attr_present: torch.Tensor, hard=None) -> dict[str, torch.Tensor]:
     """The loss terms of config.loss that are on, for images made or drawn for `batch`'s conditions:
     D's unconditioned features `plain` (B, C) of them and D's condition `cond` (B rows). attr_present:
-    the attributes the images are known to have (real: all in the data; generated: those G was asked for)."""
+    the attributes the images are known to have (real: all in the data; generated: those G was asked for).
+    hard: (D's condition of a contradicting caption, (B,) bool where there is one), for contrastive_hard."""
     terms: dict[str, torch.Tensor] = {}
     if config.loss.contrastive > 0:
         image_embedding, cond_embedding = D.contrastive_embeddings(plain, cond)
+        hard_embedding, hard_valid = (D.contrastive_embeddings(plain, hard[0])[1], hard[1]) if hard else (None, None)
         terms["contrastive"] = contrastive_loss(image_embedding, cond_embedding, batch.same_condition(),
-                                                config.loss.contrastive_temperature)
+                                                config.loss.contrastive_temperature, hard_embedding, hard_valid)
     if config.loss.attributes > 0:
         terms["attributes"] = attribute_loss(D.attribute_logits(plain), D.attribute_categorical,
                                              batch.cond.attr_index, batch.cond.attr_value, attr_present)
     return terms
+
+
+def pad_condition(cond, rows: int):
+    """A Condition with zero rows appended up to `rows` (their entries are masked out by the caller)."""
+    from cgan.conditioning import Condition
+
+    extra = rows - cond.cond_vector.shape[0]
+    pad = lambda t: torch.cat([t, t.new_zeros((extra, *t.shape[1:]))])  # noqa: E731
+    return Condition(pad(cond.cond_vector), pad(cond.attn_tokens), pad(cond.attn_mask))
 
 
 def weighted_sum(terms: dict[str, torch.Tensor], config: Config) -> torch.Tensor | float:
@@ -175,8 +186,14 @@ def d_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str]) 
         logits, plain, cond = D(images, inputs, return_features=True, image_index=image_index)
         logits = logits.float()
         # the auxiliary heads learn from real images with their own conditions: the batch's first rows
+        hard_pair = None
+        if hard and config.loss.contrastive_hard:  # the hard chunk's conditions, rows 0..num_mismatch-1
+            start = sum(len(index) for index, _ in chunks[:-1])
+            hard_cond = pad_condition(cond.slice(start, start + num_mismatch), size)
+            hard_pair = (hard_cond, torch.cat([batch.negative_valid[head],
+                                               batch.negative_valid.new_zeros(size - num_mismatch)]))
         aux = auxiliary_losses(D, plain[:size] if plain is not None else None, cond.slice(0, size), batch, config,
-                               batch.attr_present_full)
+                               batch.attr_present_full, hard_pair)
     real, fake_logits, mis_text, mis_attr, *hard_logits = logits.split([len(c[0]) for c in chunks])
     loss_mismatch = (masked_mean(d_fake_term(mis_text, t.loss), text_valid.to(device, non_blocking=True))
                      + masked_mean(d_fake_term(mis_attr, t.loss), attr_valid.to(device, non_blocking=True)))
@@ -214,7 +231,11 @@ def g_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str]) 
         fake = diff_augment(fake, augment) if augment else fake
         logits, plain, cond = D(fake, batch.cond, return_features=True)
         logits = logits.float()
-        aux = auxiliary_losses(D, plain, cond, batch, config, batch.cond.attr_present)
+        hard_pair = None
+        if config.loss.contrastive_hard and batch.negative_text is not None:  # only where the prompt was given
+            hard_cond = D.condition(batch.cond.replace(text=batch.negative_text))
+            hard_pair = (hard_cond, batch.negative_valid & batch.cond.prompt_present)
+        aux = auxiliary_losses(D, plain, cond, batch, config, batch.cond.attr_present, hard_pair)
     adversarial = g_loss(logits, t.loss)
     loss = adversarial + weighted_sum(aux, config)
     accelerator.backward(loss / t.grad_accum)
@@ -278,7 +299,7 @@ def to_device_batch(raw: dict[str, Any], text_cache: TextEmbeddingCache, config:
     prompt_present = torch.rand(size, device=device) >= t.drop_prompt
     attr_present_full = raw["attr_present"].to(device, non_blocking=True)
     negative_text = negative_valid = None
-    if config.loss.hard_negative > 0:
+    if config.loss.hard_negative > 0 or config.loss.contrastive_hard:
         negatives = list(raw["negative"])
         negative_text = text_cache(negatives, device=device)
         negative_valid = torch.tensor([bool(n) for n in negatives]).to(device, non_blocking=True)

@@ -47,6 +47,22 @@ def test_contrastive_loss_rewards_alignment_and_ignores_duplicates():
     assert contrastive_loss(dup * 3, dup, same, 0.1) < 0.1 < contrastive_loss(dup * 3, dup, own, 0.1)
 
 
+def test_contrastive_hard_negatives_count_only_where_valid():
+    torch.manual_seed(0)
+    cond = torch.randn(4, 16)
+    own = torch.eye(4, dtype=torch.bool)
+    plain = contrastive_loss(cond * 3, cond, own, 0.1)
+    none_valid = torch.zeros(4, dtype=torch.bool)
+    assert torch.equal(contrastive_loss(cond * 3, cond, own, 0.1, torch.randn(4, 16), none_valid), plain)
+    # a contradicting caption that sits as close to the image as its own caption makes the loss grow;
+    # one far away changes almost nothing
+    all_valid = torch.ones(4, dtype=torch.bool)
+    assert contrastive_loss(cond * 3, cond, own, 0.1, cond.clone(), all_valid) > plain + 0.3
+    assert contrastive_loss(cond * 3, cond, own, 0.1, -cond, all_valid) < plain + 1e-3
+    with pytest.raises(ConfigError, match="loss.contrastive_hard: adds negatives to the contrastive term"):
+        load_config(TINY, ["loss.contrastive_hard=true"])
+
+
 def test_attribute_loss_only_counts_given_attributes():
     logits = torch.tensor([[5.0, -5.0, -5.0], [-5.0, 5.0, -5.0]])
     continuous = torch.tensor([[10.0], [-10.0]])  # sigmoid: ~1 and ~0
@@ -91,6 +107,7 @@ def test_training_with_both_terms_logs_them_and_resume_refuses_a_toggle(config, 
     for item in ("loss.contrastive=1", "loss.attributes=0.5", "loss.hard_negative=1"):
         key, value = item.split("=")
         setattr(config.loss, key.split(".")[1], float(value))
+    config.loss.contrastive_hard = True
     run = tmp_path / "run"
     train(config, run, max_steps=2, text_encoder=minilm)
     row = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
