@@ -121,6 +121,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile G and D for the D and G phases (R1 keeps eager D): slow to compile
     max_minutes: float = 0.0  # wall-clock budget of this invocation: then checkpoint, export and stop (0 = none)
     checkpoint_minutes: float = 10.0  # also checkpoint (and export) when this long has passed since the last one
+    tracker: str = "tensorboard"  # where metrics go (Accelerate's trackers): tensorboard (OUT/logs) | wandb | mlflow | none
     log_every: int = 50  # steps between metrics lines (metrics.jsonl, TensorBoard)
     sample_every: int = 1000  # steps between progress grids (samples/)
     checkpoint_every: int = 1000  # steps between training states (also every train.checkpoint_minutes)
@@ -212,6 +213,7 @@ class Config:
         _choice("model.g_output", self.model.g_output, ("linear", "tanh"))
         _choice("train.loss", self.train.loss, ("logistic", "hinge"))
         _choice("train.mixed_precision", self.train.mixed_precision, ("no", "bf16", "fp16"))
+        _choice("train.tracker", self.train.tracker, ("tensorboard", "wandb", "mlflow", "none"))
         for key in ("g_attn_resolutions", "d_attn_resolutions"):
             for r in getattr(self.model, key):
                 if r < 4 or r > res or r & (r - 1):

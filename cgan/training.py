@@ -317,6 +317,13 @@ def check_run_settings(config: Config) -> list[str]:
     config.validate()
     if config.train.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.mixed_precision: fp16 needs a GPU; on the CPU use bf16 or no")
+    tracker = config.train.tracker
+    if tracker in ("wandb", "mlflow"):
+        import importlib.util
+
+        if importlib.util.find_spec(tracker) is None:
+            raise ConfigError(f"train.tracker={tracker}: the {tracker} package is not installed "
+                              f"(pip install {tracker}), or use train.tracker=tensorboard")
     return parse_policy(config.train.augment)
 
 
@@ -337,7 +344,8 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
         torch.set_num_threads(t.threads)
     out_dir = Path(out_dir)
     # A process that dies ends the run through the launcher; one that hangs, through this timeout.
-    accelerator = Accelerator(mixed_precision=t.mixed_precision,
+    accelerator = Accelerator(mixed_precision=t.mixed_precision, project_dir=str(out_dir),
+                              log_with=None if t.tracker == "none" else t.tracker,  # metrics go through its trackers
                               kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=t.dist_timeout_s))])
     device, is_main = accelerator.device, accelerator.is_main_process
 
@@ -402,12 +410,9 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
         torch.manual_seed(t.seed + 1 + accelerator.process_index)  # per-process noise, dropout and mismatches
     loader = make_loader(dataset, config, step, accelerator)
 
-    writer = None
+    accelerator.init_trackers("logs")  # TensorBoard: OUT/logs; W&B and MLflow: their own runs (main process)
     if is_main:
         save_config(config, out_dir / "config.yaml")
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(out_dir / "logs"))
         accelerator.print(f"G {sum(p.numel() for p in G.parameters()) / 1e6:.2f}M parameters, "
                           f"D {sum(p.numel() for p in D.parameters()) / 1e6:.2f}M; {len(dataset)} training images; "
                           f"{accelerator.num_processes} process(es) on {device}")
@@ -509,15 +514,13 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
                 if is_main:
                     progress.set_postfix({"img/s": f"{means['speed/images_per_s']:.1f}",
                                           "D": f"{means['loss/D']:.3f}", "G": f"{means['loss/G']:.3f}"})
-                    for key, value in means.items():
-                        writer.add_scalar(key, value, step)  # type: ignore[union-attr]
+                    accelerator.log(means, step=step)
                     with (out_dir / "metrics.jsonl").open("a") as handle:
                         handle.write(json.dumps({"step": step, "images_seen": images_seen, **means}) + "\n")
                 sums, window_start, window_images, window_skipped = {}, time.perf_counter(), 0, 0
             if is_main and evaluator.due(step):
                 metrics = evaluator(G_ema, step)
-                for key, value in metrics.items():
-                    writer.add_scalar(key, value, step)  # type: ignore[union-attr]
+                accelerator.log(metrics, step=step)
                 with (out_dir / "metrics.jsonl").open("a") as handle:
                     handle.write(json.dumps({"step": step, "images_seen": images_seen, **metrics}) + "\n")
             if is_main and (step % t.sample_every == 0 or step == last_step):
@@ -526,8 +529,7 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
             if (checkpoint_step and guard.streak == 0) or step == last_step:  # not a state that fails
                 checkpoint(step)
     progress.close()
-    if writer is not None:
-        writer.close()
+    accelerator.end_training()
     if stop_reason is not None:
         accelerator.print(f"stopped at step {step} ({stop_reason}): checkpoint {out_dir / 'checkpoints'}, model "
                           f"{out_dir / 'model'}; continue with the same command and --resume latest")

@@ -21,6 +21,7 @@ def test_train_writes_state_model_samples_and_resumes(tiny_config, tmp_path, min
     assert [p.name for p in list_checkpoints(run)] == ["step_00000002"]
     assert json.loads((model / "config.json").read_text())["step"] == 2
     assert (run / "config.yaml").is_file() and (run / "metrics.jsonl").is_file()
+    assert list((run / "logs").rglob("events.out.tfevents*"))  # TensorBoard, through Accelerate's tracker
     assert (run / "samples" / "step_00000002.png").is_file()
     # Resume: continues from step 2 to train.total_steps = 4 with the same data order.
     train(tiny_config, run, resume="latest", text_encoder=minilm)
@@ -61,6 +62,21 @@ def test_cli_rejects_bad_input_before_training(tmp_path, capsys):
     assert train_main(["--config", str(ROOT / "configs" / "tiny.yaml"), "--out", str(blocker / "run"),
                        f"data.cache_dir={tmp_path / 'cache'}"]) == 2
     assert "not writable" in capsys.readouterr().err
+
+
+def test_tracker_none_writes_no_logs_and_a_missing_tracker_is_named(tiny_config, tmp_path, minilm):
+    from cgan.config import ConfigError
+
+    tiny_config.train.tracker = "none"
+    train(tiny_config, tmp_path / "quiet", max_steps=1, text_encoder=minilm)
+    assert (tmp_path / "quiet" / "metrics.jsonl").is_file() and not (tmp_path / "quiet" / "logs").exists()
+    import importlib.util
+
+    for name in ("wandb", "mlflow"):
+        if importlib.util.find_spec(name) is None:
+            tiny_config.train.tracker = name
+            with pytest.raises(ConfigError, match=f"train.tracker={name}: the {name} package is not installed"):
+                train(tiny_config, tmp_path / name, max_steps=1, text_encoder=minilm)
 
 
 def test_dry_run_checks_what_the_run_checks(tmp_path, capsys):

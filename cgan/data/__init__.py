@@ -183,7 +183,8 @@ def build_dataset(data_config) -> CaptionedDataset:
                              split=data_config.split, seed=data_config.seed)
     if data_config.name == "folder":
         return FolderDataset(data_config.path, resolution=data_config.resolution, attributes=data_config.attributes,
-                             ignore=data_config.ignore, on_error=data_config.on_error, background=data_config.background)
+                             ignore=data_config.ignore, on_error=data_config.on_error,
+                             background=data_config.background)
     raise ValueError(f"data.name: expected shapes or folder, got {data_config.name!r}")
 
 
