@@ -394,7 +394,9 @@ def fid_generator_vs_data(G: torch.nn.Module, text_cache: Any, schema: Any, data
             reference = _save_reference(cache_file, key, folder_features(real_dir, network, **features))
         fake_dir = Path(scratch) / "generated"
         fake_dir.mkdir()
-        for lo in range(0, n, batch_size):
+        from tqdm.auto import tqdm
+
+        for lo in tqdm(range(0, n, batch_size), desc="FID: generating", unit="batch", disable=not verbose):
             hi = min(n, lo + batch_size)
             images = generate(G, text_cache, schema, prompts[lo:hi], attributes[lo:hi],
                               [seed + i for i in range(lo, hi)], truncation, device)
@@ -455,11 +457,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="let clean-fid download its Inception into --cache-dir if none is found")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--batch-size", type=int, default=32, help="Inception batch size")
-    parser.add_argument("-v", "--verbose", action="store_true", help="clean-fid progress bars")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress bars (shown by default when stderr is a terminal)")
     args = parser.parse_args(argv)
     common = dict(kid=args.kid, device=args.device, inception_weights=args.inception_weights,
                   allow_download=args.allow_download, cache_dir=args.cache_dir, batch_size=args.batch_size,
-                  verbose=args.verbose)
+                  verbose=not args.quiet and sys.stderr.isatty())
     # Warnings (too few images) as one plain line, not Python's file:line form.
     with warnings.catch_warnings():
         warnings.showwarning = lambda message, *rest: print(f"warning: {message}", file=sys.stderr)
