@@ -87,6 +87,8 @@ class ModelConfig:
     # image network (EfficientNet-Lite0, cgan/projected.py), width d_channel_max (d_channel_base,
     # d_attn_resolutions and d_pool_first do not apply)
     discriminator: str = "residual"
+    # auto: grayscale when the data set's images are grey (the generator then draws grey images), else rgb
+    color: str = "auto"
     g_output: str = "linear"  # linear (StyleGAN's, may leave [-1, 1]) | tanh (bounded, as real images are)
     # cross_attention: the fused tokens' mean joins the condition vector through a layer that starts at
     # zero (the pooled path alone at the start) or, with false, at a random init (the token path is heard
@@ -211,6 +213,7 @@ class Config:
         _choice("model.fusion", self.model.fusion, ("cross_attention", "concat"))
         _choice("model.discriminator", self.model.discriminator, ("residual", "projected"))
         _choice("model.g_output", self.model.g_output, ("linear", "tanh"))
+        _choice("model.color", self.model.color, ("auto", "rgb", "grayscale"))
         _choice("train.loss", self.train.loss, ("logistic", "hinge"))
         _choice("train.mixed_precision", self.train.mixed_precision, ("no", "bf16", "fp16"))
         _choice("train.tracker", self.train.tracker, ("tensorboard", "wandb", "mlflow", "none"))

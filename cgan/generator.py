@@ -86,11 +86,14 @@ class Generator(nn.Module):
                  channel_max: int = 256, attn_resolutions: tuple[int, ...] = (8, 16), attn_heads: int = 4,
                  fusion: str = "cross_attention", num_cond_queries: int = 8, fusion_layers: int = 2,
                  fusion_heads: int = 4, fusion_zero_init: bool = True, output: str = "linear",
-                 mapping_lr_mul: float = 0.01):
+                 mapping_lr_mul: float = 0.01, color: str = "rgb"):
         super().__init__()
         if output not in ("linear", "tanh"):
             raise ValueError(f"output: expected linear or tanh, got {output!r}")
+        if color not in ("rgb", "grayscale"):
+            raise ValueError(f"color: expected rgb or grayscale, got {color!r}")
         self.output = output  # tanh: images strictly inside (-1, 1), as real ones are
+        self.color = color  # grayscale: the three channels are made equal, as in a grey data set
         if resolution < 8 or resolution & (resolution - 1):
             raise ValueError(f"resolution must be a power of two >= 8, got {resolution}")
         self.resolution, self.z_dim, self.w_dim = resolution, z_dim, w_dim
@@ -131,6 +134,8 @@ class Generator(nn.Module):
                                                               align_corners=False) + block_rgb
             if weights is not None:
                 attention[block.resolution] = weights  # (B, heads, r*r, M)
+        if self.color == "grayscale":
+            rgb = rgb.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)  # (B, 1, R, R) -> (B, 3, R, R)
         return (torch.tanh(rgb) if self.output == "tanh" else rgb), attention
 
     def forward(self, z: torch.Tensor, inputs: ConditionInput, truncation: float = 1.0, return_attention: bool = False):

@@ -166,6 +166,8 @@ def check_same_model(out_dir: Path, config: Config) -> None:
         return
     saved_config = load_config(saved_path)
     saved = asdict(saved_config.model)
+    if saved.get("color") == "auto":  # runs from before model.color was resolved at the start drew rgb
+        saved["color"] = "rgb"
     changed = [f"model.{key}={saved[key]!r} (now {value!r})" for key, value in asdict(config.model).items()
                if saved.get(key) != value]
     # a loss term turned on or off adds or removes D's heads for it; its weight may change

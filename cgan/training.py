@@ -108,7 +108,7 @@ def generator_kwargs(config: Config, text_dim: int) -> dict[str, Any]:
                 channel_max=m.g_channel_max, attn_resolutions=tuple(m.g_attn_resolutions), attn_heads=m.attn_heads,
                 fusion=m.fusion, num_cond_queries=m.num_cond_queries, fusion_layers=m.fusion_layers,
                 fusion_heads=m.fusion_heads, fusion_zero_init=m.fusion_zero_init, output=m.g_output,
-                mapping_lr_mul=m.mapping_lr_mul)
+                mapping_lr_mul=m.mapping_lr_mul, color=m.color)
 
 
 def discriminator_kwargs(config: Config, text_dim: int) -> dict[str, Any]:
@@ -351,6 +351,10 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
 
     # Everything that can fail on bad input fails here, before the first step.
     dataset = build_dataset(config.data)
+    if config.model.color == "auto":  # resolved once, saved in the run's config and the exported model
+        config.model.color = "grayscale" if dataset.is_grayscale() else "rgb"
+        if config.model.color == "grayscale":
+            accelerator.print("model.color=auto: every image checked is grey, so the generator draws grey images")
     if text_encoder is None:
         text_encoder = FrozenTextEncoder(config.text.encoder, max_length=config.text.max_length,
                                          trust_remote_code=config.text.trust_remote_code)

@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from cgan.data import FolderDataset
@@ -246,3 +247,27 @@ def test_byte_order_mark_and_skip_hint(tmp_path):
         FolderDataset(d, resolution=32, on_error="skip")  # a column of mixed types: skipping records cannot help
     assert "style: column mixes types" in str(err.value)
     assert "which data.on_error=skip cannot leave out" in str(err.value) and "set data.on_error=skip" not in str(err.value)
+
+
+def test_grey_folders_make_a_grey_generator(tmp_path, minilm):
+    from cgan.config import load_config
+    from cgan.pipeline import CGANPipeline
+    from cgan.training import train
+    from conftest import ROOT
+
+    grey, colour = tmp_path / "grey", tmp_path / "colour"
+    for folder, mode in ((grey, "L"), (colour, "RGB")):
+        folder.mkdir()
+        rows = []
+        for i in range(16):
+            Image.new(mode, (32, 32), 40 + 10 * i if mode == "L" else (200, 10 * i, 10)).save(folder / f"{i}.png")
+            rows.append({"file_name": f"{i}.png", "text": ["a dark square", "a light square"][i % 2]})
+        write_rows(folder, rows)
+    assert FolderDataset(grey, resolution=32).is_grayscale() and not FolderDataset(colour, resolution=32).is_grayscale()
+    config = load_config(ROOT / "configs" / "tiny.yaml", ["data.name=folder", f"data.path={grey}",
+                                                          f"data.cache_dir={tmp_path / 'cache'}"])
+    model = train(config, tmp_path / "run", max_steps=1, text_encoder=minilm)
+    assert config.model.color == "grayscale"  # auto, resolved from the data and saved with the run
+    image = CGANPipeline.from_pretrained(model).generate_tensor("a dark square", num_images=2)
+    assert torch.equal(image[:, 0], image[:, 1]) and torch.equal(image[:, 1], image[:, 2])
+    train(config, tmp_path / "run", resume="latest", max_steps=1, text_encoder=minilm)  # the resolved value resumes

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+from PIL import Image
 import torch
 from torch.utils.data import Dataset, Sampler
 
@@ -64,6 +65,10 @@ class CaptionedDataset(Dataset):
 
     def all_captions(self) -> list[str]:
         raise NotImplementedError
+
+    def is_grayscale(self) -> bool:
+        """Whether every image is grey (the generator then draws grey images, model.color=auto)."""
+        return False
 
     def __getitem__(self, global_index: int) -> dict[str, Any]:
         index = global_index % self.num_records()
@@ -143,6 +148,19 @@ class FolderDataset(CaptionedDataset):
 
     def all_captions(self) -> list[str]:
         return sorted({c for r in self.records for c in r.captions})
+
+    def is_grayscale(self, sample: int = 64) -> bool:
+        """Whether the folder's images are grey: up to `sample` of them, spread over the folder, are
+        single-channel or have equal R, G and B (within 2 levels)."""
+        step = max(1, len(self.records) // sample)
+        for record in self.records[::step][:sample]:
+            with Image.open(self.folder / record.file_name) as img:
+                if img.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"):
+                    continue
+                rgb = np.asarray(img.convert("RGB"), dtype=np.int16)
+            if np.abs(rgb[..., 0] - rgb[..., 1]).max() > 2 or np.abs(rgb[..., 1] - rgb[..., 2]).max() > 2:
+                return False
+        return bool(self.records)
 
 
 def stratified_records(dataset: CaptionedDataset, count: int = 8, scan: int = 4000, seed: int = 0) -> list[int]:
