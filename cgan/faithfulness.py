@@ -434,7 +434,9 @@ def evaluate_custom(model: Any, data_dir: Any, num: int = 500, seed: int = 0, tr
 
     pipe = _as_pipeline(model, device)
     start = time.time()
-    dataset = data_dir if hasattr(data_dir, "record") else FolderDataset(data_dir, resolution=pipe.resolution)
+    # the model's own attributes: columns it was trained without (data.ignore) are not checked
+    dataset = data_dir if hasattr(data_dir, "record") else FolderDataset(data_dir, resolution=pipe.resolution,
+                                                                         attributes=pipe.schema.to_dict())
     data_dir = getattr(dataset, "folder", data_dir)
     classifier = classifier or train_attribute_classifier(dataset, steps)
     accuracy = evaluate_attributes(pipeline_generate_fn(pipe, truncation, batch_size), dataset, classifier, num, seed)

@@ -120,6 +120,9 @@ def test_evaluation_command_end_to_end(model_dir, capsys):
 
 def test_custom_data_path(model_dir, tmp_path, capsys):
     folder = export_shapes(tmp_path / "folder", 40, "all", resolution=32)
+    rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+    (folder / "metadata.jsonl").write_text("".join(json.dumps({**r, "split": ["train", "test"][i % 2]}) + "\n"
+                                                   for i, r in enumerate(rows)))  # a column the model lacks
     assert main(["--model", str(model_dir), "--data", str(folder), "--num", "8", "--steps", "10", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["kind"] == "custom" and result["num"] == 8
