@@ -49,7 +49,10 @@ def warm_start(path: str | Path, G: torch.nn.Module, G_ema: torch.nn.Module, D: 
     """Load another run's G, G_ema and D into these (possibly larger) models; -> a line for the log."""
     state = resolve_init_from(path)
     sources = {name: load_weights(state / f"{name}.safetensors") for name in ("G", "G_ema", "D")}
-    old_blocks = 1 + max(int(m.group(1)) for k in sources["G"] if (m := re.match(r"blocks\.(\d+)\.", k)))
+    block_indices = [int(m.group(1)) for k in sources["G"] if (m := re.match(r"blocks\.(\d+)\.", k))]
+    if not block_indices:
+        raise CheckpointError(f"train.init_from {state}: G.safetensors holds no generator weights")
+    old_blocks = 1 + max(block_indices)
     old_resolution = 2 ** (old_blocks + 1)
     if old_resolution > G.resolution:
         raise CheckpointError(f"train.init_from {state}: a {old_resolution} px run cannot start a "
@@ -62,8 +65,6 @@ def warm_start(path: str | Path, G: torch.nn.Module, G_ema: torch.nn.Module, D: 
         for index in range(old_blocks, len(G.blocks)):
             for model in (G, G_ema):
                 model.blocks[index].to_rgb.weight.zero_()
-    if not any(k.startswith("blocks.") or k.startswith("mapping.") for k in sources["G"]):
-        raise CheckpointError(f"train.init_from {state}: G.safetensors holds no generator weights")
     prefixes = lambda keys: sorted({".".join(k.split(".")[:2]) for k in keys})  # noqa: E731
     return (f"init_from {state} ({old_resolution} px -> {G.resolution} px): G {len(G.state_dict()) - len(fresh_G)}/"
             f"{len(G.state_dict())} tensors loaded, new: {', '.join(prefixes(fresh_G)) or 'none'}; D "
