@@ -145,10 +145,10 @@ class LossConfig:
     # InfoNCE between D's image embedding and D's condition embedding over the batch, both ways
     # (XMC-GAN): real images train D's embeddings, generated images train G to match their condition
     contrastive: float = 0.0
-    contrastive_temperature: float = 0.1
+    contrastive_temperature: float = 0.1  # temperature of the contrastive InfoNCE
     # the data set's contradicting captions (see hard_negative) join the contrastive negatives: each
     # image, real (D) or generated (G), must match its caption better than the one that contradicts it
-    contrastive_hard: bool = False  # temperature of the contrastive InfoNCE
+    contrastive_hard: bool = False
     # AC-GAN style: D predicts the attributes of real images (categorical: cross-entropy, continuous:
     # squared error); G is trained so that D reads the attributes it was asked for in its images
     attributes: float = 0.0

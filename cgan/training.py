@@ -533,7 +533,6 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
             if (checkpoint_step and guard.streak == 0) or step == last_step:  # not a state that fails
                 checkpoint(step)
     progress.close()
-    accelerator.end_training()
     if stop_reason is not None:
         accelerator.print(f"stopped at step {step} ({stop_reason}): checkpoint {out_dir / 'checkpoints'}, model "
                           f"{out_dir / 'model'}; continue with the same command and --resume latest")
@@ -545,4 +544,5 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
         accelerator.print(f"weights identical on all {accelerator.num_processes} processes")
     accelerator.wait_for_everyone()
     accelerator.print(f"exported model: {out_dir / 'model'}")
+    accelerator.end_training()  # last: it also ends the process group the checks above use
     return out_dir / "model"
