@@ -52,9 +52,12 @@ class Evaluator:
                         if value is not None:
                             metrics[f"metric/faithfulness/{part}/{key}"] = value
             else:
+                from cgan import custom_faithfulness
+
                 if self.custom_classifier is None:
-                    self.custom_classifier = faithfulness.train_attribute_classifier(self.dataset)
-                result = faithfulness.evaluate_custom(pipe, self.dataset, num=e.faithfulness_num,
+                    self.custom_classifier = custom_faithfulness.train_attribute_classifier(
+                        self.dataset, text_cache=self.text_cache)
+                result = custom_faithfulness.evaluate_custom(pipe, self.dataset, num=e.faithfulness_num,
                                                       device=str(self.device), classifier=self.custom_classifier)
                 for name, value in result["accuracy"].items():
                     if value is not None:

@@ -127,11 +127,12 @@ def test_custom_data_path(model_dir, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["kind"] == "custom" and result["num"] == 8
     for key in ("accuracy", "ceiling", "majority"):
-        assert set(result[key]) == {"style", "background"}  # the categorical attributes; size is continuous
+        # the categorical attributes (size is continuous) and the free-form captions, ranked
+        assert set(result[key]) == {"style", "background", "caption_r_precision"}
         assert all(v is None or 0 <= v <= 1 for v in result[key].values())
     # as during training: the run's own dataset object and a classifier trained once, reused
     from cgan.data import FolderDataset
-    from cgan.faithfulness import evaluate_custom, train_attribute_classifier
+    from cgan.custom_faithfulness import evaluate_custom, train_attribute_classifier
 
     dataset = FolderDataset(folder, resolution=32)
     classifier = train_attribute_classifier(dataset, steps=5)
@@ -146,7 +147,7 @@ def test_bad_model_folder_is_a_clear_error(tmp_path, capsys):
 
 def test_attribute_classifier_leaves_the_global_rng_alone(tmp_path):
     from cgan.data import FolderDataset
-    from cgan.faithfulness import train_attribute_classifier
+    from cgan.custom_faithfulness import train_attribute_classifier
 
     dataset = FolderDataset(export_shapes(tmp_path / "folder", 20, "all", resolution=32), resolution=32)
     torch.manual_seed(123)
@@ -161,7 +162,7 @@ def test_few_captions_are_classes_read_above_the_majority_baseline(tmp_path):
     from PIL import Image, ImageDraw
 
     from cgan.data import FolderDataset
-    from cgan.faithfulness import CAPTION_HEAD, evaluate_attributes, train_attribute_classifier
+    from cgan.custom_faithfulness import CAPTION_HEAD, evaluate_attributes, train_attribute_classifier
 
     folder = tmp_path / "marks"
     folder.mkdir()
@@ -186,3 +187,36 @@ def test_few_captions_are_classes_read_above_the_majority_baseline(tmp_path):
     assert evaluate_attributes(real, dataset, classifier)[CAPTION_HEAD] == classifier.ceiling[CAPTION_HEAD]
     blank = lambda prompts, attributes, seeds: torch.ones(len(prompts), 3, 32, 32)
     assert evaluate_attributes(blank, dataset, classifier)[CAPTION_HEAD] <= classifier.majority[CAPTION_HEAD]
+
+
+def test_free_form_captions_are_ranked_above_chance(tmp_path, minilm):
+    from PIL import Image, ImageDraw
+
+    from cgan.custom_faithfulness import CAPTION_RANK, evaluate_attributes, train_attribute_classifier
+    from cgan.data import FolderDataset
+    from cgan.text_encoder import TextEmbeddingCache
+
+    folder = tmp_path / "free"
+    folder.mkdir()
+    colours = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 180, 60), "black": (20, 20, 20)}
+    sizes = {"small": 8, "medium": 14, "big": 22}
+    rows, gen = [], torch.Generator().manual_seed(0)
+    for i in range(66):  # 24 captions, under 3 records each: too few records per caption to be classes
+        colour, kind, size = list(colours)[i % 4], ("disc", "bar")[i // 4 % 2], list(sizes)[i // 8 % 3]
+        image = Image.new("RGB", (32, 32), (240, 240, 240))
+        x, y = (int(v) for v in torch.randint(1, 32 - sizes[size], (2,), generator=gen))
+        box = (x, y, x + sizes[size], y + (sizes[size] if kind == "disc" else sizes[size] // 2))
+        getattr(ImageDraw.Draw(image), "ellipse" if kind == "disc" else "rectangle")(box, fill=colours[colour])
+        image.save(folder / f"{i}.png")
+        rows.append(json.dumps({"file_name": f"{i}.png", "text": [f"a {size} {colour} {kind}"]}))
+    (folder / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    dataset = FolderDataset(folder, resolution=32)
+    classifier = train_attribute_classifier(dataset, steps=150, batch_size=24, text_cache=TextEmbeddingCache(minilm))
+    assert classifier.names == [] and classifier.ranker is not None and len(classifier.ranker.bank) == 24
+    assert classifier.majority[CAPTION_RANK] == round(1 / 24, 4)  # chance: 1 in its caption and 23 others
+    assert classifier.ceiling[CAPTION_RANK] > 3 * classifier.majority[CAPTION_RANK]
+    # the real image of each record scores the ceiling; one blank image for every caption scores below it
+    real = lambda prompts, attributes, seeds: torch.stack([image_to_tensor(dataset.image(s)) for s in seeds])
+    assert evaluate_attributes(real, dataset, classifier) == {CAPTION_RANK: classifier.ceiling[CAPTION_RANK]}
+    blank = lambda prompts, attributes, seeds: torch.ones(len(prompts), 3, 32, 32)
+    assert evaluate_attributes(blank, dataset, classifier)[CAPTION_RANK] < classifier.ceiling[CAPTION_RANK]

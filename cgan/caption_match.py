@@ -1,0 +1,129 @@
+"""Caption R-precision for free-form captions: a small image-text matcher trained on a folder's real pairs.
+
+CLIP / DAMSM style. A small CNN embeds the image; the frozen text encoder's token features are pooled
+by a learned attention query (so that a single word can outweigh the sentence mean), joined with the
+pooled sentence vector and projected. Both sides are trained with a symmetric InfoNCE on the folder's
+real (image, caption) pairs, only on the records the evaluation does not use.
+
+R-precision (AttnGAN): each held-out image's own caption is ranked against NUM_DISTRACTORS captions of
+other records (never a caption of the same record); the score is the fraction of images whose own
+caption ranks first. Real held-out images give the ceiling; 1 / (1 + distractors) is chance.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import einsum
+
+from cgan.text_encoder import TextEncoding
+
+EMBED_DIM = 64
+NUM_DISTRACTORS = 99
+
+
+class TextHead(nn.Module):
+    """Frozen text features -> a unit embedding (B, E): attention-pooled tokens + the pooled vector."""
+
+    def __init__(self, text_dim: int, embed_dim: int = EMBED_DIM, hidden: int = 256):
+        super().__init__()
+        self.key = nn.Linear(text_dim, text_dim)
+        self.query = nn.Parameter(torch.zeros(text_dim))  # starts as a mean over the tokens
+        self.out = nn.Sequential(nn.Linear(2 * text_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, embed_dim))
+
+    def forward(self, text: TextEncoding) -> torch.Tensor:
+        tokens = text.text_tokens.float()  # (B, T, D)
+        scores = einsum(self.key(tokens), self.query, "b t d, d -> b t") / math.sqrt(tokens.shape[-1])
+        weights = scores.masked_fill(~text.text_mask, float("-inf")).softmax(dim=1)  # (B, T)
+        attended = einsum(weights, tokens, "b t, b t d -> b d")
+        return F.normalize(self.out(torch.cat([attended, text.text_pooled.float()], dim=1)), dim=1)
+
+
+class CaptionMatcher(nn.Module):
+    """image (B, 3, S, S) in [-1, 1] and text -> unit embeddings in one space; cosine = match."""
+
+    def __init__(self, text_dim: int, size: int, width: int = 24, embed_dim: int = EMBED_DIM):
+        super().__init__()
+        from cgan.faithfulness import ShapesReader
+
+        self.size = size
+        self.image = ShapesReader({"embedding": embed_dim}, width)
+        self.text = TextHead(text_dim, embed_dim)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))  # 1 / temperature, learned (CLIP)
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        from cgan.faithfulness import to_input
+
+        return F.normalize(self.image(to_input(images, self.size))["embedding"], dim=1)
+
+    @torch.no_grad()
+    def embed_images_eval(self, images: torch.Tensor) -> torch.Tensor:
+        self.eval()
+        return torch.cat([self.embed_images(chunk) for chunk in images.split(256)])
+
+    @torch.no_grad()
+    def embed_texts_eval(self, text: TextEncoding) -> torch.Tensor:
+        self.eval()
+        return self.text(text)
+
+
+def fit_matcher(matcher: CaptionMatcher, images: torch.Tensor, caption_ids: list[list[int]],
+                encode: Callable[[list[int]], TextEncoding], steps: int, batch_size: int = 64, seed: int = 0, lr: float = 2e-3,
+                log: Callable[[str], None] | None = None) -> None:
+    """Symmetric InfoNCE on real pairs: images (N, 3, R, R) uint8; caption_ids[i], the caption rows
+    that describe image i (one is drawn per step); encode(rows) -> their frozen text features. Two images with the
+    same caption in a batch are not each other's negatives. Dropout and batch norm follow the global
+    RNG: callers fork it."""
+    from cgan.faithfulness import augment, to_input
+
+    gen = torch.Generator().manual_seed(seed)
+    matcher.train()
+    optimizer = torch.optim.AdamW(matcher.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(steps, 2), pct_start=0.15)
+    start = time.time()
+    for step in range(1, steps + 1):
+        idx = torch.randint(len(images), (min(batch_size, len(images)),), generator=gen)
+        picks = [caption_ids[i][int(torch.randint(len(caption_ids[i]), (1,), generator=gen))] for i in idx.tolist()]
+        image_embeds = F.normalize(matcher.image(augment(to_input(images[idx], matcher.size), gen))["embedding"], dim=1)
+        text_embeds = matcher.text(encode(picks))  # (B, E)
+        logits = matcher.log_scale.exp().clamp(max=100) * image_embeds @ text_embeds.T  # (B images, B captions)
+        rows = torch.tensor(picks)
+        same_caption = (rows[:, None] == rows[None, :]) & ~torch.eye(len(picks), dtype=torch.bool)
+        logits = logits.masked_fill(same_caption, float("-inf"))
+        labels = torch.arange(len(picks))
+        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if log and (step % 100 == 0 or step == steps):
+            log(f"caption matcher step {step}/{steps}  loss {loss.item():.4f}  {time.time() - start:.0f}s")
+    matcher.eval()
+
+
+def distractor_sets(true_rows: Sequence[int], own_rows: Sequence[set[int]], num_captions: int, seed: int,
+                    num: int = NUM_DISTRACTORS) -> list[torch.Tensor]:
+    """Per image, `num` rows of the caption bank (fewer when the bank is small) that are none of its
+    record's own captions; the same for every call with the same seed, so real and generated images
+    are ranked against the same captions."""
+    gen = torch.Generator().manual_seed(seed)
+    sets = []
+    for true, own in zip(true_rows, own_rows):
+        order = torch.randperm(num_captions, generator=gen)
+        others = order[~torch.isin(order, torch.tensor(sorted(own | {true})))]
+        sets.append(others[:num])
+    return sets
+
+
+def r_precision(image_embeds: torch.Tensor, caption_embeds: torch.Tensor, true_rows: Sequence[int],
+                distractors: Sequence[torch.Tensor]) -> float:
+    """Fraction of images (N, E) whose own caption (a row of caption_embeds (C, E)) scores above every
+    one of its distractors."""
+    similarity = image_embeds @ caption_embeds.T  # (N, C)
+    hits = [bool(similarity[i, true] > similarity[i, others].max()) if len(others) else True
+            for i, (true, others) in enumerate(zip(true_rows, distractors))]
+    return round(sum(hits) / max(len(hits), 1), 4)
