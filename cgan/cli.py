@@ -13,6 +13,9 @@ from cgan.errors import USER_ERRORS
 
 
 def train_main(argv: list[str] | None = None) -> int:
+    from cgan.errors import plain_warnings
+
+    plain_warnings()
     parser = argparse.ArgumentParser(description="Train a text-and-attribute conditioned GAN.")
     parser.add_argument("--config", help="YAML config (see configs/); defaults apply to anything it leaves out")
     parser.add_argument("--out", help="run folder: checkpoints, exported model, samples, logs (required to train)")
@@ -139,6 +142,9 @@ def check_sample_args(args) -> list[int] | None:
 
 
 def sample_main(argv: list[str] | None = None) -> int:
+    from cgan.errors import plain_warnings
+
+    plain_warnings()
     parser = argparse.ArgumentParser(description="Generate images from a prompt and style attributes.")
     parser.add_argument("--model", default="shapes64",
                         help="exported model folder (e.g. runs/NAME/model) or a shipped model name (default: shapes64)")

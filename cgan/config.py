@@ -206,6 +206,9 @@ class Config:
                 raise ConfigError(f"{key}: expected a list of column names, got {names!r}")
         if self.data.name == "folder" and not self.data.path:
             raise ConfigError("data.path: required when data.name is 'folder' (a folder with metadata.jsonl)")
+        if self.data.name == "shapes" and self.data.path:
+            raise ConfigError(f"data.path={self.data.path}: given, but data.name is 'shapes' (the built-in set, "
+                              "which reads no folder); set data.name=folder to train on the folder")
         _choice("eval.fid_split", self.eval.fid_split, ("train", "heldout", "all"))
         for key in ("fid_every", "faithfulness_every"):
             if getattr(self.eval, key) < 0:

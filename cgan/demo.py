@@ -123,6 +123,9 @@ def build_demo(pipe, title: str = "cgan"):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cgan.errors import plain_warnings
+
+    plain_warnings()
     parser = argparse.ArgumentParser(prog="cgan-demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="shapes64", help="an exported model folder or a shipped model's name")

@@ -4,6 +4,7 @@ traceback. An OSError on a user's path (permissions, a full disk) is answered th
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Callable
 
 
@@ -16,8 +17,14 @@ class CganError(Exception):
 USER_ERRORS: tuple[type[BaseException], ...] = (CganError, ValueError, OSError)
 
 
+def plain_warnings() -> None:
+    """Command lines show a warning as `warning: <message>`, without the source line Python adds."""
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
+
+
 def run_cli(main: Callable[[], int]) -> int:
     """Run a command line's body; a user error becomes `error: ...` and exit code 2."""
+    plain_warnings()
     try:
         return main()
     except USER_ERRORS as err:

@@ -357,6 +357,9 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cgan.errors import plain_warnings
+
+    plain_warnings()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:
         parser = argparse.ArgumentParser(prog="python -m cgan.faithfulness train", description="train the shapes reader")

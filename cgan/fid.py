@@ -440,6 +440,9 @@ def prog_name(module_form: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cgan.errors import plain_warnings
+
+    plain_warnings()
     parser = argparse.ArgumentParser(prog=prog_name("python -m cgan.fid"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="*", metavar="FOLDER", help="two image folders (A B)")
