@@ -209,7 +209,7 @@ class TrainHarness:
              with_r1: bool = False) -> dict[str, tuple[float, float]]:
         """One training step as train() runs it; -> (wall, CPU) seconds per part (R1 only when with_r1)."""
         from cgan.ema import ema_beta, update_ema
-        from cgan.training import d_step, g_step, r1_step, run_phase
+        from cgan.steps import d_step, g_step, r1_step, run_phase
 
         t = self.config.train
         G, D = self.models(use_compile)
@@ -258,7 +258,7 @@ class TrainHarness:
 
     def count_flops(self) -> dict[str, float]:
         """FLOPs of one D phase, one R1 phase and one G phase, fp32 (the count is the same in bf16)."""
-        from cgan.training import d_step, g_step, r1_step, run_phase
+        from cgan.steps import d_step, g_step, r1_step, run_phase
 
         accelerator, opt_G, opt_D = self.accelerator("no")
         batch = self.next_batch({})
