@@ -47,7 +47,8 @@ class Evaluator:
                 result = faithfulness.evaluate_faithfulness(pipe, num=e.faithfulness_num, device=str(self.device))
                 for part in ("seen", "heldout"):
                     values = {**result[part]["accuracy"], "all_correct_one": result[part]["all_correct_one"],
-                              "all_correct_two": result[part]["all_correct_two"]}
+                              "all_correct_two": result[part]["all_correct_two"],
+                              "swapped_color_two": result[part]["swapped_two"]["color"]}
                     for key, value in values.items():
                         if value is not None:
                             metrics[f"metric/faithfulness/{part}/{key}"] = value

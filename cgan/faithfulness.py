@@ -157,8 +157,22 @@ def score(pred: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) 
                     background=rate(ok["background"]), count=rate(ok["count"]))
     all_one = ok["count"] & ok["shape0"] & ok["color0"] & ok["style"]
     all_two = ok["count"] & ok["shape0"] & ok["color0"] & ok["shape1"] & ok["color1"] & ok["relation"]
+    # two objects: both colours (shapes) drawn, but each at the other object's place (a binding error)
+    p, t = ({h: v.cpu() for h, v in d.items()} for d in (pred, target))
+    swapped = {f: rate(((p[f + "0"] == t[f + "1"]) & (p[f + "1"] == t[f + "0"]) & (t[f + "0"] != t[f + "1"]))[two])
+               for f in ("shape", "color")}
     return {"num": len(two), "num_one": len(two) - n_two, "num_two": n_two, "accuracy": accuracy,
-            "all_correct_one": rate(all_one[one]), "all_correct_two": rate(all_two[two])}
+            "all_correct_one": rate(all_one[one]), "all_correct_two": rate(all_two[two]),
+            "swapped_two": swapped, "confusion": {f: confusion(p, t, f, two) for f in ("shape", "color")}}
+
+
+def confusion(pred: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], field: str,
+              two: torch.Tensor) -> list[list[int]]:
+    """Counts [truth][prediction] over every object of the truth, classes as in HEADS[field + "0"]."""
+    truth = torch.cat([target[field + "0"], target[field + "1"][two]])
+    guess = torch.cat([pred[field + "0"], pred[field + "1"][two]])
+    size = len(HEADS[field + "0"])
+    return torch.bincount(truth * size + guess, minlength=size * size).view(size, size).tolist()
 
 
 def _render_one(job: tuple[int, int, str, int]) -> tuple[np.ndarray, dict[str, int]]:
@@ -327,8 +341,9 @@ def evaluate_faithfulness(model: Any, num: int = 500, seed: int = 0, truncation:
             "reader": {"path": str(reader.path), "ceiling": reader.ceiling}, "seconds": round(time.time() - start, 1)}
 
 
-def format_table(result: dict[str, Any]) -> str:
-    """A human table of an evaluate_faithfulness / evaluate_custom result."""
+def format_table(result: dict[str, Any], confusions: bool = False) -> str:
+    """A human table of an evaluate_faithfulness / evaluate_custom result (shapes: with `confusions`,
+    the shape and colour confusion matrices too)."""
     fmt = lambda v: "-" if v is None else f"{v:.3f}"
     head = (f"faithfulness of {result.get('model')} (step {result.get('step')}), seed {result['seed']}, "
             f"truncation {result['truncation']}")
@@ -351,8 +366,16 @@ def format_table(result: dict[str, Any]) -> str:
     rows = [(f, lambda r, f=f: r.get("accuracy", {}).get(f)) for f in FIELDS]
     rows += [("all-correct, 1 object", lambda r: r.get("all_correct_one")),
              ("all-correct, 2 objects", lambda r: r.get("all_correct_two"))]
+    rows += [(f"{f}s swapped, 2 objects", lambda r, f=f: r.get("swapped_two", {}).get(f)) for f in ("shape", "color")]
     lines += [f"{name:<24}" + "".join(f"{fmt(get(c)):>{w}}" for c, w in zip(columns, (9, 11, 7, 15, 10)))
               for name, get in rows]
+    if confusions:
+        for part in ("seen", "heldout"):
+            for f, matrix in held["confusion"].items() if part == "heldout" else seen["confusion"].items():
+                names = HEADS[f + "0"]
+                lines += [f"\n{part} {f}: rows = asked for, columns = read in the generated image",
+                          " " * 10 + "".join(f"{n[:8]:>9}" for n in names)]
+                lines += [f"{n[:9]:>10}" + "".join(f"{v:>9}" for v in row) for n, row in zip(names, matrix) if sum(row)]
     return "\n".join(lines)
 
 
@@ -388,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", action="store_true", help="print a JSON record after the table")
+    parser.add_argument("--confusion", action="store_true",
+                        help="shapes: print the shape and colour confusion matrices (asked for vs read)")
     args = parser.parse_args(argv)
     if args.num < 1:
         parser.error("--num: expected at least 1")
@@ -405,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(format_table(result))
+    print(format_table(result, args.confusion))
     if args.json:
         print(json.dumps(result))
     return 0

@@ -91,6 +91,18 @@ def test_score_counts_objects_and_relations():
     result = score(pred, target)
     assert result["accuracy"]["shape"] == pytest.approx(2 / 3, abs=1e-3) and result["accuracy"]["relation"] == 1.0
     assert result["all_correct_one"] == 1.0 and result["all_correct_two"] == 0.0
+    assert result["confusion"]["shape"][0] == [2, 0, 0, 1, 0]  # three circles asked for: one read as a diamond
+
+
+def test_swapped_colours_are_counted_as_a_binding_error():
+    target = {h: torch.tensor([0, 0]) for h in HEADS}
+    target["count"] = torch.tensor([1, 1])
+    target["color0"], target["color1"] = torch.tensor([0, 2]), torch.tensor([1, 2])  # red|green, blue|blue
+    pred = {h: v.clone() for h, v in target.items()}
+    pred["color0"], pred["color1"] = torch.tensor([1, 2]), torch.tensor([0, 2])  # the first scene's colours swap
+    result = score(pred, target)
+    assert result["swapped_two"] == {"shape": 0.0, "color": 0.5} and result["all_correct_two"] == 0.5
+    assert result["confusion"]["color"][0][:3] == [0, 1, 0] and result["confusion"]["color"][2][2] == 2
 
 
 @pytest.fixture
