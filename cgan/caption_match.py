@@ -72,8 +72,8 @@ class CaptionMatcher(nn.Module):
 
 
 def fit_matcher(matcher: CaptionMatcher, images: torch.Tensor, caption_ids: list[list[int]],
-                encode: Callable[[list[int]], TextEncoding], steps: int, batch_size: int = 64, seed: int = 0, lr: float = 2e-3,
-                log: Callable[[str], None] | None = None) -> None:
+                encode: Callable[[list[int]], TextEncoding], steps: int, batch_size: int = 64, seed: int = 0,
+                lr: float = 2e-3, log: Callable[[str], None] | None = None) -> None:
     """Symmetric InfoNCE on real pairs: images (N, 3, R, R) uint8; caption_ids[i], the caption rows
     that describe image i (one is drawn per step); encode(rows) -> their frozen text features. Two images with the
     same caption in a batch are not each other's negatives. Dropout and batch norm follow the global

@@ -11,6 +11,10 @@ discriminator attend over [cond_tokens; context tokens], so each image location 
 fused summary and the individual words and attributes. At initialisation it is the baseline
 plus token-level attention that starts as the identity: what it adds is what it learns.
 With zero_init=False (model.fusion_zero_init=false) the fused tokens count from the first step.
+With text_positions (model.text_positions), a learned embedding of each token's position (zero at
+the start) is added to the text tokens: attention alone is blind to word order, and a frozen
+encoder's contextual tokens carry little of it (a D trained without it scored "A left of B" and
+"B left of A" the same on real images: condition vectors at cosine 0.997).
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import torch.nn as nn
 from einops import rearrange, repeat
 
 from cgan.attributes import AttributeEmbedder, AttributeSchema
+from cgan.config import MAX_TEXT_POSITIONS
 from cgan.layers import Attention, EqualLinear, FeedForward
 from cgan.text_encoder import TextEncoding
 
@@ -102,7 +107,8 @@ class Conditioner(nn.Module):
     missing attributes take their null tokens."""
 
     def __init__(self, *, schema: AttributeSchema, text_dim: int, cond_dim: int, fusion: str = "cross_attention",
-                 num_queries: int = 8, num_layers: int = 2, num_heads: int = 4, zero_init: bool = True):
+                 num_queries: int = 8, num_layers: int = 2, num_heads: int = 4, zero_init: bool = True,
+                 text_positions: bool = False):
         super().__init__()
         if fusion not in ("cross_attention", "concat"):
             raise ValueError(f"fusion: expected cross_attention or concat, got {fusion!r}")
@@ -118,6 +124,8 @@ class Conditioner(nn.Module):
         if fusion == "cross_attention":
             self.text_proj = EqualLinear(text_dim, cond_dim)
             self.type_embedding = nn.Parameter(torch.randn(3, cond_dim))  # null-prompt, text, attribute
+            # (MAX_TEXT_POSITIONS, D), zero at the start: the model begins as it was without it
+            self.text_position = nn.Parameter(torch.zeros(MAX_TEXT_POSITIONS, cond_dim)) if text_positions else None
             self.queries = nn.Parameter(torch.randn(num_queries, cond_dim))
             self.blocks = nn.ModuleList(FusionBlock(cond_dim, num_heads) for _ in range(num_layers))
             self.norm_out = nn.LayerNorm(cond_dim)
@@ -139,6 +147,8 @@ class Conditioner(nn.Module):
             return Condition(cond_vector, tokens, torch.ones(batch, 1, dtype=torch.bool, device=tokens.device))
 
         text_tokens = self.text_proj(text.text_tokens)  # (B, T, D)
+        if self.text_position is not None:
+            text_tokens = text_tokens + self.text_position[:text_tokens.shape[1]]  # (T, D) broadcast over B
         context = torch.cat([null_prompt + self.type_embedding[0], text_tokens + self.type_embedding[1],
                              attr_tokens + self.type_embedding[2]], dim=1)  # (B, 1 + T + A, D)
         attr_mask = torch.ones(batch, self.num_attrs, dtype=torch.bool, device=context.device)

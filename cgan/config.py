@@ -20,6 +20,8 @@ import yaml
 
 from cgan.errors import CganError
 
+MAX_TEXT_POSITIONS = 256  # model.text_positions learns one embedding per token position up to this
+
 
 def user_cache_dir() -> Path:
     """cgan's caches when none is configured: $XDG_CACHE_HOME/cgan, else ~/.cache/cgan; never the working folder."""
@@ -94,6 +96,9 @@ class ModelConfig:
     # zero (the pooled path alone at the start) or, with false, at a random init (the token path is heard
     # from the first step)
     fusion_zero_init: bool = True
+    # cross_attention: a learned embedding of each text token's position (zero at the start) joins the
+    # tokens the fusion and the spatial attention read, so "A left of B" and "B left of A" can differ
+    text_positions: bool = False
 
 
 @dataclass
@@ -206,6 +211,9 @@ class Config:
                 raise ConfigError(f"{key}: expected a list of column names, got {names!r}")
         if self.data.name == "folder" and not self.data.path:
             raise ConfigError("data.path: required when data.name is 'folder' (a folder with metadata.jsonl)")
+        if self.model.text_positions and self.text.max_length > MAX_TEXT_POSITIONS:
+            raise ConfigError(f"model.text_positions: learns one embedding per token position, at most "
+                              f"{MAX_TEXT_POSITIONS}; text.max_length is {self.text.max_length}")
         if self.data.name == "shapes" and self.data.path:
             raise ConfigError(f"data.path={self.data.path}: given, but data.name is 'shapes' (the built-in set, "
                               "which reads no folder); set data.name=folder to train on the folder")

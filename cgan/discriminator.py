@@ -88,13 +88,14 @@ class Discriminator(AuxiliaryHeads):
     def __init__(self, *, schema: AttributeSchema, text_dim: int, resolution: int = 64, cond_dim: int = 256,
                  channel_base: int = 4096, channel_max: int = 256, attn_resolutions: tuple[int, ...] = (8,),
                  attn_heads: int = 4, fusion: str = "cross_attention", num_cond_queries: int = 8,
-                 fusion_layers: int = 2, fusion_heads: int = 4, fusion_zero_init: bool = True, pool_first: bool = False,
+                 fusion_layers: int = 2, fusion_heads: int = 4, fusion_zero_init: bool = True,
+                 text_positions: bool = False, pool_first: bool = False,
                  contrastive_dim: int = 0, attribute_heads: bool = False):
         super().__init__()
         self.resolution = resolution
         self.conditioner = Conditioner(schema=schema, text_dim=text_dim, cond_dim=cond_dim, fusion=fusion,
                                        num_queries=num_cond_queries, num_layers=fusion_layers, num_heads=fusion_heads,
-                                       zero_init=fusion_zero_init)
+                                       zero_init=fusion_zero_init, text_positions=text_positions)
         ch = lambda r: channels_at(r, channel_base, channel_max)  # noqa: E731
         self.from_rgb = EqualConv2d(3, ch(resolution), 1, activation=True)
         self.blocks = nn.ModuleList()

@@ -45,7 +45,8 @@ def generator_kwargs(config: Config, text_dim: int) -> dict[str, Any]:
                 cond_dim=m.cond_dim, mapping_layers=m.mapping_layers, channel_base=m.g_channel_base,
                 channel_max=m.g_channel_max, attn_resolutions=tuple(m.g_attn_resolutions), attn_heads=m.attn_heads,
                 fusion=m.fusion, num_cond_queries=m.num_cond_queries, fusion_layers=m.fusion_layers,
-                fusion_heads=m.fusion_heads, fusion_zero_init=m.fusion_zero_init, output=m.g_output,
+                fusion_heads=m.fusion_heads, fusion_zero_init=m.fusion_zero_init, text_positions=m.text_positions,
+                output=m.g_output,
                 mapping_lr_mul=m.mapping_lr_mul, color=m.color)
 
 
@@ -53,7 +54,7 @@ def discriminator_kwargs(config: Config, text_dim: int) -> dict[str, Any]:
     m = config.model
     shared = dict(text_dim=text_dim, resolution=config.data.resolution, cond_dim=m.cond_dim, attn_heads=m.attn_heads,
                   fusion=m.fusion, num_cond_queries=m.num_cond_queries, fusion_layers=m.fusion_layers,
-                  fusion_heads=m.fusion_heads, fusion_zero_init=m.fusion_zero_init,
+                  fusion_heads=m.fusion_heads, fusion_zero_init=m.fusion_zero_init, text_positions=m.text_positions,
                   contrastive_dim=m.cond_dim if config.loss.contrastive > 0 else 0,
                   attribute_heads=config.loss.attributes > 0)
     if m.discriminator == "projected":

@@ -37,11 +37,12 @@ def test_unknown_key_in_file_names_the_file(tmp_path):
     ("model.fusion=film", "model.fusion: expected one of cross_attention, concat"),
     ("train.drop_prompt=1.5", "train.drop_prompt: expected a probability"),
     ("model.g_attn_resolutions=[128]", "model.g_attn_resolutions: 128 is not a power of two between 4"),
+    ("model.text_positions=true text.max_length=300", "model.text_positions: learns one embedding per token"),
     ("data.path=my_folder", "data.path=my_folder: given, but data.name is 'shapes'.*set data.name=folder"),
 ])
 def test_bad_values_are_named(override, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(None, [override])
+        load_config(None, override.split())
 
 
 def test_missing_config_file(tmp_path):

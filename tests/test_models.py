@@ -72,6 +72,30 @@ def test_fusion_attention_over_text_and_attributes(shapes_schema):
     assert out.attn_tokens.shape[:2] == out.attn_mask.shape == (B, 4 + 1 + 8 + 3)
 
 
+def test_text_positions_start_silent_then_tell_word_order_apart(shapes_schema):
+    from cgan.text_encoder import TextEncoding
+
+    torch.manual_seed(0)
+    plain = Conditioner(schema=shapes_schema, text_dim=384, cond_dim=32, num_queries=4, zero_init=False)
+    torch.manual_seed(0)
+    positioned = Conditioner(schema=shapes_schema, text_dim=384, cond_dim=32, num_queries=4, zero_init=False,
+                             text_positions=True)
+    text = fake_text(B, tokens=8)
+    text.text_mask[:] = True
+    swapped = TextEncoding(text.text_tokens.flip(1), text.text_mask, text.text_pooled)  # same words, reversed
+    present = torch.ones(B, dtype=torch.bool)
+    assert torch.equal(positioned(inputs(shapes_schema, text, present)).cond_vector,
+                       plain(inputs(shapes_schema, text, present)).cond_vector)  # zero at the start: no change
+    # attention is blind to order: the same words in reverse give the same condition ...
+    torch.testing.assert_close(plain(inputs(shapes_schema, swapped, present)).cond_vector,
+                               plain(inputs(shapes_schema, text, present)).cond_vector)
+    with torch.no_grad():
+        positioned.text_position.normal_()
+    # ... unless each token knows its position
+    assert not torch.allclose(positioned(inputs(shapes_schema, swapped, present)).cond_vector,
+                              positioned(inputs(shapes_schema, text, present)).cond_vector, atol=1e-3)
+
+
 def test_missing_attribute_is_its_null_token(shapes_schema):
     embedder = AttributeEmbedder(schema=shapes_schema, dim=8)
     index, value, present = shapes_schema.encode([{}, {"style": "flat"}])
