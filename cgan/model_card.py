@@ -57,8 +57,10 @@ def _fmt(value: Any) -> str:
 
 def render_model_card(*, name: str, config: dict[str, Any], schema_description: str, data_summary: str,
                       num_params: int, step: int, images_seen: int, hardware: str, train_seconds: float,
-                      metrics: dict[str, tuple[int, float]], cgan_version: str, model_path: str = "MODEL_DIR") -> str:
-    """The card as Markdown. metrics: {name: (step measured, value)}, the last of each."""
+                      metrics: dict[str, tuple[int, float]], cgan_version: str, model_path: str = "MODEL_DIR",
+                      started_from: str | None = None) -> str:
+    """The card as Markdown. metrics: {name: (step measured, value)}, the last of each; started_from:
+    the train.init_from line (what the run's first weights were)."""
     model, train, loss = config["model"], config["train"], config["loss"]
     terms = [f"{k}={v:g}" for k, v in loss.items() if k in ("contrastive", "attributes", "hard_negative") and v]
     hours, minutes = divmod(round(train_seconds / 60), 60)
@@ -77,6 +79,8 @@ def render_model_card(*, name: str, config: dict[str, Any], schema_description: 
         ("wall time", f"{hours} h {minutes:02d} min of training (evaluations included, over every resume)"),
         ("weights", "`G_ema.safetensors` (the exponential moving average of G)"),
     ]
+    if started_from:
+        rows.insert(5, ("started from", started_from))
     lines = [f"# {name}: a cgan model", "",
              f"Written by cgan {cgan_version} when this model was exported at step {step:,}. `config.json` "
              "holds every setting; `attributes.json` the attribute schema.", "",
@@ -93,6 +97,26 @@ def render_model_card(*, name: str, config: dict[str, Any], schema_description: 
     return "\n".join(lines)
 
 
+def describe_init_from(path: str) -> str | None:
+    """train.init_from as a card line: the state it named, and its steps, images and training time."""
+    import json
+    from pathlib import Path
+
+    if not path:
+        return None
+    from cgan.warm_start import resolve_init_from
+
+    try:
+        state_dir = resolve_init_from(path)
+        state = json.loads((Path(state_dir) / "state.json").read_text())
+    except (OSError, ValueError):
+        return f"`train.init_from={path}` (no longer readable)"
+    seconds = state.get("train_seconds")
+    spent = f", {round(seconds / 60)} min of training" if seconds else ""
+    return (f"`train.init_from={state_dir}`: its step {state.get('step', 0):,}, "
+            f"{state.get('images_seen', 0):,} images{spent} (not counted in the rows above)")
+
+
 def run_model_card(config, dataset, G_ema: torch.nn.Module, *, step: int, images_seen: int, out_dir, device,
                    num_processes: int, train_seconds: float) -> str:
     """The card of a training run's export (config: a Config; dataset: the run's CaptionedDataset)."""
@@ -105,4 +129,5 @@ def run_model_card(config, dataset, G_ema: torch.nn.Module, *, step: int, images
                              data_summary=data, num_params=sum(p.numel() for p in G_ema.parameters()), step=step,
                              images_seen=images_seen, hardware=hardware_summary(torch.device(device), num_processes),
                              train_seconds=train_seconds, metrics=last_metrics(out_dir / "metrics.jsonl"),
-                             cgan_version=__version__, model_path=str(out_dir / "model"))
+                             cgan_version=__version__, model_path=str(out_dir / "model"),
+                             started_from=describe_init_from(config.train.init_from))

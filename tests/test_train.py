@@ -178,6 +178,8 @@ def test_init_from_grows_a_32px_run_to_64px(tiny_config, tmp_path, minilm, capsy
     big.train.init_from = str(small)
     train(big, tmp_path / "big", max_steps=1, text_encoder=minilm)
     assert "init_from" in capsys.readouterr().out
+    card = (tmp_path / "big" / "model" / "MODEL_CARD.md").read_text()  # the card says where it started
+    assert f"| started from | `train.init_from={state}`: its step 2, 16 images" in card
     big.data.resolution, big.train.init_from = 32, str(tmp_path / "big")
     with pytest.raises(Exception, match="a 64 px run cannot start a 32 px one"):
         train(big, tmp_path / "shrunk", max_steps=1, text_encoder=minilm)
