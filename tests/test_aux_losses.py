@@ -1,6 +1,7 @@
 """The auxiliary loss terms (config `loss`): contrastive image-condition matching and attribute prediction."""
 import json
 import random
+import re
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ import torch
 from cgan.conditioning import ConditionInput
 from cgan.config import ConfigError, load_config
 from cgan.data import ShapesDataset
-from cgan.data.shapes import HELDOUT_PAIRS, contradictions, sample_scene
+from cgan.data.shapes import HELDOUT_PAIRS, contradictions, paraphrases, sample_scene
 from cgan.discriminator import Discriminator
 from cgan.losses import attribute_loss, contrastive_loss, same_condition
 from cgan.training import train
@@ -124,8 +125,14 @@ def test_training_with_both_terms_logs_them_and_resume_refuses_a_toggle(config, 
 def test_shapes_hard_negatives_contradict_the_scene_and_respect_the_split():
     a, b = {"color": "red", "shape": "square"}, {"color": "green", "shape": "circle"}
     two = contradictions([a, b], "left of", "train")
-    assert two[-2:] == ["a green circle left of a red square", "a green square left of a red circle"]
+    swapped, exchanged = [b, a], [{"color": "green", "shape": "square"}, {"color": "red", "shape": "circle"}]
+    assert two[2] in paraphrases(swapped, "left of") and two[3] in paraphrases(exchanged, "left of")
     assert len(two) == 4 and two == contradictions([a, b], "left of", "train")  # a function of the scene
+    # worded as the true captions are, in every form: the wording alone never tells a negative
+    forms = {re.sub(r"(red|green|blue|yellow|purple|orange) (circle|square|triangle|diamond)", "X", caption)
+             for scene in (sample_scene(random.Random(k), "train") for k in range(300)) if scene.relation
+             for caption in contradictions(scene.objects, scene.relation, "train")}
+    assert {"a X left of a X", "a X to the left of a X", "a X right of a X", "a X to the right of a X"} <= forms
     c = {"color": "blue", "shape": "square"}  # swapping colours with a red circle would show a held-out blue circle
     assert "a blue circle above a red square" not in contradictions([{"color": "red", "shape": "circle"}, c],
                                                                      "above", "train")
@@ -137,9 +144,9 @@ def test_shapes_hard_negatives_contradict_the_scene_and_respect_the_split():
             continue
         (obj,) = scene.objects
         shape_changed, colour_changed = contradictions(scene.objects, None, "train")
-        _, colour, shape = shape_changed.split()
+        colour, shape = shape_changed.split()[-2:]
         assert colour == obj["color"] and shape != obj["shape"] and (colour, shape) not in HELDOUT_PAIRS
-        _, colour, shape = colour_changed.split()
+        colour, shape = colour_changed.split()[-2:]
         assert shape == obj["shape"] and colour != obj["color"] and (colour, shape) not in HELDOUT_PAIRS
     dataset = ShapesDataset(num_images=64, resolution=32)
     known = set(dataset.all_captions())

@@ -89,7 +89,8 @@ def contradictions(objects: list[dict[str, Any]], relation: str | None, split: s
     - two objects: also the objects swapped (the relation reversed) and, where the colours and
       shapes differ, the colours exchanged between the shapes.
 
-    The replacements are drawn by a generator seeded with the scene, so the list is a pure
+    Each is worded as any of its scene's paraphrases. The replacements and the wording are drawn by
+    a generator seeded with the scene, so the list is a pure
     function of the scene. Colour-shape pairs the split must not show (held out of `train`) never
     appear, and two objects never become identical."""
     rng = random.Random(repr([(o["shape"], o["color"]) for o in objects]) + str(relation))
@@ -111,7 +112,9 @@ def contradictions(objects: list[dict[str, Any]], relation: str | None, split: s
         if a["color"] != b["color"] and a["shape"] != b["shape"]:
             scenes.append([{"shape": a["shape"], "color": b["color"]}, {"shape": b["shape"], "color": a["color"]}])
     allowed = [s for s in scenes if all(_pair_allowed(o["color"], o["shape"], split) for o in s)]
-    return [paraphrases(s, relation)[0] for s in allowed]
+    # any paraphrase, as the true captions are: negatives in one form only would let D tell them
+    # from the true captions by their wording, without looking at the image
+    return [rng.choice(paraphrases(s, relation)) for s in allowed]
 
 
 def _pair_allowed(color: str, shape: str, split: str) -> bool:
