@@ -80,7 +80,11 @@ def main() -> int:
     print("| input | message | exit code | traceback |\n|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for name, command in cases(args.model, Path(tmp)):
-            result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp, timeout=300)
+            try:
+                result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp, timeout=300)
+            except subprocess.TimeoutExpired:
+                print(f"| `{name}` | (no answer within 300 s) | - | - |", flush=True)
+                continue
             lines = result.stderr.splitlines() + result.stdout.splitlines()
             said = [line.strip() for line in lines if line.startswith(("error:", "warning", "WARNING"))
                     or " valid records" in line or "metadata.jsonl:" in line]

@@ -75,8 +75,8 @@ def fit_matcher(matcher: CaptionMatcher, images: torch.Tensor, caption_ids: list
                 encode: Callable[[list[int]], TextEncoding], steps: int, batch_size: int = 64, seed: int = 0,
                 lr: float = 2e-3, log: Callable[[str], None] | None = None) -> None:
     """Symmetric InfoNCE on real pairs: images (N, 3, R, R) uint8; caption_ids[i], the caption rows
-    that describe image i (one is drawn per step); encode(rows) -> their frozen text features. Two images with the
-    same caption in a batch are not each other's negatives. Dropout and batch norm follow the global
+    that describe image i (one is drawn per step); encode(rows) -> their frozen text features. A
+    caption that also describes another image of the batch is not that image's negative. Dropout and batch norm follow the global
     RNG: callers fork it."""
     from cgan.faithfulness import augment, to_input
 
@@ -86,14 +86,15 @@ def fit_matcher(matcher: CaptionMatcher, images: torch.Tensor, caption_ids: list
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(steps, 2), pct_start=0.15)
     start = time.time()
     for step in range(1, steps + 1):
-        idx = torch.randint(len(images), (min(batch_size, len(images)),), generator=gen)
+        idx = torch.randperm(len(images), generator=gen)[:batch_size]  # distinct records
         picks = [caption_ids[i][int(torch.randint(len(caption_ids[i]), (1,), generator=gen))] for i in idx.tolist()]
         image_embeds = F.normalize(matcher.image(augment(to_input(images[idx], matcher.size), gen))["embedding"], dim=1)
         text_embeds = matcher.text(encode(picks))  # (B, E)
         logits = matcher.log_scale.exp().clamp(max=100) * image_embeds @ text_embeds.T  # (B images, B captions)
-        rows = torch.tensor(picks)
-        same_caption = (rows[:, None] == rows[None, :]) & ~torch.eye(len(picks), dtype=torch.bool)
-        logits = logits.masked_fill(same_caption, float("-inf"))
+        # not negatives: a caption that also describes the other image (the same text, or one of the
+        # other record's own captions), as the evaluation never ranks a record's own captions
+        describes = torch.tensor([[pick in caption_ids[i] for pick in picks] for i in idx.tolist()])  # (B, B)
+        logits = logits.masked_fill(describes & ~torch.eye(len(picks), dtype=torch.bool), float("-inf"))
         labels = torch.arange(len(picks))
         loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
         optimizer.zero_grad(set_to_none=True)

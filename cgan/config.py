@@ -211,6 +211,9 @@ class Config:
                 raise ConfigError(f"{key}: expected a list of column names, got {names!r}")
         if self.data.name == "folder" and not self.data.path:
             raise ConfigError("data.path: required when data.name is 'folder' (a folder with metadata.jsonl)")
+        if self.model.text_positions and self.model.fusion != "cross_attention":
+            raise ConfigError("model.text_positions: positions are read by the cross-attention fusion; "
+                              f"model.fusion is {self.model.fusion!r} (set model.fusion=cross_attention)")
         if self.model.text_positions and self.text.max_length > MAX_TEXT_POSITIONS:
             raise ConfigError(f"model.text_positions: learns one embedding per token position, at most "
                               f"{MAX_TEXT_POSITIONS}; text.max_length is {self.text.max_length}")

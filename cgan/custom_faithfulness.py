@@ -35,13 +35,22 @@ class CaptionRanker:
     bank_embeds: torch.Tensor  # (C, E) the matcher's unit embedding of each bank row
     seed: int
 
+    def _rows(self, prompts: list[str], records: list[dict[str, Any]]) -> tuple[list[int], list[torch.Tensor]]:
+        """The bank rows of the prompts, and the distractor rows of each (none of its record's captions)."""
+        row = {c: k for k, c in enumerate(self.bank)}
+        true = [row[p] for p in prompts]
+        own = [{row[c] for c in r["captions"]} for r in records]
+        return true, distractor_sets(true, own, len(self.bank), self.seed)
+
     def score(self, images: torch.Tensor, prompts: list[str], records: list[dict[str, Any]]) -> float:
         """R-precision of images (N, 3, R, R) for the prompts they were made from (rows of the bank)."""
-        row = {c: k for k, c in enumerate(self.bank)}
-        own = [{row[c] for c in r["captions"]} for r in records]
-        true = [row[p] for p in prompts]
-        distractors = distractor_sets(true, own, len(self.bank), self.seed)
+        true, distractors = self._rows(prompts, records)
         return r_precision(self.matcher.embed_images_eval(images), self.bank_embeds, true, distractors)
+
+    def chance(self, prompts: list[str], records: list[dict[str, Any]]) -> float:
+        """The R-precision of a random ranking: the mean of 1 / (1 + distractors) over the images."""
+        _, distractors = self._rows(prompts, records)
+        return round(sum(1 / (1 + len(d)) for d in distractors) / max(len(distractors), 1), 4)
 
 
 @dataclass
@@ -133,7 +142,7 @@ def train_attribute_classifier(dataset, steps: int = 1000, batch_size: int = 64,
     size = min(READER_SIZE, dataset.resolution)
     net, ranker = None, None
     with torch.random.fork_rng(devices=[]):  # leaves the caller's (e.g. a training run's) RNG untouched
-        torch.manual_seed(seed)
+        torch.random.default_generator.manual_seed(seed)  # the CPU's only: fork_rng restores no GPU RNG
         if names:
             targets, masks = _targets(dataset, train_idx, names, captions)
             heads = {n: len(captions) if n == CAPTION_HEAD else len(dataset.schema.by_name[n].values) for n in names}
@@ -155,8 +164,7 @@ def train_attribute_classifier(dataset, steps: int = 1000, batch_size: int = 64,
         records = [dataset.record(i) for i in eval_idx]
         prompts, _ = _conditions(records, f"{seed}/custom")
         classifier.ceiling[CAPTION_RANK] = ranker.score(eval_images, prompts, records)
-        distractors = min(len(ranker.bank) - 1, 99)
-        classifier.majority[CAPTION_RANK] = round(1 / (1 + distractors), 4)
+        classifier.majority[CAPTION_RANK] = ranker.chance(prompts, records)
     return classifier
 
 

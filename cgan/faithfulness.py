@@ -157,9 +157,10 @@ def score(pred: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) 
                     background=rate(ok["background"]), count=rate(ok["count"]))
     all_one = ok["count"] & ok["shape0"] & ok["color0"] & ok["style"]
     all_two = ok["count"] & ok["shape0"] & ok["color0"] & ok["shape1"] & ok["color1"] & ok["relation"]
-    # two objects: both colours (shapes) drawn, but each at the other object's place (a binding error)
+    # two objects that differ in the field: both values drawn, but each at the other object's place
+    # (a binding error), over the scenes where a swap can be seen
     p, t = ({h: v.cpu() for h, v in d.items()} for d in (pred, target))
-    swapped = {f: rate(((p[f + "0"] == t[f + "1"]) & (p[f + "1"] == t[f + "0"]) & (t[f + "0"] != t[f + "1"]))[two])
+    swapped = {f: rate(((p[f + "0"] == t[f + "1"]) & (p[f + "1"] == t[f + "0"]))[two & (t[f + "0"] != t[f + "1"])])
                for f in ("shape", "color")}
     return {"num": len(two), "num_one": len(two) - n_two, "num_two": n_two, "accuracy": accuracy,
             "all_correct_one": rate(all_one[one]), "all_correct_two": rate(all_two[two]),
@@ -366,7 +367,7 @@ def format_table(result: dict[str, Any], confusions: bool = False) -> str:
     rows = [(f, lambda r, f=f: r.get("accuracy", {}).get(f)) for f in FIELDS]
     rows += [("all-correct, 1 object", lambda r: r.get("all_correct_one")),
              ("all-correct, 2 objects", lambda r: r.get("all_correct_two"))]
-    rows += [(f"{f}s swapped, 2 objects", lambda r, f=f: r.get("swapped_two", {}).get(f)) for f in ("shape", "color")]
+    rows += [(f"{f}s swapped (2 obj)", lambda r, f=f: r.get("swapped_two", {}).get(f)) for f in ("shape", "color")]
     lines += [f"{name:<24}" + "".join(f"{fmt(get(c)):>{w}}" for c, w in zip(columns, (9, 11, 7, 15, 10)))
               for name, get in rows]
     if confusions:

@@ -109,7 +109,7 @@ def describe_init_from(path: str) -> str | None:
     try:
         state_dir = resolve_init_from(path)
         state = json.loads((Path(state_dir) / "state.json").read_text())
-    except (OSError, ValueError):
+    except Exception:  # noqa: BLE001 - a card line must never stop a training run's export
         return f"`train.init_from={path}` (no longer readable)"
     seconds = state.get("train_seconds")
     spent = f", {round(seconds / 60)} min of training" if seconds else ""

@@ -38,6 +38,7 @@ def test_unknown_key_in_file_names_the_file(tmp_path):
     ("train.drop_prompt=1.5", "train.drop_prompt: expected a probability"),
     ("model.g_attn_resolutions=[128]", "model.g_attn_resolutions: 128 is not a power of two between 4"),
     ("model.text_positions=true text.max_length=300", "model.text_positions: learns one embedding per token"),
+    ("model.text_positions=true model.fusion=concat", "model.text_positions: positions are read by the cross"),
     ("data.path=my_folder", "data.path=my_folder: given, but data.name is 'shapes'.*set data.name=folder"),
 ])
 def test_bad_values_are_named(override, message):

@@ -101,7 +101,8 @@ def test_swapped_colours_are_counted_as_a_binding_error():
     pred = {h: v.clone() for h, v in target.items()}
     pred["color0"], pred["color1"] = torch.tensor([1, 2]), torch.tensor([0, 2])  # the first scene's colours swap
     result = score(pred, target)
-    assert result["swapped_two"] == {"shape": 0.0, "color": 0.5} and result["all_correct_two"] == 0.5
+    # over the scenes where a swap can be seen: not blue|blue, nor any scene for shapes (all circles)
+    assert result["swapped_two"] == {"shape": None, "color": 1.0} and result["all_correct_two"] == 0.5
     assert result["confusion"]["color"][0][:3] == [0, 1, 0] and result["confusion"]["color"][2][2] == 2
 
 
