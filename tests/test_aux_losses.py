@@ -9,7 +9,7 @@ import torch
 from cgan.conditioning import ConditionInput
 from cgan.config import ConfigError, load_config
 from cgan.data import ShapesDataset
-from cgan.data.shapes import HELDOUT_PAIRS, contradictions, paraphrases, sample_scene
+from cgan.data.shapes import HELDOUT_PAIRS, SHAPES, contradictions, paraphrases, sample_scene
 from cgan.discriminator import Discriminator
 from cgan.losses import attribute_loss, contrastive_loss, same_condition
 from cgan.training import train
@@ -128,6 +128,10 @@ def test_shapes_hard_negatives_contradict_the_scene_and_respect_the_split():
     swapped, exchanged = [b, a], [{"color": "green", "shape": "square"}, {"color": "red", "shape": "circle"}]
     assert two[2] in paraphrases(swapped, "left of") and two[3] in paraphrases(exchanged, "left of")
     assert len(two) == 4 and two == contradictions([a, b], "left of", "train")  # a function of the scene
+    # and of the record (salt): every image of a composition meets its own wrong shapes and colours
+    replaced = {contradictions([a], None, "train", salt=k)[0].split()[-1] for k in range(40)}
+    assert replaced == {shape for shape in SHAPES if shape != "square" and ("red", shape) not in HELDOUT_PAIRS}
+    assert len(replaced) >= 2
     # worded as the true captions are, in every form: the wording alone never tells a negative
     forms = {re.sub(r"(red|green|blue|yellow|purple|orange) (circle|square|triangle|diamond)", "X", caption)
              for scene in (sample_scene(random.Random(k), "train") for k in range(300)) if scene.relation

@@ -101,7 +101,7 @@ class ShapesDataset(CaptionedDataset):
     def record(self, index: int) -> dict[str, Any]:
         scene = self.scene(index)
         return {"captions": scene.captions, "attributes": scene.attributes, "truth": scene.truth(),
-                "negatives": shapes_lib.contradictions(scene.objects, scene.relation, self.split)}
+                "negatives": shapes_lib.contradictions(scene.objects, scene.relation, self.split, salt=index)}
 
     def image(self, index: int):
         return shapes_lib.render(self.scene(index), self.resolution)

@@ -80,7 +80,7 @@ def paraphrases(objects: list[dict[str, Any]], relation: str | None) -> list[str
     return forms[relation]
 
 
-def contradictions(objects: list[dict[str, Any]], relation: str | None, split: str) -> list[str]:
+def contradictions(objects: list[dict[str, Any]], relation: str | None, split: str, salt: int = 0) -> list[str]:
     """Captions made of the scene's own words that describe another scene: hard negatives for the
     discriminator, one per kind of mistake a generator makes.
 
@@ -90,10 +90,11 @@ def contradictions(objects: list[dict[str, Any]], relation: str | None, split: s
       shapes differ, the colours exchanged between the shapes.
 
     Each is worded as any of its scene's paraphrases. The replacements and the wording are drawn by
-    a generator seeded with the scene, so the list is a pure
-    function of the scene. Colour-shape pairs the split must not show (held out of `train`) never
+    a generator seeded with the scene and `salt` (the record's index: each image of a composition
+    gets its own replacements, so D meets every wrong shape and colour of every composition), so
+    the list is a pure function of the scene and the salt. Colour-shape pairs the split must not show (held out of `train`) never
     appear, and two objects never become identical."""
-    rng = random.Random(repr([(o["shape"], o["color"]) for o in objects]) + str(relation))
+    rng = random.Random(repr([(o["shape"], o["color"]) for o in objects]) + str(relation) + f"/{salt}")
     scenes: list[list[dict[str, Any]]] = []
     for field_name, values in (("shape", SHAPES), ("color", tuple(COLORS))):
         target = rng.randrange(len(objects))
@@ -101,7 +102,8 @@ def contradictions(objects: list[dict[str, Any]], relation: str | None, split: s
         for value in values:
             changed = [dict(o) for o in objects]
             changed[target][field_name] = value
-            if value != objects[target][field_name] and (len(changed) == 1 or changed[0] != changed[1]):
+            kinds = [(o["shape"], o["color"]) for o in changed]  # objects also carry a place and a size
+            if value != objects[target][field_name] and (len(kinds) == 1 or kinds[0] != kinds[1]):
                 options.append(changed)
         allowed = [s for s in options if all(_pair_allowed(o["color"], o["shape"], split) for o in s)]
         if allowed:
