@@ -1,8 +1,15 @@
-"""Can a run's discriminator tell who is where? (issue 12: two-object scenes)
+"""Can a run's discriminator tell who is where, and which shape is which? (issue 12)
 
     python benchmarks/binding_probe.py runs/NAME [--num 200]
 
-On real two-object shapes images (objects that differ in shape and colour), D scores the image with
+Shapes: on real one-object images, D scores each image with its caption and with the same caption
+with the shape replaced by each other shape; prints, per real shape, the mean logit of each
+caption and how often the true shape's caption scores highest, and the cosine between D's
+condition vectors of the shape captions (a D that puts two shapes' captions together cannot teach
+G to draw them apart).
+
+Binding:
+on real two-object shapes images (objects that differ in shape and colour), D scores the image with
 its true caption and with captions made of the same words that describe another scene: the objects
 swapped ("B left of A"), the colours exchanged between the shapes, and a true paraphrase (a control
 that must score like the true caption). Prints the mean logit of each, how often the true caption
@@ -80,7 +87,38 @@ def main() -> int:
         wins = (logits["true"] > logits[kind]).float().mean() if kind != "true" else float("nan")
         cosine = F.cosine_similarity(vectors["true"], vectors[kind]).mean()
         print(f"{kind:<20}{logits[kind].mean():>12.2f}{wins:>11.2f}{cosine:>13.4f}")
+    shape_probe(D, cache, dataset, config.data.resolution, args.num)
     return 0
+
+
+def shape_probe(D, cache, dataset, resolution: int, num: int) -> None:
+    images, attributes, objects = [], [], []
+    for index in range(len(dataset)):
+        scene = dataset.scene(index)
+        if len(scene.objects) == 1:
+            images.append(image_to_tensor(shapes_lib.render(scene, resolution)))
+            attributes.append(dataset.schema.validate(scene.attributes))
+            objects.append(scene.objects[0])
+        if len(images) == num:
+            break
+    images = torch.stack(images)
+    shapes = shapes_lib.SHAPES
+    with torch.no_grad():
+        conditions = {s: condition_input(cache, dataset.schema, [shapes_lib.paraphrases([{**o, "shape": s}], None)[0]
+                                                                 for o in objects], attributes, "cpu") for s in shapes}
+        logits = torch.stack([D(images, conditions[s]) for s in shapes], dim=1)  # (N, shapes)
+        vectors = {s: D.condition(conditions[s]).cond_vector for s in shapes}
+    print(f"\none-object images ({len(images)}): mean logit of each shape's caption; 'right' = the true shape's "
+          "caption scores highest")
+    print(f"{'real shape':<12}" + "".join(f"{s:>10}" for s in shapes) + f"{'right':>8}")
+    truth = torch.tensor([shapes.index(o["shape"]) for o in objects])
+    for k, shape in enumerate(shapes):
+        rows = truth == k
+        right = (logits[rows].argmax(1) == k).float().mean()
+        print(f"{shape:<12}" + "".join(f"{v:>10.2f}" for v in logits[rows].mean(0).tolist()) + f"{right:>8.2f}")
+    print("cosine of D's condition vectors, caption of one shape vs another (same colour and attributes):")
+    for a in shapes:
+        print(f"{a:<12}" + "".join(f"{F.cosine_similarity(vectors[a], vectors[b]).mean():>10.3f}" for b in shapes))
 
 
 if __name__ == "__main__":
