@@ -108,7 +108,7 @@ def describe_condition(prompt: str, attributes: Mapping[str, Any]) -> str:
 
 
 # Models that ship inside the package: `--model shapes64` works right after `pip install`.
-PRETRAINED = {"shapes64": "assets/models/shapes64", "shapes64-xattn": "assets/models/shapes64-xattn"}
+PRETRAINED = {"shapes64": "assets/models/shapes64"}
 
 
 def resolve_model_dir(model: str | Path) -> Path:

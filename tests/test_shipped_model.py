@@ -15,9 +15,8 @@ def pipe():
     return CGANPipeline.from_pretrained("shapes64")
 
 
-@pytest.mark.parametrize("name", ["shapes64", "shapes64-xattn"])
-def test_ships_inside_the_package_and_is_small(name):
-    folder = resolve_model_dir(name)
+def test_ships_inside_the_package_and_is_small():
+    folder = resolve_model_dir("shapes64")
     assert folder.parent.parent.name == "assets" and (folder / "MODEL_CARD.md").is_file()
     assert (folder / "G_ema.safetensors").stat().st_size < 25 * 2**20
     meta = json.loads((folder / "config.json").read_text())
@@ -40,15 +39,17 @@ def test_sample_cli_default_model_writes_a_grid(tmp_path):
 
 
 def test_scores_above_a_faithfulness_floor(pipe):
-    # 40 seen records. Measured on 500 (model card): background 1.000 (chance 0.5). Style
-    # (0.516 on 500, 0.375 on these 40), colour and shape are at or near chance after so short
-    # a training run, so they have no floor yet: raise these when a better model ships.
-    seen = evaluate_faithfulness(pipe, num=40)["seen"]["accuracy"]
-    assert seen["background"] >= 0.9, seen
+    # 40 seen records (on them: colour 0.62, relation, style, background, count 1.0, one-object
+    # all-correct 0.63). Measured on 500 (model card): colour 0.71, relation 1.0, style 0.98, one-object
+    # all-correct 0.72; chance: colour 0.17, relation 0.25 (left/above/none), style 0.33, background 0.5.
+    # Shape (0.49 on 500) and two-object scenes are not yet above a floor worth keeping.
+    result = evaluate_faithfulness(pipe, num=40)["seen"]
+    seen = result["accuracy"]
+    assert seen["background"] >= 0.9 and seen["style"] >= 0.8 and seen["relation"] >= 0.8, seen
+    assert seen["color"] >= 0.45 and result["all_correct_one"] >= 0.4, result
 
 
-def test_cross_attention_model_draws_attention_maps():
-    pipe = CGANPipeline.from_pretrained("shapes64-xattn")
+def test_cross_attention_model_draws_attention_maps(pipe):
     images, maps = pipe.attention_maps("a red circle above a blue square", {"style": "flat"}, num_images=1)
     assert images.shape == (1, 3, 64, 64)
     assert maps[0].labels == ["a", "red", "circle", "above", "a", "blue", "square", "style=flat"]
