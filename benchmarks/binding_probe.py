@@ -61,7 +61,7 @@ def main() -> int:
     dataset = ShapesDataset(num_images=20 * args.num, resolution=config.data.resolution, split="train", seed=7)
     encoder = FrozenTextEncoder(config.text.encoder, max_length=config.text.max_length)
     cache = TextEmbeddingCache(encoder)
-    D = build_discriminator(config, dataset.schema, cache([""]).text_pooled.shape[1])
+    D = build_discriminator(config, dataset.schema, encoder.dim)
     D.load_state_dict(load_weights(state / "D.safetensors"))
     D.eval()
     images, attributes, captions = [], [], {}

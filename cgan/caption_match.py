@@ -12,7 +12,6 @@ caption ranks first. Real held-out images give the ceiling; 1 / (1 + distractors
 from __future__ import annotations
 
 import math
-import time
 from typing import Callable, Sequence
 
 import torch
@@ -76,16 +75,11 @@ def fit_matcher(matcher: CaptionMatcher, images: torch.Tensor, caption_ids: list
                 lr: float = 2e-3, log: Callable[[str], None] | None = None) -> None:
     """Symmetric InfoNCE on real pairs: images (N, 3, R, R) uint8; caption_ids[i], the caption rows
     that describe image i (one is drawn per step); encode(rows) -> their frozen text features. A
-    caption that also describes another image of the batch is not that image's negative. Dropout and batch norm follow the global
-    RNG: callers fork it."""
-    from cgan.faithfulness import augment, to_input
+    caption that also describes another image of the batch is not that image's negative. Dropout
+    and batch norm follow the global RNG: callers fork it."""
+    from cgan.faithfulness import augment, to_input, train_steps
 
-    gen = torch.Generator().manual_seed(seed)
-    matcher.train()
-    optimizer = torch.optim.AdamW(matcher.parameters(), lr=lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(steps, 2), pct_start=0.15)
-    start = time.time()
-    for step in range(1, steps + 1):
+    def batch_loss(gen: torch.Generator) -> torch.Tensor:
         idx = torch.randperm(len(images), generator=gen)[:batch_size]  # distinct records
         picks = [caption_ids[i][int(torch.randint(len(caption_ids[i]), (1,), generator=gen))] for i in idx.tolist()]
         image_embeds = F.normalize(matcher.image(augment(to_input(images[idx], matcher.size), gen))["embedding"], dim=1)
@@ -96,14 +90,9 @@ def fit_matcher(matcher: CaptionMatcher, images: torch.Tensor, caption_ids: list
         describes = torch.tensor([[pick in caption_ids[i] for pick in picks] for i in idx.tolist()])  # (B, B)
         logits = logits.masked_fill(describes & ~torch.eye(len(picks), dtype=torch.bool), float("-inf"))
         labels = torch.arange(len(picks))
-        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        if log and (step % 100 == 0 or step == steps):
-            log(f"caption matcher step {step}/{steps}  loss {loss.item():.4f}  {time.time() - start:.0f}s")
-    matcher.eval()
+        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+    train_steps(matcher, batch_loss, steps, seed, lr, log, name="caption matcher step")
 
 
 def distractor_sets(true_rows: Sequence[int], own_rows: Sequence[set[int]], num_captions: int, seed: int,

@@ -114,8 +114,7 @@ def _train_ranker(dataset, train_idx: list[int], all_idx: list[int], images: tor
     bank = sorted({c for i in all_idx for c in dataset.record(i)["captions"]})
     row = {c: k for k, c in enumerate(bank)}
     caption_rows = [[row[c] for c in dataset.record(i)["captions"]] for i in train_idx]
-    first = text_cache(bank[:1])
-    matcher = CaptionMatcher(first.text_pooled.shape[1], size)
+    matcher = CaptionMatcher(text_cache.encoder.dim, size)
     fit_matcher(matcher, images, caption_rows, lambda rows: text_cache([bank[r] for r in rows]), steps,
                 batch_size, seed, log=log)
     embeds = torch.cat([matcher.embed_texts_eval(text_cache(bank[s:s + 512])) for s in range(0, len(bank), 512)])

@@ -216,29 +216,40 @@ def augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return (images + noise + offset).clamp(-1, 1)
 
 
-def fit(net: nn.Module, images: torch.Tensor, targets: Mapping[str, torch.Tensor], steps: int, batch_size: int,
-        seed: int, size: int, masks: Mapping[str, torch.Tensor] | None = None, log: Callable[[str], None] | None = None,
-        lr: float = 3e-3) -> None:
-    """Train `net` on uint8 images (N, 3, R, R) with cross-entropy summed over heads (entries where
-    masks[head] is False are ignored). Dropout draws from the global RNG: callers fork it."""
+def train_steps(net: nn.Module, batch_loss: Callable[[torch.Generator], torch.Tensor], steps: int, seed: int,
+                lr: float, log: Callable[[str], None] | None = None, name: str = "step") -> None:
+    """AdamW with a one-cycle schedule for `steps` steps; batch_loss(gen) draws a batch with `gen`
+    (seeded with `seed`) and returns its loss. Leaves `net` in eval mode."""
     gen = torch.Generator().manual_seed(seed)
     net.train()
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(steps, 2), pct_start=0.15)
     start = time.time()
     for step in range(1, steps + 1):
-        idx = torch.randint(len(images), (batch_size,), generator=gen)
-        x = augment(to_input(images[idx], size), gen).contiguous(memory_format=torch.channels_last)
-        logits = net(x)
-        loss = sum(F.cross_entropy(logits[h], targets[h][idx], reduction="none")[masks[h][idx] if masks else ...]
-                   .sum() / batch_size for h in logits)
+        loss = batch_loss(gen)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
         if log and (step % 100 == 0 or step == steps):
-            log(f"step {step}/{steps}  loss {loss.item():.4f}  {time.time() - start:.0f}s")
+            log(f"{name} {step}/{steps}  loss {loss.item():.4f}  {time.time() - start:.0f}s")
     net.eval()
+
+
+def fit(net: nn.Module, images: torch.Tensor, targets: Mapping[str, torch.Tensor], steps: int, batch_size: int,
+        seed: int, size: int, masks: Mapping[str, torch.Tensor] | None = None, log: Callable[[str], None] | None = None,
+        lr: float = 3e-3) -> None:
+    """Train `net` on uint8 images (N, 3, R, R) with cross-entropy summed over heads (entries where
+    masks[head] is False are ignored). Dropout draws from the global RNG: callers fork it."""
+
+    def batch_loss(gen: torch.Generator) -> torch.Tensor:
+        idx = torch.randint(len(images), (batch_size,), generator=gen)
+        x = augment(to_input(images[idx], size), gen).contiguous(memory_format=torch.channels_last)
+        logits = net(x)
+        return sum(F.cross_entropy(logits[h], targets[h][idx], reduction="none")[masks[h][idx] if masks else ...]
+                   .sum() / batch_size for h in logits)
+
+    train_steps(net, batch_loss, steps, seed, lr, log)
 
 
 def train_reader(out: str | Path, steps: int = 3000, batch_size: int = 64, num_images: int = 20_000,

@@ -92,8 +92,8 @@ def contradictions(objects: list[dict[str, Any]], relation: str | None, split: s
     Each is worded as any of its scene's paraphrases. The replacements and the wording are drawn by
     a generator seeded with the scene and `salt` (the record's index: each image of a composition
     gets its own replacements, so D meets every wrong shape and colour of every composition), so
-    the list is a pure function of the scene and the salt. Colour-shape pairs the split must not show (held out of `train`) never
-    appear, and two objects never become identical."""
+    the list is a pure function of the scene and the salt. Colour-shape pairs the split must not
+    show (held out of `train`) never appear, and two objects never become identical."""
     rng = random.Random(repr([(o["shape"], o["color"]) for o in objects]) + str(relation) + f"/{salt}")
     scenes: list[list[dict[str, Any]]] = []
     for field_name, values in (("shape", SHAPES), ("color", tuple(COLORS))):
