@@ -15,6 +15,10 @@ With text_positions (model.text_positions), a learned embedding of each token's 
 the start) is added to the text tokens: attention alone is blind to word order, and a frozen
 encoder's contextual tokens carry little of it (a D trained without it scored "A left of B" and
 "B left of A" the same on real images: condition vectors at cosine 0.997).
+With text_layers (model.text_layers), that many trainable self-attention blocks run over the text
+tokens (after the positions) before anything reads them, each starting as the identity: a word can
+then learn from its neighbours and its place which object it belongs to and on which side it is
+("red" in "a red circle left of a blue square" vs "a blue square right of a red circle").
 """
 from __future__ import annotations
 
@@ -72,28 +76,39 @@ class Condition:
     attn_tokens (B, M, D) and attn_mask (B, M): what G's and D's spatial cross-attention read.
     fusion_attention (B, heads, Q, 1 + T + A) or None: the fusion module's attention weights
     over [null-prompt slot; text tokens; attribute tokens].
+    word_tokens (B, T, D) and word_mask (B, T), cross_attention only: the prompt's own tokens as
+    the fusion reads them (after the positions and the text blocks); the mask is False on padding
+    and on dropped prompts (D's word-region matching reads them).
     """
 
     cond_vector: torch.Tensor
     attn_tokens: torch.Tensor
     attn_mask: torch.Tensor
     fusion_attention: torch.Tensor | None = None
+    word_tokens: torch.Tensor | None = None
+    word_mask: torch.Tensor | None = None
 
     def slice(self, start: int, stop: int) -> "Condition":
         """Rows start..stop of every tensor (the fusion weights, if any, are dropped)."""
-        return Condition(self.cond_vector[start:stop], self.attn_tokens[start:stop], self.attn_mask[start:stop])
+        has_words = self.word_tokens is not None
+        words = (self.word_tokens[start:stop], self.word_mask[start:stop]) if has_words else (None, None)
+        return Condition(self.cond_vector[start:stop], self.attn_tokens[start:stop], self.attn_mask[start:stop],
+                         None, *words)
 
 
 class FusionBlock(nn.Module):
-    """queries (B, Q, D) attend over context (B, M, D); pre-norm, residual attention and MLP."""
+    """queries (B, Q, D) attend over context (B, M, D); pre-norm, residual attention and MLP.
+    zero_init: both residual branches start at zero (the block starts as the identity)."""
 
-    def __init__(self, dim: int, num_heads: int):
+    def __init__(self, dim: int, num_heads: int, zero_init: bool = False):
         super().__init__()
         self.norm_q = nn.LayerNorm(dim)
         self.norm_context = nn.LayerNorm(dim)
-        self.attn = Attention(dim, dim, num_heads=num_heads)
+        self.attn = Attention(dim, dim, num_heads=num_heads, zero_init_out=zero_init)
         self.norm_mlp = nn.LayerNorm(dim)
         self.mlp = FeedForward(dim)
+        if zero_init:
+            nn.init.zeros_(self.mlp.net[-1].weight)
 
     def forward(self, queries, context, context_mask, return_weights=False):
         out, weights = self.attn(self.norm_q(queries), self.norm_context(context), context_mask, return_weights)
@@ -108,7 +123,7 @@ class Conditioner(nn.Module):
 
     def __init__(self, *, schema: AttributeSchema, text_dim: int, cond_dim: int, fusion: str = "cross_attention",
                  num_queries: int = 8, num_layers: int = 2, num_heads: int = 4, zero_init: bool = True,
-                 text_positions: bool = False):
+                 text_positions: bool = False, text_layers: int = 0):
         super().__init__()
         if fusion not in ("cross_attention", "concat"):
             raise ValueError(f"fusion: expected cross_attention or concat, got {fusion!r}")
@@ -126,6 +141,9 @@ class Conditioner(nn.Module):
             self.type_embedding = nn.Parameter(torch.randn(3, cond_dim))  # null-prompt, text, attribute
             # (MAX_TEXT_POSITIONS, D), zero at the start: the model begins as it was without it
             self.text_position = nn.Parameter(torch.zeros(MAX_TEXT_POSITIONS, cond_dim)) if text_positions else None
+            # self-attention over the text tokens, identity at the start (warm starts keep their behaviour)
+            self.text_blocks = nn.ModuleList(FusionBlock(cond_dim, num_heads, zero_init=True)
+                                             for _ in range(text_layers))
             self.queries = nn.Parameter(torch.randn(num_queries, cond_dim))
             self.blocks = nn.ModuleList(FusionBlock(cond_dim, num_heads) for _ in range(num_layers))
             self.norm_out = nn.LayerNorm(cond_dim)
@@ -149,6 +167,12 @@ class Conditioner(nn.Module):
         text_tokens = self.text_proj(text.text_tokens)  # (B, T, D)
         if self.text_position is not None:
             text_tokens = text_tokens + self.text_position[:text_tokens.shape[1]]  # (T, D) broadcast over B
+        if len(self.text_blocks):
+            # the first token ([CLS]) always counts, so a row never attends over nothing
+            own_mask = text.text_mask.clone()
+            own_mask[:, 0] = True  # (B, T)
+            for block in self.text_blocks:
+                text_tokens, _ = block(text_tokens, text_tokens, own_mask)
         context = torch.cat([null_prompt + self.type_embedding[0], text_tokens + self.type_embedding[1],
                              attr_tokens + self.type_embedding[2]], dim=1)  # (B, 1 + T + A, D)
         attr_mask = torch.ones(batch, self.num_attrs, dtype=torch.bool, device=context.device)
@@ -164,4 +188,5 @@ class Conditioner(nn.Module):
         cond_vector = cond_vector + self.pool(cond_tokens.mean(dim=1))  # (B, D)
         attn_tokens = torch.cat([cond_tokens, context], dim=1)  # (B, Q + 1 + T + A, D)
         attn_mask = torch.cat([torch.ones_like(cond_tokens[..., 0], dtype=torch.bool), context_mask], dim=1)
-        return Condition(cond_vector, attn_tokens, attn_mask, weights)
+        word_mask = text.text_mask & prompt_present[:, None]  # (B, T)
+        return Condition(cond_vector, attn_tokens, attn_mask, weights, text_tokens, word_mask)

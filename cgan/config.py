@@ -84,6 +84,9 @@ class ModelConfig:
     # D blocks pool before their second convolution (as StyleGAN2's down-sampling convolution) instead
     # of after it: 0.62x the D phase's FLOPs, ~1.3x faster training; off keeps earlier runs' D
     d_pool_first: bool = False
+    # D adds a word-region matching score to its logit (AttnGAN's DAMSM idea): each prompt word attends
+    # over D's 8 x 8 features, which know where they are, and scores what it found (cross_attention only)
+    d_word_match: bool = False
     attn_heads: int = 4  # heads of G's and D's spatial cross-attention
     # residual: a convolutional D trained from scratch; projected: small heads on a frozen pretrained
     # image network (EfficientNet-Lite0, cgan/projected.py), width d_channel_max (d_channel_base,
@@ -99,6 +102,10 @@ class ModelConfig:
     # cross_attention: a learned embedding of each text token's position (zero at the start) joins the
     # tokens the fusion and the spatial attention read, so "A left of B" and "B left of A" can differ
     text_positions: bool = False
+    # cross_attention: trainable self-attention blocks over the text tokens before the fusion and the
+    # spatial attention read them (each starts as the identity), so a word can learn which object it
+    # belongs to and where that object is from the words around it (issue 12's binding)
+    text_layers: int = 0
 
 
 @dataclass
@@ -214,6 +221,16 @@ class Config:
         if self.model.text_positions and self.model.fusion != "cross_attention":
             raise ConfigError("model.text_positions: positions are read by the cross-attention fusion; "
                               f"model.fusion is {self.model.fusion!r} (set model.fusion=cross_attention)")
+        if self.model.text_layers < 0:
+            raise ConfigError(f"model.text_layers: expected a number >= 0, got {self.model.text_layers}")
+        if self.model.text_layers and self.model.fusion != "cross_attention":
+            raise ConfigError("model.text_layers: the text blocks feed the cross-attention fusion; "
+                              f"model.fusion is {self.model.fusion!r} (set model.fusion=cross_attention)")
+        if self.model.d_word_match and (self.model.fusion != "cross_attention" or
+                                        self.model.discriminator != "residual"):
+            raise ConfigError("model.d_word_match: the residual discriminator of the cross-attention fusion matches "
+                              f"words to its 8 x 8 features; got model.fusion={self.model.fusion!r}, "
+                              f"model.discriminator={self.model.discriminator!r}")
         if self.model.text_positions and self.text.max_length > MAX_TEXT_POSITIONS:
             raise ConfigError(f"model.text_positions: learns one embedding per token position, at most "
                               f"{MAX_TEXT_POSITIONS}; text.max_length is {self.text.max_length}")

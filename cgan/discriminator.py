@@ -18,6 +18,8 @@ from cgan.conditioning import Condition, ConditionInput, Conditioner
 from cgan.generator import channels_at
 from cgan.layers import EqualConv2d, EqualLinear, SpatialCrossAttention
 
+WORD_MATCH_RESOLUTION = 8  # D's feature map the word-region matching reads (model.d_word_match)
+
 
 class DiscriminatorBlock(nn.Module):
     """x (B, in, r, r) -> (B, out, r/2, r/2), residual.
@@ -40,6 +42,33 @@ class DiscriminatorBlock(nn.Module):
         else:
             x = F.avg_pool2d(self.conv1(self.conv0(x)), 2)
         return (x + skip) * (1 / math.sqrt(2))
+
+
+class WordRegionMatch(nn.Module):
+    """How well the image shows each word where the words say: (features (B, C, H, W), words (B, T, D),
+    word mask (B, T)) -> score (B,), added to D's logit (model.d_word_match).
+
+    AttnGAN's DAMSM idea inside D: each word attends over the image regions and scores the cosine
+    between itself and what it found; the score is the mean over the prompt's words (0 with no
+    prompt). The regions carry a learned embedding of where they are, so a word that has learned
+    from its sentence which side its object is on (model.text_positions, model.text_layers) finds
+    its colour on that side and not on the other: "A left of B" and "B left of A" score apart.
+    """
+
+    def __init__(self, channels: int, cond_dim: int, resolution: int):
+        super().__init__()
+        self.to_region = EqualLinear(channels, cond_dim)
+        self.to_word = EqualLinear(cond_dim, cond_dim)
+        self.region_position = nn.Parameter(torch.randn(resolution * resolution, cond_dim))
+        self.gain = nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
+        regions = self.to_region(rearrange(x, "b c h w -> b (h w) c")) + self.region_position  # (B, N, D)
+        words = self.to_word(words.to(regions.dtype))  # (B, T, D)
+        attention = (words @ regions.transpose(1, 2) / math.sqrt(words.shape[-1])).softmax(dim=-1)  # (B, T, N)
+        found = attention @ regions  # (B, T, D): what each word found in the image
+        similarity = F.cosine_similarity(words, found, dim=-1) * word_mask  # (B, T)
+        return self.gain * similarity.sum(dim=1) / word_mask.sum(dim=1).clamp(min=1)  # (B,)
 
 
 class AuxiliaryHeads(nn.Module):
@@ -89,13 +118,14 @@ class Discriminator(AuxiliaryHeads):
                  channel_base: int = 4096, channel_max: int = 256, attn_resolutions: tuple[int, ...] = (8,),
                  attn_heads: int = 4, fusion: str = "cross_attention", num_cond_queries: int = 8,
                  fusion_layers: int = 2, fusion_heads: int = 4, fusion_zero_init: bool = True,
-                 text_positions: bool = False, pool_first: bool = False,
-                 contrastive_dim: int = 0, attribute_heads: bool = False):
+                 text_positions: bool = False, text_layers: int = 0, pool_first: bool = False,
+                 word_match: bool = False, contrastive_dim: int = 0, attribute_heads: bool = False):
         super().__init__()
         self.resolution = resolution
         self.conditioner = Conditioner(schema=schema, text_dim=text_dim, cond_dim=cond_dim, fusion=fusion,
                                        num_queries=num_cond_queries, num_layers=fusion_layers, num_heads=fusion_heads,
-                                       zero_init=fusion_zero_init, text_positions=text_positions)
+                                       zero_init=fusion_zero_init, text_positions=text_positions,
+                                       text_layers=text_layers)
         ch = lambda r: channels_at(r, channel_base, channel_max)  # noqa: E731
         self.from_rgb = EqualConv2d(3, ch(resolution), 1, activation=True)
         self.blocks = nn.ModuleList()
@@ -108,6 +138,9 @@ class Discriminator(AuxiliaryHeads):
             if res in attn_resolutions:
                 self.attn[str(res)] = SpatialCrossAttention(ch(res), cond_dim, num_heads=attn_heads)
                 self.plain_resolution = max(self.plain_resolution, res)
+        # the word-region matching reads the 8 x 8 features, before any attention there
+        self.word_match = WordRegionMatch(ch(WORD_MATCH_RESOLUTION), cond_dim, WORD_MATCH_RESOLUTION) \
+            if word_match else None
         final_channels = ch(4)
         self.conv_out = EqualConv2d(final_channels, final_channels, 3, activation=True)
         self.fc = EqualLinear(final_channels * 16, final_channels, activation=True)
@@ -120,29 +153,31 @@ class Discriminator(AuxiliaryHeads):
     def condition(self, inputs: ConditionInput) -> Condition:
         return self.conditioner(inputs)
 
-    def features(self, images: torch.Tensor, cond: Condition) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def features(self, images: torch.Tensor, cond: Condition
+                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """images (B, 3, R, R) -> (features (B, C) of the projection head, unconditioned features (B, C)
-        of the auxiliary heads, or None when there are none)."""
+        of the auxiliary heads or None when there are none, word-region score (B,) or None)."""
         x = self.from_rgb(images)
-        plain = None
+        plain = match = None
         for block in self.blocks:
             x = block(x)
             if self.plain is not None and x.shape[-1] == self.plain_resolution:
                 pooled = F.adaptive_avg_pool2d(x, 4)  # (B, C', 4, 4)
                 plain = self.plain(rearrange(pooled, "b c h w -> b (c h w)"))  # (B, C)
+            if self.word_match is not None and x.shape[-1] == WORD_MATCH_RESOLUTION:
+                match = self.word_match(x, cond.word_tokens, cond.word_mask)
             key = str(x.shape[-1])
             if key in self.attn:
                 x, _ = self.attn[key](x, cond.attn_tokens, cond.attn_mask)
         x = self.conv_out(x)  # (B, C, 4, 4)
-        return self.fc(rearrange(x, "b c h w -> b (c h w)")), plain  # (B, C), (B, C) or None
+        return self.fc(rearrange(x, "b c h w -> b (c h w)")), plain, match  # (B, C), (B, C) or None, (B,) or None
 
-    def logits(self, features: torch.Tensor, cond: Condition) -> torch.Tensor:
-        """Projection head: unconditional score + <features, embedding of cond_vector> -> (B,)."""
+    def logits(self, features: torch.Tensor, cond: Condition, match: torch.Tensor | None = None) -> torch.Tensor:
+        """Projection head: unconditional score + <features, embedding of cond_vector> (+ the word-region
+        score) -> (B,)."""
         projection = (features * self.cond_proj(cond.cond_vector).to(features.dtype)).sum(dim=1)
-        return self.out(features).squeeze(1) + projection / math.sqrt(features.shape[1])  # (B,)
-
-    def score(self, images: torch.Tensor, cond: Condition) -> torch.Tensor:
-        return self.logits(self.features(images, cond)[0], cond)
+        logits = self.out(features).squeeze(1) + projection / math.sqrt(features.shape[1])  # (B,)
+        return logits if match is None else logits + match
 
     def forward(self, images: torch.Tensor, inputs: ConditionInput, return_features: bool = False,
                 image_index: torch.Tensor | None = None):
@@ -152,6 +187,6 @@ class Discriminator(AuxiliaryHeads):
         if image_index is not None:
             images = images[image_index]
         cond = self.condition(inputs)
-        features, plain = self.features(images, cond)
-        logits = self.logits(features, cond)
+        features, plain, match = self.features(images, cond)
+        logits = self.logits(features, cond, match)
         return (logits, plain, cond) if return_features else logits

@@ -86,7 +86,7 @@ class Generator(nn.Module):
                  channel_max: int = 256, attn_resolutions: tuple[int, ...] = (8, 16), attn_heads: int = 4,
                  fusion: str = "cross_attention", num_cond_queries: int = 8, fusion_layers: int = 2,
                  fusion_heads: int = 4, fusion_zero_init: bool = True, text_positions: bool = False,
-                 output: str = "linear",
+                 text_layers: int = 0, output: str = "linear",
                  mapping_lr_mul: float = 0.01, color: str = "rgb"):
         super().__init__()
         if output not in ("linear", "tanh"):
@@ -100,7 +100,8 @@ class Generator(nn.Module):
         self.resolution, self.z_dim, self.w_dim = resolution, z_dim, w_dim
         self.conditioner = Conditioner(schema=schema, text_dim=text_dim, cond_dim=cond_dim, fusion=fusion,
                                        num_queries=num_cond_queries, num_layers=fusion_layers, num_heads=fusion_heads,
-                                       zero_init=fusion_zero_init, text_positions=text_positions)
+                                       zero_init=fusion_zero_init, text_positions=text_positions,
+                                       text_layers=text_layers)
         self.mapping = MappingNetwork(z_dim=z_dim, cond_dim=cond_dim, w_dim=w_dim, num_layers=mapping_layers,
                                       lr_mul=mapping_lr_mul)
         blocks, in_channels = [], 0

@@ -57,13 +57,15 @@ class ProjectedDiscriminator(AuxiliaryHeads):
     def __init__(self, *, schema: AttributeSchema, text_dim: int, resolution: int = 64, cond_dim: int = 256,
                  width: int = 64, attn_heads: int = 4, fusion: str = "cross_attention", num_cond_queries: int = 8,
                  fusion_layers: int = 2, fusion_heads: int = 4, fusion_zero_init: bool = True,
-                 text_positions: bool = False, contrastive_dim: int = 0, attribute_heads: bool = False, feature_net: nn.Module | None = None):
+                 text_positions: bool = False, text_layers: int = 0, contrastive_dim: int = 0,
+                 attribute_heads: bool = False, feature_net: nn.Module | None = None):
         super().__init__()
         self.resolution = resolution
         self.input_size = min(max(2 * resolution, 64), 256)  # the frozen net sees at least 64 px
         self.conditioner = Conditioner(schema=schema, text_dim=text_dim, cond_dim=cond_dim, fusion=fusion,
                                        num_queries=num_cond_queries, num_layers=fusion_layers, num_heads=fusion_heads,
-                                       zero_init=fusion_zero_init, text_positions=text_positions)
+                                       zero_init=fusion_zero_init, text_positions=text_positions,
+                                       text_layers=text_layers)
         # frozen, and not a submodule: it never reaches an optimizer, a state dict or .train()
         self.__dict__["feature_net"] = feature_net if feature_net is not None else EfficientNetLite0.pretrained()
         gen = torch.Generator().manual_seed(MIXING_SEED)

@@ -72,7 +72,8 @@ def pad_condition(cond, rows: int):
 
     extra = rows - cond.cond_vector.shape[0]
     pad = lambda t: torch.cat([t, t.new_zeros((extra, *t.shape[1:]))])  # noqa: E731
-    return Condition(pad(cond.cond_vector), pad(cond.attn_tokens), pad(cond.attn_mask))
+    words = (pad(cond.word_tokens), pad(cond.word_mask)) if cond.word_tokens is not None else (None, None)
+    return Condition(pad(cond.cond_vector), pad(cond.attn_tokens), pad(cond.attn_mask), None, *words)
 
 
 def weighted_sum(terms: dict[str, torch.Tensor], config: Config) -> torch.Tensor | float:

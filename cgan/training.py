@@ -46,8 +46,7 @@ def generator_kwargs(config: Config, text_dim: int) -> dict[str, Any]:
                 channel_max=m.g_channel_max, attn_resolutions=tuple(m.g_attn_resolutions), attn_heads=m.attn_heads,
                 fusion=m.fusion, num_cond_queries=m.num_cond_queries, fusion_layers=m.fusion_layers,
                 fusion_heads=m.fusion_heads, fusion_zero_init=m.fusion_zero_init, text_positions=m.text_positions,
-                output=m.g_output,
-                mapping_lr_mul=m.mapping_lr_mul, color=m.color)
+                text_layers=m.text_layers, output=m.g_output, mapping_lr_mul=m.mapping_lr_mul, color=m.color)
 
 
 def discriminator_kwargs(config: Config, text_dim: int) -> dict[str, Any]:
@@ -55,12 +54,12 @@ def discriminator_kwargs(config: Config, text_dim: int) -> dict[str, Any]:
     shared = dict(text_dim=text_dim, resolution=config.data.resolution, cond_dim=m.cond_dim, attn_heads=m.attn_heads,
                   fusion=m.fusion, num_cond_queries=m.num_cond_queries, fusion_layers=m.fusion_layers,
                   fusion_heads=m.fusion_heads, fusion_zero_init=m.fusion_zero_init, text_positions=m.text_positions,
-                  contrastive_dim=m.cond_dim if config.loss.contrastive > 0 else 0,
+                  text_layers=m.text_layers, contrastive_dim=m.cond_dim if config.loss.contrastive > 0 else 0,
                   attribute_heads=config.loss.attributes > 0)
     if m.discriminator == "projected":
         return dict(shared, width=m.d_channel_max)
     return dict(shared, channel_base=m.d_channel_base, channel_max=m.d_channel_max,
-                attn_resolutions=tuple(m.d_attn_resolutions), pool_first=m.d_pool_first)
+                attn_resolutions=tuple(m.d_attn_resolutions), pool_first=m.d_pool_first, word_match=m.d_word_match)
 
 
 def build_discriminator(config: Config, schema, text_dim: int) -> torch.nn.Module:

@@ -39,6 +39,9 @@ def test_unknown_key_in_file_names_the_file(tmp_path):
     ("model.g_attn_resolutions=[128]", "model.g_attn_resolutions: 128 is not a power of two between 4"),
     ("model.text_positions=true text.max_length=300", "model.text_positions: learns one embedding per token"),
     ("model.text_positions=true model.fusion=concat", "model.text_positions: positions are read by the cross"),
+    ("model.text_layers=2 model.fusion=concat", "model.text_layers: the text blocks feed the cross-attention"),
+    ("model.text_layers=-1", "model.text_layers: expected a number >= 0, got -1"),
+    ("model.d_word_match=true model.fusion=concat", "model.d_word_match: the residual discriminator of the cross"),
     ("data.path=my_folder", "data.path=my_folder: given, but data.name is 'shapes'.*set data.name=folder"),
 ])
 def test_bad_values_are_named(override, message):

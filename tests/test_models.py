@@ -96,6 +96,58 @@ def test_text_positions_start_silent_then_tell_word_order_apart(shapes_schema):
                               positioned(inputs(shapes_schema, text, present)).cond_vector, atol=1e-3)
 
 
+def test_text_layers_start_as_identity_then_let_words_see_each_other(shapes_schema):
+    from cgan.text_encoder import TextEncoding
+
+    torch.manual_seed(0)
+    plain = Conditioner(schema=shapes_schema, text_dim=384, cond_dim=32, num_queries=4, zero_init=False,
+                        text_positions=True)
+    torch.manual_seed(0)
+    layered = Conditioner(schema=shapes_schema, text_dim=384, cond_dim=32, num_queries=4, zero_init=False,
+                          text_positions=True, text_layers=2)
+    missing = layered.load_state_dict(plain.state_dict(), strict=False).missing_keys  # as train.init_from does
+    assert missing and all(key.startswith("text_blocks.") for key in missing)
+    text = fake_text(B, tokens=8)
+    present = torch.tensor([True, True, False, True])  # a dropped prompt must not make NaNs
+    plain_out = plain(inputs(shapes_schema, text, present))
+    layered_out = layered(inputs(shapes_schema, text, present))
+    # a warm start from a run without text layers keeps its behaviour
+    assert torch.equal(layered_out.cond_vector, plain_out.cond_vector)
+    assert torch.equal(layered_out.attn_tokens, plain_out.attn_tokens)
+    with torch.no_grad():
+        for block in layered.text_blocks:
+            block.attn.to_out.weight.normal_()
+    # once trained, the token at position 1 reads the other (unpadded) words: change word 2 only
+    changed_tokens = text.text_tokens.clone()
+    changed_tokens[:, 2] += 1.0
+    changed = TextEncoding(changed_tokens, text.text_mask, text.text_pooled)
+    first_text = 1 + 4 + 1  # after the fused queries and the null-prompt slot
+    before = layered(inputs(shapes_schema, text, present)).attn_tokens[:, first_text + 1]
+    after = layered(inputs(shapes_schema, changed, present)).attn_tokens[:, first_text + 1]
+    assert torch.isfinite(before).all()
+    assert not torch.allclose(before[0], after[0], atol=1e-4)
+
+
+def test_word_region_match_knows_where_and_ignores_dropped_prompts(shapes_schema):
+    torch.manual_seed(0)
+    kwargs = {k: v for k, v in tiny_model_kwargs(resolution=32).items() if k not in ("z_dim", "w_dim", "mapping_layers")}
+    D = Discriminator(schema=shapes_schema, word_match=True, text_positions=True, text_layers=1, **kwargs)
+    images = torch.randn(B, 3, 32, 32)
+    text = fake_text(B)
+    present = torch.tensor([True, True, True, False])
+    cond = D.condition(inputs(shapes_schema, text, present))
+    features, _, match = D.features(images, cond)
+    assert match.shape == (B,) and torch.isfinite(match).all()
+    assert match[3] == 0  # no prompt, no words to match: the logit is the projection head's alone
+    torch.testing.assert_close(D(images, inputs(shapes_schema, text, present)), D.logits(features, cond, match))
+    # the regions know where they are: the same image mirrored scores otherwise
+    mirrored = D.features(images.flip(-1), cond)[2]
+    assert not torch.allclose(match[:3], mirrored[:3], atol=1e-4)
+    D(images, inputs(shapes_schema, text, present)).sum().backward()
+    assert D.word_match.region_position.grad.abs().sum() > 0
+    assert D.conditioner.text_blocks[0].attn.to_out.weight.grad.abs().sum() > 0
+
+
 def test_missing_attribute_is_its_null_token(shapes_schema):
     embedder = AttributeEmbedder(schema=shapes_schema, dim=8)
     index, value, present = shapes_schema.encode([{}, {"style": "flat"}])
