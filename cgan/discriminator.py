@@ -60,7 +60,7 @@ class WordRegionMatch(nn.Module):
         self.to_region = EqualLinear(channels, cond_dim)
         self.to_word = EqualLinear(cond_dim, cond_dim)
         self.region_position = nn.Parameter(torch.randn(resolution * resolution, cond_dim))
-        self.gain = nn.Parameter(torch.ones(()))
+        self.gain = nn.Parameter(torch.zeros(()))  # silent at the start: a warm-started D keeps its logits
 
     def forward(self, x: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
         regions = self.to_region(rearrange(x, "b c h w -> b (h w) c")) + self.region_position  # (B, N, D)

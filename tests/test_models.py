@@ -132,6 +132,9 @@ def test_word_region_match_knows_where_and_ignores_dropped_prompts(shapes_schema
     torch.manual_seed(0)
     kwargs = {k: v for k, v in tiny_model_kwargs(resolution=32).items() if k not in ("z_dim", "w_dim", "mapping_layers")}
     D = Discriminator(schema=shapes_schema, word_match=True, text_positions=True, text_layers=1, **kwargs)
+    assert D.word_match.gain == 0  # silent at the start, as a warm start needs
+    with torch.no_grad():
+        D.word_match.gain.fill_(1.0)
     images = torch.randn(B, 3, 32, 32)
     text = fake_text(B)
     present = torch.tensor([True, True, True, False])
