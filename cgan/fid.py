@@ -348,6 +348,29 @@ def _save_reference(path: Path, key: str, feats: np.ndarray) -> dict[str, np.nda
     return stats
 
 
+def reference_statistics(data: str | Path, split: str | None, resolution: int, num: int, network: FeatureNetwork,
+                         cache_dir: str | Path, **features: Any) -> tuple[Any, str, str, dict[str, np.ndarray], str]:
+    """The Inception statistics of the first `num` real records of `data` (shapes: its `split`), from the
+    cache or computed and cached -> (data set, name, split, {"mu", "sigma", "feats"}, "hit" | "miss")."""
+    dataset, name, split, ident = _open_data(data, split, resolution, num)
+    n = min(num, len(dataset))
+    if n < num:
+        print(f"note: {name} has {n} records, so FID uses {n} images, not {num}", file=sys.stderr)
+    check_count(f"{name}/{split}", n)
+    warn_if_small(f"{name}/{split}", n)
+    key = json.dumps({**ident, "split": split, "resolution": resolution, "num": n, "mode": MODE,
+                      "feature_sha256": network.sha256, "format": 1}, sort_keys=True)
+    cache_file = Path(cache_dir) / f"ref_{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
+    reference = _load_reference(cache_file, key) if cache_file.is_file() else None
+    if reference is not None:
+        return dataset, name, split, reference, "hit"
+    with tempfile.TemporaryDirectory(prefix="cgan-fid-") as scratch:
+        for i in range(n):
+            dataset.image(i).save(Path(scratch) / f"{i:06d}.png")
+        reference = _save_reference(cache_file, key, folder_features(scratch, network, **features))
+    return dataset, name, split, reference, "miss"
+
+
 def fid_generator_vs_data(G: torch.nn.Module, text_cache: Any, schema: Any, data: str | Path, *,
                           split: str | None = None, num: int = 1000, seed: int = 0, truncation: float = 1.0,
                           kid: bool = False, device: str | torch.device = "cpu",
@@ -366,18 +389,10 @@ def fid_generator_vs_data(G: torch.nn.Module, text_cache: Any, schema: Any, data
     network = load_feature_network(inception_weights, device=device, cache_dir=cache_dir,
                                    allow_download=allow_download)
     resolution = int(G.resolution)  # type: ignore[arg-type]
-    dataset, name, split, ident = _open_data(data, split, resolution, num)
-    n = min(num, len(dataset))
-    if n < num:
-        print(f"note: {name} has {n} records, so FID uses {n} images, not {num}", file=sys.stderr)
-    check_count(f"{name}/{split}", n)
-    warn_if_small(f"{name}/{split}", n)
-    key = json.dumps({**ident, "split": split, "resolution": resolution, "num": n, "mode": MODE,
-                      "feature_sha256": network.sha256, "format": 1}, sort_keys=True)
-    cache_file = Path(cache_dir) / f"ref_{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
     features = dict(device=device, batch_size=batch_size, num_workers=num_workers, verbose=verbose)
-    reference = _load_reference(cache_file, key) if cache_file.is_file() else None
-    cache_state = "hit" if reference is not None else "miss"
+    dataset, name, split, reference, cache_state = reference_statistics(data, split, resolution, num, network,
+                                                                        cache_dir, **features)
+    n = len(reference["feats"])
     records = [dataset.record(i) for i in range(n)]
     rng = random.Random(f"fid/{seed}")  # which paraphrase each image is asked with: fixed by the seed
     prompts = [rng.choice(r["captions"]) for r in records]
@@ -386,12 +401,6 @@ def fid_generator_vs_data(G: torch.nn.Module, text_cache: Any, schema: Any, data
     except ValueError as err:
         raise FIDError(f"{name} does not fit this model's attributes: {err}") from err
     with tempfile.TemporaryDirectory(prefix="cgan-fid-") as scratch:
-        if reference is None:
-            real_dir = Path(scratch) / "real"
-            real_dir.mkdir()
-            for i in range(n):
-                dataset.image(i).save(real_dir / f"{i:06d}.png")
-            reference = _save_reference(cache_file, key, folder_features(real_dir, network, **features))
         fake_dir = Path(scratch) / "generated"
         fake_dir.mkdir()
         from tqdm.auto import tqdm
