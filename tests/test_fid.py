@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cgan import fid
+from cgan import fid, fid_reference
 from cgan.data import ShapesDataset
 from cgan.pipeline import CGANPipeline
 from conftest import export_tiny_model
@@ -116,8 +116,8 @@ def test_real_inception_matches_clean_fid_wrapper_and_self_fid_is_zero(work, tmp
 def test_reference_statistics_are_cached_and_invalidated(work, model_dir, tmp_path, monkeypatch):
     pipe = CGANPipeline.from_pretrained(model_dir)
     saved = []
-    real_save = fid._save_reference
-    monkeypatch.setattr(fid, "_save_reference", lambda *a: saved.append(a[0]) or real_save(*a))
+    real_save = fid_reference._save_reference
+    monkeypatch.setattr(fid_reference, "_save_reference", lambda *a: saved.append(a[0]) or real_save(*a))
 
     def run(**kw):
         args = dict(num=16, cache_dir=tmp_path / "cache", inception_weights=work["net"], kid=True) | kw
