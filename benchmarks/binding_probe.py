@@ -43,7 +43,7 @@ def probe_captions(scene_truth: dict) -> dict[str, str] | None:
     if len(objects) != 2 or objects[0]["color"] == objects[1]["color"] or objects[0]["shape"] == objects[1]["shape"]:
         return None
     a, b = objects
-    exchanged = [{"shape": a["shape"], "color": b["color"]}, {"shape": b["shape"], "color": a["color"]}]
+    exchanged = shapes_lib.exchange_colors(a, b)
     return {"true": shapes_lib.paraphrases([a, b], relation)[0],
             "paraphrase (true)": shapes_lib.paraphrases([a, b], relation)[2],
             "objects swapped": shapes_lib.paraphrases([b, a], relation)[0],

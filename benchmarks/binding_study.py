@@ -43,7 +43,7 @@ def captions_for(scene: shapes_lib.Scene, rng: random.Random) -> dict[str, str]:
     """A random true paraphrase and one negative of each kind for a two-object scene."""
     truth = scene.truth()
     (a, b), relation = truth["objects"], truth["relation"]
-    exchanged = [{"shape": a["shape"], "color": b["color"]}, {"shape": b["shape"], "color": a["color"]}]
+    exchanged = shapes_lib.exchange_colors(a, b)
     replaced = shapes_lib.contradictions([a, b], relation, "all", salt=rng.randrange(1 << 30))[:2]
     return {"true": rng.choice(shapes_lib.paraphrases([a, b], relation)),
             "swapped": rng.choice(shapes_lib.paraphrases([b, a], relation)),

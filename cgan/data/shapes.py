@@ -112,11 +112,16 @@ def contradictions(objects: list[dict[str, Any]], relation: str | None, split: s
         a, b = objects
         scenes.append([b, a])
         if a["color"] != b["color"] and a["shape"] != b["shape"]:
-            scenes.append([{"shape": a["shape"], "color": b["color"]}, {"shape": b["shape"], "color": a["color"]}])
+            scenes.append(exchange_colors(a, b))
     allowed = [s for s in scenes if all(_pair_allowed(o["color"], o["shape"], split) for o in s)]
     # any paraphrase, as the true captions are: negatives in one form only would let D tell them
     # from the true captions by their wording, without looking at the image
     return [rng.choice(paraphrases(s, relation)) for s in allowed]
+
+
+def exchange_colors(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
+    """The two objects with their colours exchanged (shapes and order kept): the binding mistake."""
+    return [{"shape": a["shape"], "color": b["color"]}, {"shape": b["shape"], "color": a["color"]}]
 
 
 def _pair_allowed(color: str, shape: str, split: str) -> bool:
