@@ -25,7 +25,8 @@ import numpy as np
 from PIL import Image
 
 SOURCE = Path("/usr/share/datasets/fashion-mnist")
-ARTICLES = ("T-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
+ARTICLES = ("T-shirt", "trousers", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
+PLURAL = {"trousers"}  # no "a" before them
 GROUPS = ("top", "bottom", "top", "dress", "top", "footwear", "top", "footwear", "bag", "footwear")
 INK_THRESHOLD = 0.1
 PAD = 2
@@ -41,11 +42,8 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def captions(article: str) -> list[str]:
-    article = article if article == "T-shirt" else article.lower()
-    plural = article in ("trouser",)
-    name = "trousers" if plural else article
-    a = "" if plural else ("an " if name[0] in "aeiou" else "a ")
-    return [f"{a}{name}", name, f"a photo of {a}{name}"]
+    a = "" if article in PLURAL else ("an " if article[0] in "aeiou" else "a ")
+    return [f"{a}{article}", article, f"a photo of {a}{article}"]
 
 
 def main() -> int:
