@@ -2,7 +2,8 @@
 
 Judges are trained on 80 % of the folder's real records and measured on the other 20 % (the ceiling);
 images generated from those 20 % records' captions and attributes are then judged the same way:
-- a classifier of the categorical attributes and, where the captions are few (at most
+- a classifier of the categorical attributes, of the continuous ones in NUM_BINS bins (cut at the
+  training records' quantiles, so each bin holds about as many records) and, where the captions are few (at most
   MAX_CAPTION_CLASSES unique, at least 3 records each on average), of the caption as a class;
 - where the captions are free-form, a small image-text matcher (cgan.caption_match) and the
   R-precision of the caption against NUM_DISTRACTORS others (chance in the "majority" column).
@@ -24,6 +25,7 @@ from cgan.faithfulness import (READER_SIZE, GenerateFn, ShapesReader, _as_pipeli
 CAPTION_HEAD = "caption"  # the head that reads the caption, where the captions are few enough to be classes
 CAPTION_RANK = "caption_r_precision"  # free-form captions: R-precision of the caption matcher
 MAX_CAPTION_CLASSES = 300
+NUM_BINS = 3  # a continuous attribute is judged as low / middle / high among the training records
 
 
 @dataclass
@@ -55,18 +57,19 @@ class CaptionRanker:
 
 @dataclass
 class AttributeClassifier:
-    """The judges of a folder: a classifier of its categorical attributes and, where its captions are
+    """The judges of a folder: a classifier of its attributes (continuous ones binned) and, where its captions are
     few, of the caption as a class; where they are free-form, a caption ranker. With their scores on
     real records they were not trained on."""
 
     net: ShapesReader | None  # None when there is nothing to classify (free-form captions only)
-    names: list[str]  # the heads: categorical attributes, then CAPTION_HEAD if captions are classes
+    names: list[str]  # the heads: attributes in schema order, then CAPTION_HEAD if captions are classes
     size: int
     eval_indices: list[int]
     ceiling: dict[str, float | None]
     majority: dict[str, float | None]  # for CAPTION_RANK: chance
     captions: list[str] = field(default_factory=list)  # the caption classes (each record's first caption)
     ranker: CaptionRanker | None = None
+    bin_edges: dict[str, list[float]] = field(default_factory=dict)  # continuous attributes: inner bin edges
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -83,7 +86,28 @@ def caption_classes(dataset) -> list[str]:
     return classes if few and CAPTION_HEAD not in dataset.schema.by_name else []
 
 
-def _targets(dataset, indices: list[int], names: list[str], captions: list[str]) -> tuple[dict, dict]:
+def _value(record: dict[str, Any], name: str) -> Any:
+    return record["attributes"].get(name)
+
+
+def bin_edges(dataset, indices: list[int], names: list[str]) -> dict[str, list[float]]:
+    """The inner edges of NUM_BINS equal-count bins of each continuous attribute over the records;
+    an attribute whose values do not spread over two bins has none (it is not judged)."""
+    records = [dataset.record(i) for i in indices]
+    edges = {}
+    for n in names:
+        values = torch.tensor([float(v) for r in records if (v := _value(r, n)) is not None], dtype=torch.float64)
+        if len(values) < NUM_BINS:
+            continue
+        inner = torch.quantile(values, torch.arange(1, NUM_BINS, dtype=torch.float64) / NUM_BINS).unique()
+        inner = inner[inner > values.min()]  # an edge at the minimum would leave its lower bin empty
+        if len(inner):
+            edges[n] = inner.tolist()
+    return edges
+
+
+def _targets(dataset, indices: list[int], names: list[str], captions: list[str],
+             edges: dict[str, list[float]]) -> tuple[dict, dict]:
     """Class index and presence per head: ({name: (N,) long}, {name: (N,) bool})."""
     records = [dataset.record(i) for i in indices]
     targets, masks = {}, {}
@@ -93,9 +117,13 @@ def _targets(dataset, indices: list[int], names: list[str], captions: list[str])
             targets[n] = torch.tensor([position[r["captions"][0]] for r in records])
             masks[n] = torch.ones(len(records), dtype=torch.bool)
             continue
-        values = [r["attributes"].get(n) for r in records]
-        targets[n] = torch.tensor([dataset.schema.by_name[n].values.index(str(v)) if v is not None else 0
-                                   for v in values])
+        values = [_value(r, n) for r in records]
+        if n in edges:  # continuous: the bin, edges[k - 1] <= value < edges[k]
+            numbers = torch.tensor([float(v) if v is not None else 0.0 for v in values], dtype=torch.float64)
+            targets[n] = torch.bucketize(numbers, torch.tensor(edges[n], dtype=torch.float64), right=True)
+        else:
+            targets[n] = torch.tensor([dataset.schema.by_name[n].values.index(str(v)) if v is not None else 0
+                                       for v in values])
         masks[n] = torch.tensor([v is not None for v in values])
     return targets, masks
 
@@ -128,31 +156,34 @@ def train_attribute_classifier(dataset, steps: int = 1000, batch_size: int = 64,
     depends on `seed` only, so evaluations with any generation seed share it. `text_cache` (the
     model's TextEmbeddingCache) lets free-form captions be judged by a caption ranker."""
     captions = caption_classes(dataset)
-    names = [s.name for s in dataset.schema.specs if s.kind == "categorical"] + ([CAPTION_HEAD] if captions else [])
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()[:max_images]
+    cut = max(1, min(len(order) - 1, round(0.8 * len(order))))
+    train_idx, eval_idx = order[:cut], order[cut:]
+    edges = bin_edges(dataset, train_idx, [s.name for s in dataset.schema.specs if s.kind == "continuous"])
+    names = [s.name for s in dataset.schema.specs if s.kind == "categorical" or s.name in edges] + \
+        ([CAPTION_HEAD] if captions else [])
     free_form = not captions and text_cache is not None and len(order) >= 10 and \
         len({dataset.record(i)["captions"][0] for i in order}) >= 2
     if not names and not free_form:
-        raise ValueError(f"the data set has no categorical attributes to check and too many distinct captions "
+        raise ValueError(f"the data set has no attributes to check and too many distinct captions "
                          f"(more than {MAX_CAPTION_CLASSES}, or under 3 records each) to treat them as classes")
-    cut = max(1, min(len(order) - 1, round(0.8 * len(order))))
-    train_idx, eval_idx = order[:cut], order[cut:]
     train_images = _load_images(dataset, train_idx)
     size = min(READER_SIZE, dataset.resolution)
     net, ranker = None, None
     with torch.random.fork_rng(devices=[]):  # leaves the caller's (e.g. a training run's) RNG untouched
         torch.random.default_generator.manual_seed(seed)  # the CPU's only: fork_rng restores no GPU RNG
         if names:
-            targets, masks = _targets(dataset, train_idx, names, captions)
-            heads = {n: len(captions) if n == CAPTION_HEAD else len(dataset.schema.by_name[n].values) for n in names}
+            targets, masks = _targets(dataset, train_idx, names, captions, edges)
+            heads = {n: len(captions) if n == CAPTION_HEAD else len(edges[n]) + 1 if n in edges
+                     else len(dataset.schema.by_name[n].values) for n in names}
             net = ShapesReader(heads, width=24)
             fit(net, train_images, targets, steps, batch_size, seed, size, masks, log)
         if free_form:
             ranker = _train_ranker(dataset, train_idx, order, train_images, text_cache, steps, batch_size, seed,
                                    size, log)
-    classifier = AttributeClassifier(net, names, size, eval_idx, {}, {}, captions, ranker)
+    classifier = AttributeClassifier(net, names, size, eval_idx, {}, {}, captions, ranker, edges)
     eval_images = _load_images(dataset, eval_idx)
-    eval_targets, eval_masks = _targets(dataset, eval_idx, names, captions)
+    eval_targets, eval_masks = _targets(dataset, eval_idx, names, captions, edges)
     pred = classifier.predict(eval_images)
     for n in names:
         m = eval_masks[n]
@@ -177,7 +208,7 @@ def evaluate_attributes(generate_fn: GenerateFn, dataset, classifier: AttributeC
     prompts, attributes = _conditions(records, f"{seed}/custom")
     images = generate_fn(prompts, attributes, [seed + i for i in indices])
     pred = classifier.predict(images)
-    targets, masks = _targets(dataset, indices, classifier.names, classifier.captions)
+    targets, masks = _targets(dataset, indices, classifier.names, classifier.captions, classifier.bin_edges)
     result = {n: _accuracy(pred[n], targets[n], masks[n]) for n in classifier.names}
     if classifier.ranker is not None:
         result[CAPTION_RANK] = classifier.ranker.score(images, prompts, records)
@@ -203,5 +234,5 @@ def evaluate_custom(model: Any, data_dir: Any, num: int = 500, seed: int = 0, tr
     return {"kind": "custom", "model": str(model) if not hasattr(model, "G") else None, "data": str(data_dir),
             "step": pipe.meta.get("step"), "num": min(num, len(classifier.eval_indices)), "seed": seed,
             "truncation": truncation, "classifier_steps": steps, "caption_classes": len(classifier.captions),
-            "accuracy": accuracy, "ceiling": classifier.ceiling,
+            "bin_edges": classifier.bin_edges, "accuracy": accuracy, "ceiling": classifier.ceiling,
             "majority": classifier.majority, "seconds": round(time.time() - start, 1)}

@@ -4,7 +4,8 @@ shapes: a small CNN (the "reader", shipped in cgan/assets/shapes_reader.safetens
 objects, their relation, style, background and object count; we generate from the captions and
 attributes of shapes records (seen compositions: split=train; held-out compositions:
 split=heldout) and compare. Custom folders (`--data DIR`, cgan.custom_faithfulness): judges are
-trained on the folder's own real images (80 %) for its categorical attributes and its captions
+trained on the folder's own real images (80 %) for its attributes (continuous ones as low / middle /
+high bins) and its captions
 (as classes where they are few, by R-precision of a small image-text matcher where they are
 free-form); their score on the other 20 % is the ceiling, then images generated from those 20 %
 records are judged.
@@ -366,6 +367,10 @@ def format_table(result: dict[str, Any], confusions: bool = False) -> str:
         if result["ceiling"].get("caption_r_precision") is not None:
             lines[0] += ("; caption_r_precision: its own caption ranked first among up to 99 others by a "
                          "matcher trained on the folder (majority column: chance)")
+        edges = result.get("bin_edges", {})
+        if edges:
+            lines[0] += "; " + ", ".join(f"{n}: {len(e) + 1} bins cut at {', '.join(f'{x:.3g}' for x in e)}"
+                                         for n, e in edges.items())
         lines += [f"{n:<24}{fmt(result['ceiling'][n]):>16}{fmt(v):>11}{fmt(result['majority'][n]):>10}"
                   for n, v in result["accuracy"].items()]
         return "\n".join(lines)
@@ -412,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cgan.faithfulness", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="an exported model folder")
-    parser.add_argument("--data", help="a custom-format folder: check its categorical attributes instead of shapes")
+    parser.add_argument("--data", help="a custom-format folder: check its attributes and captions instead of shapes")
     parser.add_argument("--num", type=int, default=500, help="images per set")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--truncation", type=float, default=1.0)

@@ -140,8 +140,8 @@ def test_custom_data_path(model_dir, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["kind"] == "custom" and result["num"] == 8
     for key in ("accuracy", "ceiling", "majority"):
-        # the categorical attributes (size is continuous) and the free-form captions, ranked
-        assert set(result[key]) == {"style", "background", "caption_r_precision"}
+        # the categorical attributes, the continuous size (in bins) and the free-form captions, ranked
+        assert set(result[key]) == {"style", "background", "size", "caption_r_precision"}
         assert all(v is None or 0 <= v <= 1 for v in result[key].values())
     # as during training: the run's own dataset object and a classifier trained once, reused
     from cgan.data import FolderDataset
@@ -168,7 +168,34 @@ def test_attribute_classifier_leaves_the_global_rng_alone(tmp_path):
     torch.manual_seed(123)
     classifier = train_attribute_classifier(dataset, steps=2, batch_size=4)
     assert torch.equal(torch.rand(3), expected)  # a training run calling it keeps its exact resume
-    assert classifier.names == ["style", "background"] and len(classifier.eval_indices) == 4
+    assert classifier.names == ["style", "background", "size"] and len(classifier.eval_indices) == 4
+
+
+def test_continuous_attribute_is_judged_in_equal_count_bins(tmp_path):
+    from PIL import Image
+
+    from cgan.custom_faithfulness import NUM_BINS, bin_edges, evaluate_attributes, train_attribute_classifier
+    from cgan.data import FolderDataset
+
+    folder = tmp_path / "grey"
+    folder.mkdir()
+    rows = []
+    for i in range(60):  # the image's brightness is its attribute `light`; one record lacks it
+        light = (i % 20) / 19
+        Image.new("RGB", (32, 32), (round(255 * light),) * 3).save(folder / f"{i}.png")
+        rows.append(json.dumps({"file_name": f"{i}.png", "text": "a grey square",
+                                **({"light": light} if i != 7 else {})}))
+    (folder / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    dataset = FolderDataset(folder, resolution=32)
+    edges = bin_edges(dataset, list(range(60)), ["light"])["light"]
+    assert len(edges) == NUM_BINS - 1 and 0 < edges[0] < edges[1] < 1
+    classifier = train_attribute_classifier(dataset, steps=80, batch_size=16)
+    assert classifier.names == ["light"] and classifier.bin_edges["light"] != []
+    assert classifier.ceiling["light"] > classifier.majority["light"]
+    real = lambda prompts, attributes, seeds: torch.stack([image_to_tensor(dataset.image(s)) for s in seeds])
+    assert evaluate_attributes(real, dataset, classifier)["light"] == classifier.ceiling["light"]
+    black = lambda prompts, attributes, seeds: -torch.ones(len(prompts), 3, 32, 32)
+    assert evaluate_attributes(black, dataset, classifier)["light"] <= classifier.majority["light"] + 0.1
 
 
 def test_few_captions_are_classes_read_above_the_majority_baseline(tmp_path):
