@@ -35,7 +35,7 @@ def random_model(config_path: str, out: Path) -> Path:
     from cgan.attributes import AttributeSchema
     from cgan.data.shapes import SCHEMA
 
-    config = load_config(config_path)
+    config = load_config(config_path, ["model.color=rgb"])  # the shapes data is in colour
     encoder = FrozenTextEncoder(config.text.encoder, max_length=config.text.max_length)
     schema = AttributeSchema.from_dict(SCHEMA)
     kwargs = generator_kwargs(config, encoder.dim)

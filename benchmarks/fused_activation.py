@@ -86,7 +86,7 @@ def check() -> None:
     from cgan.training import discriminator_kwargs, generator_kwargs
 
     repo = Path(__file__).resolve().parents[1]
-    config = load_config(repo / "configs" / "shapes.yaml")
+    config = load_config(repo / "configs" / "shapes.yaml", ["model.color=rgb"])  # the shapes data is in colour
     schema = AttributeSchema.from_dict(SCHEMA)
     torch.manual_seed(0)
     G = Generator(schema=schema, **generator_kwargs(config, 384))

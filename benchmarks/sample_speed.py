@@ -46,7 +46,7 @@ def worker(args) -> dict[str, Any]:
     from cgan.training import generator_kwargs
 
     resolution = args.worker
-    config = load_config(REPO / "configs" / "shapes.yaml", [f"data.resolution={resolution}"])
+    config = load_config(REPO / "configs" / "shapes.yaml", [f"data.resolution={resolution}", "model.color=rgb"])
     encoder = FrozenTextEncoder(config.text.encoder, max_length=config.text.max_length)
     cache = TextEmbeddingCache(encoder)
     schema = AttributeSchema.from_dict(SCHEMA)

@@ -132,12 +132,13 @@ class TrainHarness:
         from cgan.recovery import NonfiniteGuard
         from cgan.text_encoder import FrozenTextEncoder, TextEmbeddingCache
         from cgan.config import data_cache_dir
-        from cgan.training import discriminator_kwargs, generator_kwargs
+        from cgan.training import discriminator_kwargs, generator_kwargs, resolve_color
 
         self.config = config
         t = config.train
         self.augment = parse_policy(t.augment)
         self.dataset = build_dataset(config.data)
+        resolve_color(config, self.dataset)
         self.encoder = FrozenTextEncoder(config.text.encoder, max_length=config.text.max_length)
         self.cache = TextEmbeddingCache(self.encoder, data_cache_dir(config.data))
         self.cache.precompute(self.dataset.all_captions())

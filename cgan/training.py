@@ -39,6 +39,15 @@ from cgan.steps import Batch, d_step, g_step, r1_step, run_phase
 from cgan.text_encoder import FrozenTextEncoder, TextEmbeddingCache
 
 
+def resolve_color(config: Config, dataset) -> str | None:
+    """Settle model.color=auto from the data (grey images: "grayscale", else "rgb") in the config, once,
+    so the run's config and the exported model hold it. -> the colour so chosen, None if it was set."""
+    if config.model.color != "auto":
+        return None
+    config.model.color = "grayscale" if dataset.is_grayscale() else "rgb"
+    return config.model.color
+
+
 def generator_kwargs(config: Config, text_dim: int) -> dict[str, Any]:
     m = config.model
     return dict(text_dim=text_dim, resolution=config.data.resolution, z_dim=m.z_dim, w_dim=m.w_dim,
@@ -164,10 +173,8 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
 
     # Everything that can fail on bad input fails here, before the first step.
     dataset = build_dataset(config.data)
-    if config.model.color == "auto":  # resolved once, saved in the run's config and the exported model
-        config.model.color = "grayscale" if dataset.is_grayscale() else "rgb"
-        if config.model.color == "grayscale":
-            accelerator.print("model.color=auto: every image checked is grey, so the generator draws grey images")
+    if resolve_color(config, dataset) == "grayscale":
+        accelerator.print("model.color=auto: every image checked is grey, so the generator draws grey images")
     if text_encoder is None:
         text_encoder = FrozenTextEncoder(config.text.encoder, max_length=config.text.max_length,
                                          trust_remote_code=config.text.trust_remote_code)
