@@ -15,6 +15,12 @@ swapped ("B left of A"), the colours exchanged between the shapes, and a true pa
 that must score like the true caption). Prints the mean logit of each, how often the true caption
 beats each contradiction, and the cosine between the condition vectors of the true caption and each
 other one. A D that cannot tell swapped objects (wins near 0.5) gives G no signal to place them.
+
+Fakes (--fakes): G_ema draws the same two-object captions; the shapes reader sorts its images into
+drawn right, colours exchanged and other; on each group D scores the image with the true caption and
+with the colours-exchanged one. Where G exchanged the colours, a D that reads fakes as it reads real
+images prefers the exchanged caption (the one that describes the image); if it still prefers the
+true one, its binding knowledge does not reach G's images and G gets no signal to fix them.
 """
 from __future__ import annotations
 
@@ -34,7 +40,7 @@ from cgan.data import ShapesDataset, image_to_tensor  # noqa: E402
 from cgan.data import shapes as shapes_lib  # noqa: E402
 from cgan.pipeline import condition_input  # noqa: E402
 from cgan.text_encoder import FrozenTextEncoder, TextEmbeddingCache  # noqa: E402
-from cgan.training import build_discriminator  # noqa: E402
+from cgan.training import build_discriminator, generator_kwargs  # noqa: E402
 
 
 def probe_captions(scene_truth: dict) -> dict[str, str] | None:
@@ -54,6 +60,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", help="a run folder (its newest checkpoint is probed)")
     parser.add_argument("--num", type=int, default=200, help="two-object images")
+    parser.add_argument("--fakes", action="store_true", help="also probe D on G_ema's images (see above)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = load_config(Path(args.run) / "config.yaml")
@@ -78,17 +85,82 @@ def main() -> int:
             break
     images = torch.stack(images)
     print(f"{state}: {len(images)} real two-object images at {config.data.resolution} px")
-    print(f"{'caption':<20}{'mean logit':>12}{'true wins':>11}{'cond cosine':>13}")
+    print(f"{'caption':<20}{'mean logit':>12}{'true wins':>11}{'cond cosine':>13}{'contrastive':>13}{'true wins':>11}")
     with torch.no_grad():
         conditions = {k: condition_input(cache, dataset.schema, c, attributes, "cpu") for k, c in captions.items()}
-        logits = {k: D(images, c) for k, c in conditions.items()}
-        vectors = {k: D.condition(c).cond_vector for k, c in conditions.items()}
+        outputs = {k: D(images, c, return_features=True) for k, c in conditions.items()}
+        logits = {k: out[0] for k, out in outputs.items()}
+        vectors = {k: out[2].cond_vector for k, out in outputs.items()}
+        plain = outputs["true"][1]
+        similarity = {k: contrastive_cosines(D, plain, outputs["true"][2], out[2])[1] for k, out in outputs.items()}
     for kind in captions:
         wins = (logits["true"] > logits[kind]).float().mean() if kind != "true" else float("nan")
         cosine = F.cosine_similarity(vectors["true"], vectors[kind]).mean()
-        print(f"{kind:<20}{logits[kind].mean():>12.2f}{wins:>11.2f}{cosine:>13.4f}")
+        line = f"{kind:<20}{logits[kind].mean():>12.2f}{wins:>11.2f}{cosine:>13.4f}"
+        if similarity[kind] is not None:  # the contrastive embedding's cosine with the image, and its wins
+            line += f"{similarity[kind].mean():>13.3f}{(similarity['true'] > similarity[kind]).float().mean():>11.2f}"
+        print(line)
     shape_probe(D, cache, dataset, config.data.resolution, args.num)
+    if args.fakes:
+        fake_probe(D, config, state, cache, dataset.schema, captions, attributes)
     return 0
+
+
+def fake_probe(D, config, state: Path, cache, schema, captions: dict[str, list[str]], attributes: list) -> None:
+    from cgan.faithfulness import HEADS, FaithfulnessReader
+    from cgan.generator import Generator
+    from cgan.pipeline import generate
+
+    G = Generator(schema=schema, **generator_kwargs(config, cache.encoder.dim)).eval().requires_grad_(False)
+    G.load_state_dict(load_weights(state / "G_ema.safetensors"))
+    true, exchanged = captions["true"], captions["colours exchanged"]
+    with torch.no_grad():
+        fakes = generate(G, cache, schema, true, attributes, list(range(len(true))))
+        pred = FaithfulnessReader.load().predict(fakes)
+        logit_true, plain, cond_true = D(fakes, condition_input(cache, schema, true, attributes, "cpu"),
+                                         return_features=True)
+        logit_exchanged, _, cond_exchanged = D(fakes, condition_input(cache, schema, exchanged, attributes, "cpu"),
+                                               return_features=True)
+        sim_true, sim_exchanged = contrastive_cosines(D, plain, cond_true, cond_exchanged)
+    # what the reader saw, as (shape, colour) pairs in canonical order, against each caption's objects
+    drawn = [{(HEADS["shape0"][pred["shape0"][i]], HEADS["color0"][pred["color0"][i]]),
+              (HEADS["shape1"][pred["shape1"][i]], HEADS["color1"][pred["color1"][i]])} for i in range(len(true))]
+    groups = {"drawn right": [], "colours exchanged": [], "other": []}
+    for i, (t, x) in enumerate(zip(true, exchanged)):
+        kind = ("drawn right" if drawn[i] == caption_objects(t) else
+                "colours exchanged" if drawn[i] == caption_objects(x) else "other")
+        groups[kind].append(i)
+    print(f"\nG_ema's images of the same {len(true)} two-object captions, sorted by the shapes reader; "
+          "D's mean logit with the true and the colours-exchanged caption, and how often it prefers the true one")
+    print("(logit: D's output; contrastive: the cosine of D's image and condition embeddings, where "
+          "loss.contrastive is on)")
+    print(f"{'group':<20}{'images':>8}{'true':>8}{'exchanged':>11}{'prefers true':>14}"
+          f"{'contrastive: true':>19}{'exchanged':>11}{'prefers true':>14}")
+    for kind, rows in groups.items():
+        if rows:
+            r = torch.tensor(rows)
+            line = f"{kind:<20}{len(rows):>8}{logit_true[r].mean():>8.2f}{logit_exchanged[r].mean():>11.2f}" \
+                   f"{(logit_true[r] > logit_exchanged[r]).float().mean():>14.2f}"
+            if sim_true is not None:
+                line += f"{sim_true[r].mean():>19.3f}{sim_exchanged[r].mean():>11.3f}" \
+                        f"{(sim_true[r] > sim_exchanged[r]).float().mean():>14.2f}"
+            print(line)
+
+
+def contrastive_cosines(D, plain, cond_a, cond_b) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Cosine (B,) of D's contrastive image embedding with each condition's, or (None, None) without one."""
+    if plain is None or getattr(D, "embed_image", None) is None:
+        return None, None
+    image, a = D.contrastive_embeddings(plain, cond_a)
+    _, b = D.contrastive_embeddings(plain, cond_b)
+    return F.cosine_similarity(image, a), F.cosine_similarity(image, b)
+
+
+def caption_objects(caption: str) -> set[tuple[str, str]]:
+    """{(shape, colour)} named in a shapes caption such as "a red circle left of a blue square"."""
+    words = caption.replace(",", " ").split()
+    return {(shape, words[k - 1]) for k, word in enumerate(words) for shape in shapes_lib.SHAPES
+            if word == shape and k > 0 and words[k - 1] in shapes_lib.COLORS}
 
 
 def shape_probe(D, cache, dataset, resolution: int, num: int) -> None:

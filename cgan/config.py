@@ -77,6 +77,9 @@ class ModelConfig:
     g_channel_max: int = 256  # cap on G's channels at any resolution
     # G resolutions with cross-attention to the condition tokens
     g_attn_resolutions: list[int] = field(default_factory=lambda: [8, 16])
+    # G's spatial attention: a learned embedding of each location (zero at the start) joins its queries,
+    # so a location's place can choose the words it reads (issue 12: which object is left, which right)
+    g_attn_positions: bool = False
     d_channel_base: int = 4096  # D's channels at resolution r: min(d_channel_max, d_channel_base // r)
     d_channel_max: int = 256  # cap on D's channels at any resolution
     # D resolutions with cross-attention to the condition tokens

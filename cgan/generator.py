@@ -47,7 +47,7 @@ class SynthesisBlock(nn.Module):
     (resolution 4) starts from a learned constant."""
 
     def __init__(self, *, in_channels: int, out_channels: int, resolution: int, w_dim: int, cond_dim: int,
-                 use_attention: bool, num_heads: int):
+                 use_attention: bool, num_heads: int, attn_positions: bool = False):
         super().__init__()
         self.resolution = resolution
         if resolution == 4:
@@ -58,7 +58,9 @@ class SynthesisBlock(nn.Module):
         else:
             self.conv0 = ModulatedConv2d(in_channels, out_channels, 3, w_dim=w_dim)
         self.conv1 = ModulatedConv2d(out_channels, out_channels, 3, w_dim=w_dim)
-        self.attn = SpatialCrossAttention(out_channels, cond_dim, num_heads=num_heads) if use_attention else None
+        self.attn = SpatialCrossAttention(out_channels, cond_dim, num_heads=num_heads,
+                                          position_size=resolution if attn_positions else None) \
+            if use_attention else None
         self.to_rgb = ModulatedConv2d(out_channels, 3, 1, w_dim=w_dim, demodulate=False, activation=False)
 
     def forward(self, x, w, cond: Condition, return_attention=False):
@@ -87,7 +89,7 @@ class Generator(nn.Module):
                  fusion: str = "cross_attention", num_cond_queries: int = 8, fusion_layers: int = 2,
                  fusion_heads: int = 4, fusion_zero_init: bool = True, text_positions: bool = False,
                  text_layers: int = 0, output: str = "linear",
-                 mapping_lr_mul: float = 0.01, color: str = "rgb"):
+                 mapping_lr_mul: float = 0.01, color: str = "rgb", attn_positions: bool = False):
         super().__init__()
         if output not in ("linear", "tanh"):
             raise ValueError(f"output: expected linear or tanh, got {output!r}")
@@ -110,7 +112,7 @@ class Generator(nn.Module):
             out_channels = channels_at(res, channel_base, channel_max)
             blocks.append(SynthesisBlock(in_channels=in_channels, out_channels=out_channels, resolution=res,
                                          w_dim=w_dim, cond_dim=cond_dim, use_attention=res in attn_resolutions,
-                                         num_heads=attn_heads))
+                                         num_heads=attn_heads, attn_positions=attn_positions))
             in_channels = out_channels
         self.blocks = nn.ModuleList(blocks)
 

@@ -144,18 +144,25 @@ class SpatialCrossAttention(nn.Module):
     """Image features (B, C, H, W) attend over condition tokens (B, M, cond_dim); residual.
 
     Used at low resolutions in G and D (as in GigaGAN), so each location can read the words
-    and attributes that concern it. Zero-initialised output: starts as the identity.
+    and attributes that concern it. Zero-initialised output: starts as the identity. With
+    `position_size` r, a learned embedding of each of the r x r locations (zero at the start) joins
+    the queries, so where a location is can decide which words it reads ("A left of B": the left
+    half reads A's words); the features it is added to must then be r x r.
     """
 
-    def __init__(self, channels: int, cond_dim: int, *, num_heads: int):
+    def __init__(self, channels: int, cond_dim: int, *, num_heads: int, position_size: int | None = None):
         super().__init__()
         self.norm = nn.GroupNorm(1, channels)
         self.attn = Attention(channels, cond_dim, num_heads=num_heads, zero_init_out=True)
+        self.position = nn.Parameter(torch.zeros(channels, position_size, position_size)) if position_size else None
 
     def forward(self, x: torch.Tensor, cond_tokens: torch.Tensor, cond_mask: torch.Tensor,
                 return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         height, width = x.shape[-2:]
-        queries = rearrange(self.norm(x), "b c h w -> b (h w) c")
+        normed = self.norm(x)
+        if self.position is not None:
+            normed = normed + self.position.to(normed.dtype)  # (C, H, W) broadcast over the batch
+        queries = rearrange(normed, "b c h w -> b (h w) c")
         out, weights = self.attn(queries, cond_tokens.to(queries.dtype), cond_mask, return_weights)
         out = rearrange(out, "b (h w) c -> b c h w", h=height, w=width)
         return x + out, weights  # weights: (B, heads, H*W, M)

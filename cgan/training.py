@@ -55,7 +55,8 @@ def generator_kwargs(config: Config, text_dim: int) -> dict[str, Any]:
                 channel_max=m.g_channel_max, attn_resolutions=tuple(m.g_attn_resolutions), attn_heads=m.attn_heads,
                 fusion=m.fusion, num_cond_queries=m.num_cond_queries, fusion_layers=m.fusion_layers,
                 fusion_heads=m.fusion_heads, fusion_zero_init=m.fusion_zero_init, text_positions=m.text_positions,
-                text_layers=m.text_layers, output=m.g_output, mapping_lr_mul=m.mapping_lr_mul, color=m.color)
+                text_layers=m.text_layers, output=m.g_output, mapping_lr_mul=m.mapping_lr_mul, color=m.color,
+                attn_positions=m.g_attn_positions)
 
 
 def discriminator_kwargs(config: Config, text_dim: int) -> dict[str, Any]:

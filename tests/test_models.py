@@ -96,6 +96,29 @@ def test_text_positions_start_silent_then_tell_word_order_apart(shapes_schema):
                               positioned(inputs(shapes_schema, text, present)).cond_vector, atol=1e-3)
 
 
+def test_attention_positions_start_silent_then_let_a_location_choose_its_words(shapes_schema):
+    from cgan.layers import SpatialCrossAttention
+
+    torch.manual_seed(0)
+    kwargs = dict(schema=shapes_schema, **tiny_model_kwargs(attn_resolutions=(4, 8)))
+    plain, positioned = Generator(**kwargs), Generator(**kwargs, attn_positions=True)
+    missing = positioned.load_state_dict(plain.state_dict(), strict=False).missing_keys  # as train.init_from does
+    assert sorted(missing) == ["blocks.0.attn.position", "blocks.1.attn.position"]
+    cond = inputs(shapes_schema, fake_text(B), torch.tensor([True, True, False, True]))
+    z = torch.randn(B, plain.z_dim)
+    assert torch.equal(positioned(z, cond), plain(z, cond))  # a warm start keeps its images
+    # once learned, the locations of one image attend differently to the same words
+    attention = SpatialCrossAttention(16, 8, num_heads=2, position_size=4)
+    tokens, mask = torch.randn(1, 5, 8), torch.ones(1, 5, dtype=torch.bool)
+    uniform = torch.ones(1, 16, 4, 4)  # every location holds the same features
+    _, before = attention(uniform, tokens, mask, return_weights=True)  # (1, heads, 16, 5)
+    assert torch.allclose(before, before[:, :, :1].expand_as(before))
+    with torch.no_grad():
+        attention.position.normal_()
+    _, after = attention(uniform, tokens, mask, return_weights=True)
+    assert not torch.allclose(after[:, :, 0], after[:, :, 15], atol=1e-3)
+
+
 def test_text_layers_start_as_identity_then_let_words_see_each_other(shapes_schema):
     from cgan.text_encoder import TextEncoding
 
