@@ -170,6 +170,10 @@ class LossConfig:
     # D: a real image with a caption that contradicts it (the data set's `negatives`, e.g. shapes' two
     # objects swapped or their colours exchanged) is a fake, like the matching-aware negatives; 0 = off
     hard_negative: float = 0.0
+    # G: each generated image must score higher with its own caption than with the caption that
+    # contradicts it (softplus of the difference of D's two logits): the part of D's logit that tells
+    # the two captions apart, without its realism part (issue 12's binding); 0 = off
+    g_hard_negative: float = 0.0
 
 
 @dataclass
@@ -275,7 +279,7 @@ class Config:
         for key in ("max_minutes", "checkpoint_minutes"):
             if not 0.0 <= getattr(self.train, key) < float("inf"):
                 raise ConfigError(f"train.{key}: expected minutes >= 0 (0 = off), got {getattr(self.train, key)}")
-        for key in ("contrastive", "attributes", "hard_negative"):
+        for key in ("contrastive", "attributes", "hard_negative", "g_hard_negative"):
             if not 0.0 <= getattr(self.loss, key) < float("inf"):
                 raise ConfigError(f"loss.{key}: expected a weight >= 0 (0 = off), got {getattr(self.loss, key)}")
         if self.loss.contrastive_hard and self.loss.contrastive <= 0:

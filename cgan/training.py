@@ -122,7 +122,7 @@ def to_device_batch(raw: dict[str, Any], text_cache: TextEmbeddingCache, config:
     prompt_present = torch.rand(size, device=device) >= t.drop_prompt
     attr_present_full = raw["attr_present"].to(device, non_blocking=True)
     negative_text = negative_valid = None
-    if config.loss.hard_negative > 0 or config.loss.contrastive_hard:
+    if config.loss.hard_negative > 0 or config.loss.g_hard_negative > 0 or config.loss.contrastive_hard:
         negatives = list(raw["negative"])
         negative_text = text_cache(negatives, device=device)
         negative_valid = torch.tensor([bool(n) for n in negatives]).to(device, non_blocking=True)

@@ -105,7 +105,7 @@ def test_config_rejects_negative_weights():
 
 
 def test_training_with_both_terms_logs_them_and_resume_refuses_a_toggle(config, tmp_path, minilm):
-    for item in ("loss.contrastive=1", "loss.attributes=0.5", "loss.hard_negative=1"):
+    for item in ("loss.contrastive=1", "loss.attributes=0.5", "loss.hard_negative=1", "loss.g_hard_negative=1"):
         key, value = item.split("=")
         setattr(config.loss, key.split(".")[1], float(value))
     config.loss.contrastive_hard = True
@@ -113,8 +113,9 @@ def test_training_with_both_terms_logs_them_and_resume_refuses_a_toggle(config, 
     train(config, run, max_steps=2, text_encoder=minilm)
     row = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     for key in ("loss/D_contrastive", "loss/G_contrastive", "loss/D_attributes", "loss/G_attributes",
-                "logits/hard_negative"):
+                "logits/hard_negative", "loss/G_hard_negative"):
         assert torch.isfinite(torch.tensor(row[key])), key
+    assert "g_hard_negative=1" in (run / "model" / "MODEL_CARD.md").read_text()
     config.loss.attributes = 0.0
     with pytest.raises(ConfigError, match="loss.attributes"):
         train(config, run, resume="latest", text_encoder=minilm)

@@ -67,7 +67,8 @@ def test_caches_default_to_the_user_cache_folder(monkeypatch, tmp_path):
 @pytest.mark.parametrize("override, key", [("model.mapping_lr_mul=0", "model.mapping_lr_mul"),
                                            ("model.discriminator=big", "model.discriminator"),
                                            ("model.g_output=relu", "model.g_output"),
-                                           ("loss.hard_negative=-0.5", "loss.hard_negative")])
+                                           ("loss.hard_negative=-0.5", "loss.hard_negative"),
+                                           ("loss.g_hard_negative=-1", "loss.g_hard_negative")])
 def test_recipe_switches_are_checked(override, key):
     with pytest.raises(ConfigError, match=key):
         load_config(ROOT / "configs" / "tiny.yaml", [override])
