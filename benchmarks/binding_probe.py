@@ -53,7 +53,8 @@ def probe_captions(scene_truth: dict) -> dict[str, str] | None:
     return {"true": shapes_lib.paraphrases([a, b], relation)[0],
             "paraphrase (true)": shapes_lib.paraphrases([a, b], relation)[2],
             "objects swapped": shapes_lib.paraphrases([b, a], relation)[0],
-            "colours exchanged": shapes_lib.paraphrases(exchanged, relation)[0]}
+            "colours exchanged": shapes_lib.paraphrases(exchanged, relation)[0],
+            "shapes exchanged": shapes_lib.paraphrases(shapes_lib.exchange_shapes(a, b), relation)[0]}
 
 
 def main() -> int:

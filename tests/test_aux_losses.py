@@ -127,8 +127,10 @@ def test_shapes_hard_negatives_contradict_the_scene_and_respect_the_split():
     a, b = {"color": "red", "shape": "square"}, {"color": "green", "shape": "circle"}
     two = contradictions([a, b], "left of", "train")
     swapped, exchanged = [b, a], [{"color": "green", "shape": "square"}, {"color": "red", "shape": "circle"}]
+    shapes_exchanged = [{"color": "red", "shape": "circle"}, {"color": "green", "shape": "square"}]
     assert two[2] in paraphrases(swapped, "left of") and two[3] in paraphrases(exchanged, "left of")
-    assert len(two) == 4 and two == contradictions([a, b], "left of", "train")  # a function of the scene
+    assert two[4] in paraphrases(shapes_exchanged, "left of")  # the colours where they were: only shapes tell
+    assert len(two) == 5 and two == contradictions([a, b], "left of", "train")  # a function of the scene
     # and of the record (salt): every image of a composition meets its own wrong shapes and colours
     replaced = {contradictions([a], None, "train", salt=k)[0].split()[-1] for k in range(40)}
     assert replaced == {shape for shape in SHAPES if shape != "square" and ("red", shape) not in HELDOUT_PAIRS}

@@ -87,7 +87,8 @@ def contradictions(objects: list[dict[str, Any]], relation: str | None, split: s
     - every scene: one object's shape replaced, and one object's colour replaced (so D must read
       shape and colour, not only the layout);
     - two objects: also the objects swapped (the relation reversed) and, where the colours and
-      shapes differ, the colours exchanged between the shapes.
+      shapes differ, the colours exchanged between the shapes and the shapes exchanged between the
+      colours (the only one of these that D cannot reject by the colours' places alone).
 
     Each is worded as any of its scene's paraphrases. The replacements and the wording are drawn by
     a generator seeded with the scene and `salt` (the record's index: each image of a composition
@@ -112,7 +113,7 @@ def contradictions(objects: list[dict[str, Any]], relation: str | None, split: s
         a, b = objects
         scenes.append([b, a])
         if a["color"] != b["color"] and a["shape"] != b["shape"]:
-            scenes.append(exchange_colors(a, b))
+            scenes += [exchange_colors(a, b), exchange_shapes(a, b)]
     allowed = [s for s in scenes if all(_pair_allowed(o["color"], o["shape"], split) for o in s)]
     # any paraphrase, as the true captions are: negatives in one form only would let D tell them
     # from the true captions by their wording, without looking at the image
@@ -122,6 +123,13 @@ def contradictions(objects: list[dict[str, Any]], relation: str | None, split: s
 def exchange_colors(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
     """The two objects with their colours exchanged (shapes and order kept): the binding mistake."""
     return [{"shape": a["shape"], "color": b["color"]}, {"shape": b["shape"], "color": a["color"]}]
+
+
+def exchange_shapes(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
+    """The two objects with their shapes exchanged (colours and order kept): the other binding mistake.
+    Unlike the objects swapped or the colours exchanged, a caption of it can only be told from the
+    true one by which shape is where: the colours are where the true caption puts them."""
+    return [{"shape": b["shape"], "color": a["color"]}, {"shape": a["shape"], "color": b["color"]}]
 
 
 def _pair_allowed(color: str, shape: str, split: str) -> bool:
