@@ -39,15 +39,15 @@ def test_sample_cli_default_model_writes_a_grid(tmp_path):
 
 
 def test_scores_above_a_faithfulness_floor(pipe):
-    # 40 seen records (on them: colour 1.0, shape 0.70, two-object all-correct 0.38 over 21 scenes;
+    # 40 seen records (on them: colour 1.0, shape 0.93, two-object all-correct 0.81 over 21 scenes;
     # relation, style, background, count and one-object all-correct 1.0). Measured on 500 (model card):
-    # colour 0.99, shape 0.78, two-object all-correct 0.52, the rest 1.0; chance: colour 0.17, shape
-    # 0.25, relation 0.25 (left/above/none), style 0.33, background 0.5.
+    # colour 1.0, shape 0.97, two-object all-correct 0.90, one-object 0.996, the rest about 1.0; chance:
+    # colour 0.17, shape 0.25, relation 0.25 (left/above/none), style 0.33, background 0.5.
     result = evaluate_faithfulness(pipe, num=40)["seen"]
     seen = result["accuracy"]
     assert seen["background"] >= 0.9 and seen["style"] >= 0.8 and seen["relation"] >= 0.8, seen
-    assert seen["color"] >= 0.85 and seen["shape"] >= 0.5 and result["all_correct_one"] >= 0.7, result
-    assert result["all_correct_two"] >= 0.2, result
+    assert seen["color"] >= 0.85 and seen["shape"] >= 0.7 and result["all_correct_one"] >= 0.8, result
+    assert result["all_correct_two"] >= 0.5, result
 
 
 def test_cross_attention_model_draws_attention_maps(pipe):
