@@ -17,7 +17,7 @@ beats each contradiction, and the cosine between the condition vectors of the tr
 other one. A D that cannot tell swapped objects (wins near 0.5) gives G no signal to place them.
 
 Fakes (--fakes): G_ema draws the same two-object captions; the shapes reader sorts its images into
-drawn right, colours exchanged and other; on each group D scores the image with the true caption and
+drawn right (the two objects asked for, in either place), colours exchanged and other; on each group D scores the image with the true caption and
 with the colours-exchanged one. Where G exchanged the colours, a D that reads fakes as it reads real
 images prefers the exchanged caption (the one that describes the image); if it still prefers the
 true one, its binding knowledge does not reach G's images and G gets no signal to fix them.
