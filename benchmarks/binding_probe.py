@@ -17,8 +17,8 @@ beats each contradiction, and the cosine between the condition vectors of the tr
 other one. A D that cannot tell swapped objects (wins near 0.5) gives G no signal to place them.
 
 Fakes (--fakes): G_ema draws the same two-object captions; the shapes reader sorts its images into
-drawn right (the two objects asked for, in either place), colours exchanged and other; on each group D scores the image with the true caption and
-with the colours-exchanged one. Where G exchanged the colours, a D that reads fakes as it reads real
+drawn right (the two objects asked for, in either place), colours exchanged and other; on each
+group D scores the image with the true caption and with the colours-exchanged one. Where G exchanged the colours, a D that reads fakes as it reads real
 images prefers the exchanged caption (the one that describes the image); if it still prefers the
 true one, its binding knowledge does not reach G's images and G gets no signal to fix them.
 """
@@ -72,7 +72,7 @@ def main() -> int:
     D = build_discriminator(config, dataset.schema, encoder.dim)
     D.load_state_dict(load_weights(state / "D.safetensors"))
     D.eval()
-    images, attributes, captions = [], [], {}
+    images, attributes, captions, objects = [], [], {}, []
     for index in range(len(dataset)):
         scene = dataset.scene(index)
         probe = probe_captions(scene.truth())
@@ -80,6 +80,7 @@ def main() -> int:
             continue
         for kind, caption in probe.items():
             captions.setdefault(kind, []).append(caption)
+        objects.append(scene.truth()["objects"])
         images.append(image_to_tensor(shapes_lib.render(scene, config.data.resolution)))
         attributes.append(dataset.schema.validate(scene.attributes))
         if len(images) == args.num:
@@ -103,11 +104,13 @@ def main() -> int:
         print(line)
     shape_probe(D, cache, dataset, config.data.resolution, args.num)
     if args.fakes:
-        fake_probe(D, config, state, cache, dataset.schema, captions, attributes)
+        fake_probe(D, config, state, cache, dataset.schema, captions, attributes, objects)
     return 0
 
 
-def fake_probe(D, config, state: Path, cache, schema, captions: dict[str, list[str]], attributes: list) -> None:
+def fake_probe(D, config, state: Path, cache, schema, captions: dict[str, list[str]], attributes: list,
+               objects: list[list[dict]]) -> None:
+    """objects: per caption, the two objects of its scene (their shape and colour)."""
     from cgan.faithfulness import HEADS, FaithfulnessReader
     from cgan.generator import Generator
     from cgan.pipeline import generate
@@ -123,13 +126,14 @@ def fake_probe(D, config, state: Path, cache, schema, captions: dict[str, list[s
         logit_exchanged, _, cond_exchanged = D(fakes, condition_input(cache, schema, exchanged, attributes, "cpu"),
                                                return_features=True)
         sim_true, sim_exchanged = contrastive_cosines(D, plain, cond_true, cond_exchanged)
-    # what the reader saw, as (shape, colour) pairs in canonical order, against each caption's objects
+    # what the reader saw and what each caption names, as sets of (shape, colour) pairs
     drawn = [{(HEADS["shape0"][pred["shape0"][i]], HEADS["color0"][pred["color0"][i]]),
               (HEADS["shape1"][pred["shape1"][i]], HEADS["color1"][pred["color1"][i]])} for i in range(len(true))]
+    kinds = lambda scene: {(o["shape"], o["color"]) for o in scene}  # noqa: E731
     groups = {"drawn right": [], "colours exchanged": [], "other": []}
-    for i, (t, x) in enumerate(zip(true, exchanged)):
-        kind = ("drawn right" if drawn[i] == caption_objects(t) else
-                "colours exchanged" if drawn[i] == caption_objects(x) else "other")
+    for i, (a, b) in enumerate(objects):
+        kind = ("drawn right" if drawn[i] == kinds([a, b]) else
+                "colours exchanged" if drawn[i] == kinds(shapes_lib.exchange_colors(a, b)) else "other")
         groups[kind].append(i)
     print(f"\nG_ema's images of the same {len(true)} two-object captions, sorted by the shapes reader; "
           "D's mean logit with the true and the colours-exchanged caption, and how often it prefers the true one")
@@ -155,13 +159,6 @@ def contrastive_cosines(D, plain, cond_a, cond_b) -> tuple[torch.Tensor | None, 
     image, a = D.contrastive_embeddings(plain, cond_a)
     _, b = D.contrastive_embeddings(plain, cond_b)
     return F.cosine_similarity(image, a), F.cosine_similarity(image, b)
-
-
-def caption_objects(caption: str) -> set[tuple[str, str]]:
-    """{(shape, colour)} named in a shapes caption such as "a red circle left of a blue square"."""
-    words = caption.replace(",", " ").split()
-    return {(shape, words[k - 1]) for k, word in enumerate(words) for shape in shapes_lib.SHAPES
-            if word == shape and k > 0 and words[k - 1] in shapes_lib.COLORS}
 
 
 def shape_probe(D, cache, dataset, resolution: int, num: int) -> None:

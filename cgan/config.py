@@ -176,6 +176,10 @@ class LossConfig:
     g_hard_negative: float = 0.0
 
 
+# the weights in LossConfig (a term is on when its weight is above 0)
+LOSS_WEIGHTS = ("contrastive", "attributes", "hard_negative", "g_hard_negative")
+
+
 @dataclass
 class SampleConfig:
     prompts: list[str] = field(default_factory=list)  # the fixed grid; [] = 8 records spread over the data's conditions
@@ -279,7 +283,7 @@ class Config:
         for key in ("max_minutes", "checkpoint_minutes"):
             if not 0.0 <= getattr(self.train, key) < float("inf"):
                 raise ConfigError(f"train.{key}: expected minutes >= 0 (0 = off), got {getattr(self.train, key)}")
-        for key in ("contrastive", "attributes", "hard_negative", "g_hard_negative"):
+        for key in LOSS_WEIGHTS:
             if not 0.0 <= getattr(self.loss, key) < float("inf"):
                 raise ConfigError(f"loss.{key}: expected a weight >= 0 (0 = off), got {getattr(self.loss, key)}")
         if self.loss.contrastive_hard and self.loss.contrastive <= 0:

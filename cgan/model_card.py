@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from cgan.config import LOSS_WEIGHTS
+
 
 def hardware_summary(device: torch.device, num_processes: int) -> str:
     """'1 x NVIDIA H200' or '2 threads of Intel Xeon (avx512_bf16, amx_bf16), no GPU', plus processes."""
@@ -62,7 +64,7 @@ def render_model_card(*, name: str, config: dict[str, Any], schema_description: 
     """The card as Markdown. metrics: {name: (step measured, value)}, the last of each; started_from:
     the train.init_from line (what the run's first weights were)."""
     model, train, loss = config["model"], config["train"], config["loss"]
-    terms = [f"{k}={v:g}" for k, v in loss.items() if k in ("contrastive", "attributes", "hard_negative", "g_hard_negative") and v]
+    terms = [f"{k}={v:g}" for k, v in loss.items() if k in LOSS_WEIGHTS and v]
     hours, minutes = divmod(round(train_seconds / 60), 60)
     rows = [
         ("data", data_summary),

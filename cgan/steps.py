@@ -183,16 +183,17 @@ def g_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str]) 
             hard_cond = D.condition(batch.cond.replace(text=batch.negative_text))
             hard_pair = (hard_cond, batch.negative_valid & batch.cond.prompt_present)
         aux = auxiliary_losses(D, plain, cond, batch, config, batch.cond.attr_present, hard_pair)
-        stats = {}
+        ranking = None
         if config.loss.g_hard_negative > 0 and batch.negative_text is not None:
             # the same images with the captions that contradict them: D must rank their own caption higher
             contradicted = D(fake, batch.cond.replace(text=batch.negative_text)).float()
             ranking = masked_mean(F.softplus(contradicted - logits), batch.negative_valid & batch.cond.prompt_present)
-            stats["loss/G_hard_negative"] = ranking.detach()
     adversarial = g_loss(logits, t.loss)
     loss = adversarial + weighted_sum(aux, config)
-    if "loss/G_hard_negative" in stats:
+    stats = {}
+    if ranking is not None:
         loss = loss + config.loss.g_hard_negative * ranking
+        stats["loss/G_hard_negative"] = ranking.detach()
     accelerator.backward(loss / t.grad_accum)
     return {"loss/G": adversarial.detach(), **stats,
             **{f"loss/G_{name}": value.detach() for name, value in aux.items()}}
