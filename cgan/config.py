@@ -75,6 +75,9 @@ class ModelConfig:
     mapping_lr_mul: float = 0.01  # learning-rate multiplier of the mapping layers (StyleGAN's 0.01: slow to move)
     g_channel_base: int = 4096  # channels at resolution r: min(channel_max, channel_base // r)
     g_channel_max: int = 256  # cap on G's channels at any resolution
+    # floor on G's channels at any resolution (0: none): wider top blocks for crisper edges (issue 12's
+    # FID); init_from a narrower run widens it keeping its images (cgan/warm_start.py)
+    g_channel_min: int = 0
     # G resolutions with cross-attention to the condition tokens
     g_attn_resolutions: list[int] = field(default_factory=lambda: [8, 16])
     # G's spatial attention: a learned embedding of each location (zero at the start) joins its queries,
@@ -303,8 +306,8 @@ RANGES: dict[str, tuple[Any, str]] = {
     "data.num_images": POSITIVE, "data.num_workers": NON_NEGATIVE, "text.max_length": POSITIVE,
     "model.cond_dim": POSITIVE, "model.num_cond_queries": POSITIVE, "model.fusion_layers": NON_NEGATIVE,
     "model.fusion_heads": POSITIVE, "model.z_dim": POSITIVE, "model.w_dim": POSITIVE, "model.mapping_layers": POSITIVE,
-    "model.g_channel_base": POSITIVE, "model.g_channel_max": POSITIVE, "model.d_channel_base": POSITIVE,
-    "model.d_channel_max": POSITIVE, "model.attn_heads": POSITIVE,
+    "model.g_channel_base": POSITIVE, "model.g_channel_max": POSITIVE, "model.g_channel_min": NON_NEGATIVE,
+    "model.d_channel_base": POSITIVE, "model.d_channel_max": POSITIVE, "model.attn_heads": POSITIVE,
     "train.lr_g": POSITIVE, "train.lr_d": POSITIVE, "train.r1_gamma": NON_NEGATIVE,
     "train.mismatch_weight": NON_NEGATIVE, "train.ema_kimg": NON_NEGATIVE, "train.ema_rampup": NON_NEGATIVE,
     "sample.num_per_prompt": POSITIVE, "sample.truncation": (lambda v: 0 < v <= 1, "in (0, 1]"),

@@ -18,8 +18,8 @@ from cgan.conditioning import Condition, ConditionInput, Conditioner
 from cgan.layers import EqualLinear, ModulatedConv2d, SpatialCrossAttention
 
 
-def channels_at(resolution: int, channel_base: int, channel_max: int) -> int:
-    return min(channel_max, channel_base // resolution)
+def channels_at(resolution: int, channel_base: int, channel_max: int, channel_min: int = 0) -> int:
+    return max(channel_min, min(channel_max, channel_base // resolution))
 
 
 def normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -85,7 +85,7 @@ class Generator(nn.Module):
 
     def __init__(self, *, schema: AttributeSchema, text_dim: int, resolution: int = 64, z_dim: int = 128,
                  w_dim: int = 256, cond_dim: int = 256, mapping_layers: int = 4, channel_base: int = 4096,
-                 channel_max: int = 256, attn_resolutions: tuple[int, ...] = (8, 16), attn_heads: int = 4,
+                 channel_max: int = 256, channel_min: int = 0, attn_resolutions: tuple[int, ...] = (8, 16), attn_heads: int = 4,
                  fusion: str = "cross_attention", num_cond_queries: int = 8, fusion_layers: int = 2,
                  fusion_heads: int = 4, fusion_zero_init: bool = True, text_positions: bool = False,
                  text_layers: int = 0, output: str = "linear",
@@ -109,7 +109,7 @@ class Generator(nn.Module):
         blocks, in_channels = [], 0
         for log_res in range(2, int(math.log2(resolution)) + 1):
             res = 2 ** log_res
-            out_channels = channels_at(res, channel_base, channel_max)
+            out_channels = channels_at(res, channel_base, channel_max, channel_min)
             blocks.append(SynthesisBlock(in_channels=in_channels, out_channels=out_channels, resolution=res,
                                          w_dim=w_dim, cond_dim=cond_dim, use_attention=res in attn_resolutions,
                                          num_heads=attn_heads, attn_positions=attn_positions))

@@ -5,7 +5,13 @@ The generator's blocks are indexed from 4 px up, so a 32 px G's blocks are the f
 at zero so that the first images are the 32 px images upsampled. The discriminator's blocks are
 indexed from the input down, so block k of a 32 px D is block k + 1 of a 64 px D (its from_rgb
 and its first block are new). Every tensor whose (re-indexed) name and shape match is copied; the
-rest keep their fresh initialisation, and the log says which. Optimizer moments, the step count
+rest keep their fresh initialisation, and the log says which.
+
+A tensor that has grown (e.g. `model.g_channel_min` widens G's top blocks) is copied into its leading
+slice: new outputs (dimension 0) keep their fresh initialisation, and new inputs (the other dimensions)
+start at zero, so every old channel computes what it did and the images are unchanged (exactly so for
+convolutions and linear layers; a GroupNorm over widened channels, as in an attention block, is not).
+Optimizer moments, the step count
 and the learning-rate schedule start fresh: this is a new run, not a resume.
 """
 from __future__ import annotations
@@ -35,13 +41,34 @@ def _shift_blocks(key: str, shift: int) -> str:
     return re.sub(r"^blocks\.(\d+)\.", lambda m: f"blocks.{int(m.group(1)) + shift}.", key)
 
 
+def widened(fresh: torch.Tensor, old: torch.Tensor, fan_in_gain: bool) -> torch.Tensor:
+    """`old` inside a grown tensor: its leading slice; new inputs (dims 1..) zero, new outputs (dim 0) `fresh`.
+    fan_in_gain: the layer multiplies its weight by 1 / sqrt(fan-in) (equalised learning rate, `weight_gain`),
+    so the old weights are scaled up by the growth of the fan-in to compute what they did."""
+    out = fresh.clone()
+    if old.dim() > 1:
+        out[: old.shape[0]] = 0  # old outputs read nothing from the new inputs
+    scale = math.sqrt(fresh[0].numel() / old[0].numel()) if fan_in_gain and old.dim() > 1 else 1.0
+    out[tuple(slice(0, n) for n in old.shape)] = old * scale
+    return out
+
+
+def _has_fan_in_gain(module: torch.nn.Module, key: str) -> bool:
+    owner, _, name = key.rpartition(".")
+    return name == "weight" and hasattr(module.get_submodule(owner), "weight_gain")
+
+
 def transfer(module: torch.nn.Module, source: dict[str, torch.Tensor], shift: int = 0) -> list[str]:
-    """Copy the tensors of `source` (keys re-indexed by `shift` blocks) whose name and shape match into
-    `module`; -> the names of `module`'s tensors left as they were."""
+    """Copy the tensors of `source` (keys re-indexed by `shift` blocks) whose name matches into `module`:
+    whole where the shape matches, widened where every dimension has grown or stayed (`widened`);
+    -> the names of `module`'s tensors not copied whole (fresh or widened)."""
     own = module.state_dict()
     renamed = {_shift_blocks(k, shift): v for k, v in source.items()}
     matched = {k: v for k, v in renamed.items() if k in own and own[k].shape == v.shape}
-    module.load_state_dict(matched, strict=False)
+    grown = {k: widened(own[k], v, _has_fan_in_gain(module, k)) for k, v in renamed.items()
+             if k in own and k not in matched and own[k].dim() == v.dim()
+             and all(a >= b for a, b in zip(own[k].shape, v.shape))}
+    module.load_state_dict({**matched, **grown}, strict=False)
     return [k for k in own if k not in matched]
 
 
@@ -67,6 +94,6 @@ def warm_start(path: str | Path, G: torch.nn.Module, G_ema: torch.nn.Module, D: 
                 model.blocks[index].to_rgb.weight.zero_()
     prefixes = lambda keys: sorted({".".join(k.split(".")[:2]) for k in keys})  # noqa: E731
     return (f"init_from {state} ({old_resolution} px -> {G.resolution} px): G {len(G.state_dict()) - len(fresh_G)}/"
-            f"{len(G.state_dict())} tensors loaded, new: {', '.join(prefixes(fresh_G)) or 'none'}; D "
-            f"{len(D.state_dict()) - len(fresh_D)}/{len(D.state_dict())} loaded, new: "
+            f"{len(G.state_dict())} tensors loaded whole, new or widened: {', '.join(prefixes(fresh_G)) or 'none'}; D "
+            f"{len(D.state_dict()) - len(fresh_D)}/{len(D.state_dict())} loaded whole, new or widened: "
             f"{', '.join(prefixes(fresh_D)) or 'none'}")

@@ -246,3 +246,22 @@ def test_tanh_output_stays_inside_the_image_range(shapes_schema):
     assert images.abs().max() <= 1 and linear.abs().max() <= 1 < unbounded.abs().max()
     with pytest.raises(ValueError, match="output"):
         Generator(schema=shapes_schema, output="sigmoid", **tiny_model_kwargs())
+
+
+def test_channel_min_widens_top_blocks_and_init_from_keeps_the_images(shapes_schema):
+    from cgan.warm_start import transfer
+
+    torch.manual_seed(0)
+    narrow = Generator(schema=shapes_schema, **tiny_model_kwargs())  # 16 px: 16 channels, 32 px: 8
+    wide = Generator(schema=shapes_schema, **tiny_model_kwargs(channel_min=24))  # 16 and 32 px: 24
+    assert [b.conv1.weight.shape[0] for b in wide.blocks] == [32, 32, 24, 24]
+    left = transfer(wide, narrow.state_dict())
+    assert "blocks.3.conv1.weight" in left and "blocks.0.conv1.weight" not in left  # widened, not whole
+    cond = inputs(shapes_schema, fake_text(B), torch.ones(B, dtype=torch.bool))
+    z = torch.randn(B, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(wide(z, cond), narrow(z, cond), atol=1e-5, rtol=1e-4)
+    # the new channels are live: trained, they change the image
+    wide.blocks[3].to_rgb.weight.data[:, 8:] = 1.0
+    with torch.no_grad():
+        assert (wide(z, cond) - narrow(z, cond)).abs().max() > 1e-2

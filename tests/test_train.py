@@ -162,7 +162,7 @@ def test_init_from_grows_a_32px_run_to_64px(tiny_config, tmp_path, minilm, capsy
     G, G_ema = (Generator(schema=schema, **generator_kwargs(big, minilm.dim)) for _ in range(2))
     D = build_discriminator(big, schema, minilm.dim)
     line = warm_start(small, G, G_ema, D)
-    assert "(32 px -> 64 px)" in line and "new: blocks.4" in line and "from_rgb" in line
+    assert "(32 px -> 64 px)" in line and "new or widened: blocks.4" in line and "from_rgb" in line
     state = small / "checkpoints" / "step_00000002"
     old_G, old_D = load_weights(state / "G_ema.safetensors"), load_weights(state / "D.safetensors")
     assert torch.equal(G_ema.state_dict()["blocks.3.conv1.weight"], old_G["blocks.3.conv1.weight"])
