@@ -135,8 +135,11 @@ class TrainConfig:
     mixed_precision: str = "no"  # no | bf16 | fp16
     channels_last: bool = True  # NHWC memory format: faster convolutions on CPU and GPU
     # start a new run from another run's weights (its folder or a checkpoint folder), e.g. a 32 px run
-    # grown to 64 px with the same channel widths (cgan/warm_start.py); used only when not resuming
+    # grown to 64 px with the same channel widths, or from an exported model (a folder or a shipped
+    # name such as shapes64: G only, D fresh) (cgan/warm_start.py); used only when not resuming
     init_from: str = ""
+    # the run's first N steps train D alone (G and G_ema unchanged): for a fresh D beside a trained G
+    d_warmup_steps: int = 0
     threads: int = 0  # torch's intra-op threads in each process (0 = torch's default: all cores)
     compile: bool = False  # torch.compile G and D for the D and G phases (R1 keeps eager D): slow to compile
     max_minutes: float = 0.0  # wall-clock budget of this invocation: then checkpoint, export and stop (0 = none)
@@ -309,7 +312,8 @@ RANGES: dict[str, tuple[Any, str]] = {
     "model.g_channel_base": POSITIVE, "model.g_channel_max": POSITIVE, "model.g_channel_min": NON_NEGATIVE,
     "model.d_channel_base": POSITIVE, "model.d_channel_max": POSITIVE, "model.attn_heads": POSITIVE,
     "train.lr_g": POSITIVE, "train.lr_d": POSITIVE, "train.r1_gamma": NON_NEGATIVE,
-    "train.mismatch_weight": NON_NEGATIVE, "train.ema_kimg": NON_NEGATIVE, "train.ema_rampup": NON_NEGATIVE,
+    "train.mismatch_weight": NON_NEGATIVE, "train.d_warmup_steps": NON_NEGATIVE,
+    "train.ema_kimg": NON_NEGATIVE, "train.ema_rampup": NON_NEGATIVE,
     "sample.num_per_prompt": POSITIVE, "sample.truncation": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "eval.fid_num": (lambda v: v >= 2, ">= 2"), "eval.faithfulness_num": POSITIVE,
 }

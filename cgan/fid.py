@@ -292,6 +292,32 @@ def compute_fid(folder_a: str | Path, folder_b: str | Path, *, kid: bool = False
 # Model against a data set (the cached reference statistics: cgan/fid_reference.py)
 
 
+def write_generated(G: torch.nn.Module, text_cache: Any, schema: Any, dataset: Any, name: str, num: int,
+                    out_dir: Path, *, seed: int = 0, truncation: float = 1.0, device: str | torch.device = "cpu",
+                    batch_size: int = 32, verbose: bool = False) -> None:
+    """G's images of the data set's first `num` records (their captions and attributes; image i uses
+    seed + i, its paraphrase fixed by the seed) as out_dir/NNNNNN.png."""
+    from tqdm.auto import tqdm
+
+    from cgan.data import tensor_to_images
+    from cgan.pipeline import generate
+
+    records = [dataset.record(i) for i in range(num)]
+    rng = random.Random(f"fid/{seed}")  # which paraphrase each image is asked with: fixed by the seed
+    prompts = [rng.choice(r["captions"]) for r in records]
+    try:
+        attributes = [schema.validate(r["attributes"], source=f"{name} record {i}") for i, r in enumerate(records)]
+    except ValueError as err:
+        raise FIDError(f"{name} does not fit this model's attributes: {err}") from err
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for lo in tqdm(range(0, num, batch_size), desc="FID: generating", unit="batch", disable=not verbose):
+        hi = min(num, lo + batch_size)
+        images = generate(G, text_cache, schema, prompts[lo:hi], attributes[lo:hi],
+                          [seed + i for i in range(lo, hi)], truncation, device)
+        for i, image in zip(range(lo, hi), tensor_to_images(images)):
+            image.save(out_dir / f"{i:06d}.png")
+
+
 def fid_generator_vs_data(G: torch.nn.Module, text_cache: Any, schema: Any, data: str | Path, *,
                           split: str | None = None, num: int = 1000, seed: int = 0, truncation: float = 1.0,
                           kid: bool = False, device: str | torch.device = "cpu",
@@ -303,9 +329,7 @@ def fid_generator_vs_data(G: torch.nn.Module, text_cache: Any, schema: Any, data
     attributes (image i uses seed + i), against the same records' real images."""
     from cleanfid.fid import frechet_distance
 
-    from cgan.data import tensor_to_images
     from cgan.fid_reference import reference_statistics
-    from cgan.pipeline import generate
 
     start = time.perf_counter()
     network = load_feature_network(inception_weights, device=device, cache_dir=cache_dir,
@@ -315,24 +339,10 @@ def fid_generator_vs_data(G: torch.nn.Module, text_cache: Any, schema: Any, data
     dataset, name, split, reference, cache_state = reference_statistics(data, split, resolution, num, network,
                                                                         cache_dir, **features)
     n = len(reference["feats"])
-    records = [dataset.record(i) for i in range(n)]
-    rng = random.Random(f"fid/{seed}")  # which paraphrase each image is asked with: fixed by the seed
-    prompts = [rng.choice(r["captions"]) for r in records]
-    try:
-        attributes = [schema.validate(r["attributes"], source=f"{name} record {i}") for i, r in enumerate(records)]
-    except ValueError as err:
-        raise FIDError(f"{name} does not fit this model's attributes: {err}") from err
     with tempfile.TemporaryDirectory(prefix="cgan-fid-") as scratch:
         fake_dir = Path(scratch) / "generated"
-        fake_dir.mkdir()
-        from tqdm.auto import tqdm
-
-        for lo in tqdm(range(0, n, batch_size), desc="FID: generating", unit="batch", disable=not verbose):
-            hi = min(n, lo + batch_size)
-            images = generate(G, text_cache, schema, prompts[lo:hi], attributes[lo:hi],
-                              [seed + i for i in range(lo, hi)], truncation, device)
-            for i, image in zip(range(lo, hi), tensor_to_images(images)):
-                image.save(fake_dir / f"{i:06d}.png")
+        write_generated(G, text_cache, schema, dataset, name, n, fake_dir, seed=seed, truncation=truncation,
+                        device=device, batch_size=batch_size, verbose=verbose)
         feats = folder_features(fake_dir, network, **features)
     fid = float(frechet_distance(np.mean(feats, axis=0), np.cov(feats, rowvar=False), reference["mu"],
                                  reference["sigma"]))

@@ -111,6 +111,10 @@ def describe_init_from(path: str) -> str | None:
 
     try:
         state_dir = resolve_init_from(path)
+        if not (Path(state_dir) / "state.json").is_file():  # an exported model: its config.json says its run
+            meta = json.loads((Path(state_dir) / "config.json").read_text())
+            return (f"`train.init_from={path}`: the model {state_dir} (its G_ema; D fresh), step "
+                    f"{meta.get('step', 0):,} and {meta.get('images_seen', 0):,} images of its own run")
         state = json.loads((Path(state_dir) / "state.json").read_text())
     except Exception:  # noqa: BLE001 - a card line must never stop a training run's export
         return f"`train.init_from={path}` (no longer readable)"

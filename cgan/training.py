@@ -287,7 +287,9 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
             phases = [(D, G, opt_D, d_step)]
             if step % t.r1_every == 0 and t.r1_gamma > 0:
                 phases.append((D, G, opt_D, r1_step))
-            phases.append((G, D, opt_G, g_step))
+            train_G = step >= t.d_warmup_steps  # a fresh D learns alone first (train.d_warmup_steps)
+            if train_G:
+                phases.append((G, D, opt_G, g_step))
             stats: dict[str, torch.Tensor] = {}
             flags: dict[str, torch.Tensor] = {}  # phase name -> 1.0 if skipped as non-finite, on the device
             for trained, frozen, optimizer, step_fn in phases:
@@ -296,7 +298,8 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
                                                                  accelerator, augment)
                 stats.update(phase_stats)
             images_seen += global_batch
-            update_ema(G_ema, G, ema_beta(global_batch, images_seen, t.ema_kimg, t.ema_rampup))
+            if train_G:
+                update_ema(G_ema, G, ema_beta(global_batch, images_seen, t.ema_kimg, t.ema_rampup))
             step += 1
             window_images += global_batch
             progress.update(1)
@@ -337,8 +340,8 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
                 means["speed/images_per_s"] = window_images / max(elapsed, 1e-9)
                 means["nonfinite/skipped"] = window_skipped  # phases skipped in this window
                 if is_main:
-                    progress.set_postfix({"img/s": f"{means['speed/images_per_s']:.1f}",
-                                          "D": f"{means['loss/D']:.3f}", "G": f"{means['loss/G']:.3f}"})
+                    progress.set_postfix({"img/s": f"{means['speed/images_per_s']:.1f}", "D": f"{means['loss/D']:.3f}",
+                                          "G": f"{means['loss/G']:.3f}" if "loss/G" in means else "warm-up"})
                     accelerator.log(means, step=step)
                     with (out_dir / "metrics.jsonl").open("a") as handle:
                         handle.write(json.dumps({"step": step, "images_seen": images_seen, **means}) + "\n")

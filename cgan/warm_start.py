@@ -1,5 +1,10 @@
 """`train.init_from`: start a new run from another run's weights, e.g. grow a 32 px run to 64 px.
 
+It names a training state, a run folder (its newest state), or an exported model folder or shipped
+model name (`shapes64`): a model holds only G_ema, which starts both G and G_ema, and D starts fresh
+(`train.d_warmup_steps` trains it alone for a while, so that G's first gradients come from a D that
+has learned something). That is how to fine-tune a shipped model on other data.
+
 The generator's blocks are indexed from 4 px up, so a 32 px G's blocks are the first blocks of a
 64 px G with the same channel_base and channel_max; the 64 px block is new, and its to_rgb starts
 at zero so that the first images are the 32 px images upsampled. The discriminator's blocks are
@@ -25,15 +30,24 @@ import torch
 from cgan.checkpoint import CheckpointError, list_checkpoints, load_weights
 
 
+def is_model_dir(path: Path) -> bool:
+    """An exported model (config.json + G_ema.safetensors), not a training state."""
+    return (path / "G_ema.safetensors").is_file() and (path / "config.json").is_file()
+
+
 def resolve_init_from(path: str | Path) -> Path:
-    """A training-state folder, or a run folder (its newest complete state)."""
+    """A training-state folder, a run folder (its newest complete state), or a model folder (or shipped name)."""
+    from cgan.pipeline import resolve_model_dir
+
     path = Path(path)
     if (path / "state.json").is_file():
         return path
+    if is_model_dir(resolve_model_dir(path)):
+        return resolve_model_dir(path)
     states = list_checkpoints(path)
     if not states:
-        raise CheckpointError(f"train.init_from {str(path)!r}: not a training state folder (state.json) nor a run "
-                              "folder with checkpoints")
+        raise CheckpointError(f"train.init_from {str(path)!r}: not a training state folder (state.json), a run "
+                              "folder with checkpoints, nor a model folder (config.json + G_ema.safetensors)")
     return states[-1]
 
 
@@ -73,9 +87,14 @@ def transfer(module: torch.nn.Module, source: dict[str, torch.Tensor], shift: in
 
 
 def warm_start(path: str | Path, G: torch.nn.Module, G_ema: torch.nn.Module, D: torch.nn.Module) -> str:
-    """Load another run's G, G_ema and D into these (possibly larger) models; -> a line for the log."""
+    """Load another run's G, G_ema and D (a model folder: G_ema into both Gs; D stays fresh) into these
+    (possibly larger) models; -> a line for the log."""
     state = resolve_init_from(path)
-    sources = {name: load_weights(state / f"{name}.safetensors") for name in ("G", "G_ema", "D")}
+    if is_model_dir(state):
+        generator = load_weights(state / "G_ema.safetensors")
+        sources = {"G": generator, "G_ema": generator, "D": {}}
+    else:
+        sources = {name: load_weights(state / f"{name}.safetensors") for name in ("G", "G_ema", "D")}
     block_indices = [int(m.group(1)) for k in sources["G"] if (m := re.match(r"blocks\.(\d+)\.", k))]
     if not block_indices:
         raise CheckpointError(f"train.init_from {state}: G.safetensors holds no generator weights")
@@ -85,6 +104,13 @@ def warm_start(path: str | Path, G: torch.nn.Module, G_ema: torch.nn.Module, D: 
         raise CheckpointError(f"train.init_from {state}: a {old_resolution} px run cannot start a "
                               f"{G.resolution} px one (only growing is supported)")
     shift = int(math.log2(G.resolution // old_resolution))
+    own_G = G.state_dict()
+    unused = [k for k, v in sources["G"].items() if k not in own_G or own_G[k].dim() != v.dim()
+              or any(a < b for a, b in zip(own_G[k].shape, v.shape))]
+    if unused:
+        raise CheckpointError(f"train.init_from {state}: this config's generator has no place for {len(unused)} of its "
+                              f"tensors ({', '.join(unused[:3])}{', ...' if len(unused) > 3 else ''}); set the model.* "
+                              "settings it was trained with (its config.yaml, or config.json for a model)")
     fresh_G = transfer(G, sources["G"])
     transfer(G_ema, sources["G_ema"])
     fresh_D = transfer(D, sources["D"], shift=shift)
@@ -93,6 +119,10 @@ def warm_start(path: str | Path, G: torch.nn.Module, G_ema: torch.nn.Module, D: 
             for model in (G, G_ema):
                 model.blocks[index].to_rgb.weight.zero_()
     prefixes = lambda keys: sorted({".".join(k.split(".")[:2]) for k in keys})  # noqa: E731
+    if not sources["D"]:
+        return (f"init_from model {state} ({old_resolution} px -> {G.resolution} px): G and G_ema from its G_ema, "
+                f"{len(G.state_dict()) - len(fresh_G)}/{len(G.state_dict())} tensors loaded whole, new or widened: "
+                f"{', '.join(prefixes(fresh_G)) or 'none'}; D fresh (a model holds none)")
     return (f"init_from {state} ({old_resolution} px -> {G.resolution} px): G {len(G.state_dict()) - len(fresh_G)}/"
             f"{len(G.state_dict())} tensors loaded whole, new or widened: {', '.join(prefixes(fresh_G)) or 'none'}; D "
             f"{len(D.state_dict()) - len(fresh_D)}/{len(D.state_dict())} loaded whole, new or widened: "

@@ -185,6 +185,37 @@ def test_init_from_grows_a_32px_run_to_64px(tiny_config, tmp_path, minilm, capsy
         train(big, tmp_path / "shrunk", max_steps=1, text_encoder=minilm)
 
 
+
+def test_init_from_a_model_folder_fine_tunes_its_generator_with_a_fresh_d(tiny_config, tmp_path, minilm, capsys):
+    import copy
+
+    from cgan.checkpoint import load_weights
+
+    small = tmp_path / "small"
+    train(tiny_config, small, max_steps=2, text_encoder=minilm)
+    shipped = load_weights(small / "model" / "G_ema.safetensors")
+    tuned = copy.deepcopy(tiny_config)
+    tuned.train.init_from, tuned.train.d_warmup_steps = str(small / "model"), 2
+    train(tuned, tmp_path / "tuned", max_steps=2, text_encoder=minilm)
+    log = capsys.readouterr().out
+    assert f"init_from model {small / 'model'}" in log and "D fresh (a model holds none)" in log
+    # two warm-up steps trained D alone: the exported generator is the model's, unchanged
+    after_warmup = load_weights(tmp_path / "tuned" / "model" / "G_ema.safetensors")
+    assert all(torch.equal(after_warmup[k], v) for k, v in shipped.items())
+    card = (tmp_path / "tuned" / "model" / "MODEL_CARD.md").read_text()
+    assert f"the model {small / 'model'} (its G_ema; D fresh), step 2" in card
+    train(tuned, tmp_path / "tuned", resume="latest", max_steps=1, text_encoder=minilm)  # now G trains
+    moved = load_weights(tmp_path / "tuned" / "model" / "G_ema.safetensors")
+    assert any(not torch.equal(moved[k], v) for k, v in shipped.items())
+    other = copy.deepcopy(tuned)
+    other.model.text_positions = not tuned.model.text_positions  # a generator of another shape
+    other.model.w_dim = tuned.model.w_dim // 2
+    with pytest.raises(Exception, match="has no place for .* set the model.. settings it was trained with"):
+        train(other, tmp_path / "other", max_steps=1, text_encoder=minilm)
+    tuned.train.init_from = str(tmp_path / "nothing")
+    with pytest.raises(Exception, match="nor a model folder"):
+        train(tuned, tmp_path / "none", max_steps=1, text_encoder=minilm)
+
 def test_model_card_lists_the_last_value_of_each_metric(tmp_path):
     from cgan.model_card import last_metrics
 
