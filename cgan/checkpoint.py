@@ -106,18 +106,20 @@ def load_module_weights(module: torch.nn.Module, path: Path) -> None:
 
 def export_model(out_dir: str | Path, *, G_ema: torch.nn.Module, generator_kwargs: dict[str, Any],
                  schema_dict: dict[str, Any], text_encoder: dict[str, Any], config_dict: dict[str, Any],
-                 step: int, images_seen: int, model_card: str | None = None) -> Path:
+                 step: int, images_seen: int, model_card: str | None = None,
+                 D: torch.nn.Module | None = None) -> Path:
     from cgan import __version__
 
     meta = {"format_version": FORMAT_VERSION, "cgan_version": __version__, "generator": generator_kwargs,
             "text_encoder": text_encoder, "step": step, "images_seen": images_seen,
             "prompt_dropout": config_dict["train"]["drop_prompt"], "config": config_dict}
-    return write_exported(out_dir, meta, schema_dict, G_ema, model_card)
+    return write_exported(out_dir, meta, schema_dict, G_ema, model_card, D)
 
 
 def write_exported(out_dir: str | Path, meta: dict[str, Any], schema_dict: dict[str, Any],
-                   G_ema: torch.nn.Module, model_card: str | None = None) -> Path:
-    """Write a model folder (config.json, attributes.json, G_ema.safetensors) whole, or not at all."""
+                   G_ema: torch.nn.Module, model_card: str | None = None, D: torch.nn.Module | None = None) -> Path:
+    """Write a model folder (config.json, attributes.json, G_ema.safetensors; D.safetensors when D is given:
+    not needed to generate, but `train.init_from` the model then continues with a trained D) whole, or not at all."""
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -125,6 +127,8 @@ def write_exported(out_dir: str | Path, meta: dict[str, Any], schema_dict: dict[
     (tmp / "config.json").write_text(json.dumps(meta, indent=2))
     (tmp / "attributes.json").write_text(json.dumps(schema_dict, indent=2))
     save_file(_state_dict(G_ema), str(tmp / "G_ema.safetensors"), metadata={"format": "pt"})
+    if D is not None:
+        save_file(_state_dict(D), str(tmp / "D.safetensors"), metadata={"format": "pt"})
     if model_card is not None:
         (tmp / "MODEL_CARD.md").write_text(model_card)
     _publish_folder(tmp, out_dir)

@@ -136,10 +136,14 @@ class TrainConfig:
     channels_last: bool = True  # NHWC memory format: faster convolutions on CPU and GPU
     # start a new run from another run's weights (its folder or a checkpoint folder), e.g. a 32 px run
     # grown to 64 px with the same channel widths, or from an exported model (a folder or a shipped
-    # name such as shapes64: G only, D fresh) (cgan/warm_start.py); used only when not resuming
+    # name such as shapes64: its G_ema, and its D if it holds one, see export_d) (cgan/warm_start.py);
+    # used only when not resuming
     init_from: str = ""
     # the run's first N steps train D alone (G and G_ema unchanged): for a fresh D beside a trained G
     d_warmup_steps: int = 0
+    # the exported model (OUT/model) also holds D.safetensors: not needed to generate, but a run started
+    # from the model (train.init_from=MODEL) then continues with a trained D instead of a fresh one
+    export_d: bool = False
     threads: int = 0  # torch's intra-op threads in each process (0 = torch's default: all cores)
     compile: bool = False  # torch.compile G and D for the D and G phases (R1 keeps eager D): slow to compile
     max_minutes: float = 0.0  # wall-clock budget of this invocation: then checkpoint, export and stop (0 = none)

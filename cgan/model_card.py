@@ -80,7 +80,9 @@ def render_model_card(*, name: str, config: dict[str, Any], schema_description: 
                      f"seed {train['seed']}"),
         ("hardware", hardware),
         ("wall time", f"{hours} h {minutes:02d} min of training (evaluations included, over every resume)"),
-        ("weights", "`G_ema.safetensors` (the exponential moving average of G)"),
+        ("weights", "`G_ema.safetensors` (the exponential moving average of G)"
+                    + (", `D.safetensors` (the discriminator, for `train.init_from` this model)"
+                       if train.get("export_d") else "")),
     ]
     if started_from:
         rows.insert(5, ("started from", started_from))
@@ -113,7 +115,8 @@ def describe_init_from(path: str) -> str | None:
         state_dir = resolve_init_from(path)
         if not (Path(state_dir) / "state.json").is_file():  # an exported model: its config.json says its run
             meta = json.loads((Path(state_dir) / "config.json").read_text())
-            return (f"`train.init_from={path}`: the model {state_dir} (its G_ema; D fresh), step "
+            d_source = " and D" if (Path(state_dir) / "D.safetensors").is_file() else "; D fresh"
+            return (f"`train.init_from={path}`: the model {state_dir} (its G_ema{d_source}), step "
                     f"{meta.get('step', 0):,} and {meta.get('images_seen', 0):,} images of its own run")
         state = json.loads((Path(state_dir) / "state.json").read_text())
     except Exception:  # noqa: BLE001 - a card line must never stop a training run's export

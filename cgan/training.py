@@ -259,7 +259,8 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
             export_model(out_dir / "model", G_ema=G_ema, generator_kwargs=generator_kwargs(config, text_encoder.dim),
                          schema_dict=dataset.schema.to_dict(),
                          text_encoder={"name": text_encoder.name, "max_length": text_encoder.max_length},
-                         config_dict=config.to_dict(), step=at_step, images_seen=images_seen, model_card=card)
+                         config_dict=config.to_dict(), step=at_step, images_seen=images_seen, model_card=card,
+                         D=D if t.export_d else None)
         accelerator.wait_for_everyone()
 
     evaluator = Evaluator(config, dataset, text_encoder, text_cache, device)

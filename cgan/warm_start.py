@@ -1,9 +1,9 @@
 """`train.init_from`: start a new run from another run's weights, e.g. grow a 32 px run to 64 px.
 
 It names a training state, a run folder (its newest state), or an exported model folder or shipped
-model name (`shapes64`): a model holds only G_ema, which starts both G and G_ema, and D starts fresh
-(`train.d_warmup_steps` trains it alone for a while, so that G's first gradients come from a D that
-has learned something). That is how to fine-tune a shipped model on other data.
+model name (`shapes64`): a model's G_ema starts both G and G_ema, and its D.safetensors D, when it
+holds one (`train.export_d`); otherwise D starts fresh (`train.d_warmup_steps` trains it alone for a
+while, so that G's first gradients come from a D that has learned something).
 
 The generator's blocks are indexed from 4 px up, so a 32 px G's blocks are the first blocks of a
 64 px G with the same channel_base and channel_max; the 64 px block is new, and its to_rgb starts
@@ -92,7 +92,8 @@ def warm_start(path: str | Path, G: torch.nn.Module, G_ema: torch.nn.Module, D: 
     state = resolve_init_from(path)
     if is_model_dir(state):
         generator = load_weights(state / "G_ema.safetensors")
-        sources = {"G": generator, "G_ema": generator, "D": {}}
+        discriminator = load_weights(state / "D.safetensors") if (state / "D.safetensors").is_file() else {}
+        sources = {"G": generator, "G_ema": generator, "D": discriminator}
     else:
         sources = {name: load_weights(state / f"{name}.safetensors") for name in ("G", "G_ema", "D")}
     block_indices = [int(m.group(1)) for k in sources["G"] if (m := re.match(r"blocks\.(\d+)\.", k))]
@@ -119,10 +120,10 @@ def warm_start(path: str | Path, G: torch.nn.Module, G_ema: torch.nn.Module, D: 
             for model in (G, G_ema):
                 model.blocks[index].to_rgb.weight.zero_()
     prefixes = lambda keys: sorted({".".join(k.split(".")[:2]) for k in keys})  # noqa: E731
-    if not sources["D"]:
+    if is_model_dir(state) and not sources["D"]:
         return (f"init_from model {state} ({old_resolution} px -> {G.resolution} px): G and G_ema from its G_ema, "
                 f"{len(G.state_dict()) - len(fresh_G)}/{len(G.state_dict())} tensors loaded whole, new or widened: "
-                f"{', '.join(prefixes(fresh_G)) or 'none'}; D fresh (a model holds none)")
+                f"{', '.join(prefixes(fresh_G)) or 'none'}; D fresh (the model holds none: train.export_d)")
     return (f"init_from {state} ({old_resolution} px -> {G.resolution} px): G {len(G.state_dict()) - len(fresh_G)}/"
             f"{len(G.state_dict())} tensors loaded whole, new or widened: {', '.join(prefixes(fresh_G)) or 'none'}; D "
             f"{len(D.state_dict()) - len(fresh_D)}/{len(D.state_dict())} loaded whole, new or widened: "

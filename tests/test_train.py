@@ -198,7 +198,7 @@ def test_init_from_a_model_folder_fine_tunes_its_generator_with_a_fresh_d(tiny_c
     tuned.train.init_from, tuned.train.d_warmup_steps = str(small / "model"), 2
     train(tuned, tmp_path / "tuned", max_steps=2, text_encoder=minilm)
     log = capsys.readouterr().out
-    assert f"init_from model {small / 'model'}" in log and "D fresh (a model holds none)" in log
+    assert f"init_from model {small / 'model'}" in log and "D fresh (the model holds none" in log
     # two warm-up steps trained D alone: the exported generator is the model's, unchanged
     after_warmup = load_weights(tmp_path / "tuned" / "model" / "G_ema.safetensors")
     assert all(torch.equal(after_warmup[k], v) for k, v in shipped.items())
@@ -207,6 +207,18 @@ def test_init_from_a_model_folder_fine_tunes_its_generator_with_a_fresh_d(tiny_c
     train(tuned, tmp_path / "tuned", resume="latest", max_steps=1, text_encoder=minilm)  # now G trains
     moved = load_weights(tmp_path / "tuned" / "model" / "G_ema.safetensors")
     assert any(not torch.equal(moved[k], v) for k, v in shipped.items())
+    assert not (tmp_path / "tuned" / "model" / "D.safetensors").exists()  # off by default
+    # train.export_d: the model also holds D, and a run started from it continues with that D
+    tuned.train.export_d = True
+    train(tuned, tmp_path / "tuned", resume="latest", max_steps=1, text_encoder=minilm)
+    exported_D = load_weights(tmp_path / "tuned" / "model" / "D.safetensors")
+    assert "`D.safetensors` (the discriminator" in (tmp_path / "tuned" / "model" / "MODEL_CARD.md").read_text()
+    again = copy.deepcopy(tuned)
+    again.train.init_from, again.train.d_warmup_steps, again.train.lr_d = str(tmp_path / "tuned" / "model"), 0, 1e-9
+    train(again, tmp_path / "again", max_steps=1, text_encoder=minilm)
+    assert "D fresh" not in capsys.readouterr().out
+    continued_D = load_weights(tmp_path / "again" / "model" / "D.safetensors")  # one step at lr 1e-9: unchanged
+    assert all(torch.allclose(continued_D[k], v, atol=1e-6) for k, v in exported_D.items())
     other = copy.deepcopy(tuned)
     other.model.text_positions = not tuned.model.text_positions  # a generator of another shape
     other.model.w_dim = tuned.model.w_dim // 2
