@@ -85,6 +85,8 @@ class ModelConfig:
     g_attn_positions: bool = False
     d_channel_base: int = 4096  # D's channels at resolution r: min(d_channel_max, d_channel_base // r)
     d_channel_max: int = 256  # cap on D's channels at any resolution
+    # floor on D's channels (0: none): wider first blocks, which see the edges; widened as g_channel_min
+    d_channel_min: int = 0
     # D resolutions with cross-attention to the condition tokens
     d_attn_resolutions: list[int] = field(default_factory=lambda: [8])
     # D blocks pool before their second convolution (as StyleGAN2's down-sampling convolution) instead
@@ -314,7 +316,8 @@ RANGES: dict[str, tuple[Any, str]] = {
     "model.cond_dim": POSITIVE, "model.num_cond_queries": POSITIVE, "model.fusion_layers": NON_NEGATIVE,
     "model.fusion_heads": POSITIVE, "model.z_dim": POSITIVE, "model.w_dim": POSITIVE, "model.mapping_layers": POSITIVE,
     "model.g_channel_base": POSITIVE, "model.g_channel_max": POSITIVE, "model.g_channel_min": NON_NEGATIVE,
-    "model.d_channel_base": POSITIVE, "model.d_channel_max": POSITIVE, "model.attn_heads": POSITIVE,
+    "model.d_channel_base": POSITIVE, "model.d_channel_max": POSITIVE, "model.d_channel_min": NON_NEGATIVE,
+    "model.attn_heads": POSITIVE,
     "train.lr_g": POSITIVE, "train.lr_d": POSITIVE, "train.r1_gamma": NON_NEGATIVE,
     "train.mismatch_weight": NON_NEGATIVE, "train.d_warmup_steps": NON_NEGATIVE,
     "train.ema_kimg": NON_NEGATIVE, "train.ema_rampup": NON_NEGATIVE,

@@ -115,7 +115,8 @@ class Discriminator(AuxiliaryHeads):
     """
 
     def __init__(self, *, schema: AttributeSchema, text_dim: int, resolution: int = 64, cond_dim: int = 256,
-                 channel_base: int = 4096, channel_max: int = 256, attn_resolutions: tuple[int, ...] = (8,),
+                 channel_base: int = 4096, channel_max: int = 256, channel_min: int = 0,
+                 attn_resolutions: tuple[int, ...] = (8,),
                  attn_heads: int = 4, fusion: str = "cross_attention", num_cond_queries: int = 8,
                  fusion_layers: int = 2, fusion_heads: int = 4, fusion_zero_init: bool = True,
                  text_positions: bool = False, text_layers: int = 0, pool_first: bool = False,
@@ -126,7 +127,7 @@ class Discriminator(AuxiliaryHeads):
                                        num_queries=num_cond_queries, num_layers=fusion_layers, num_heads=fusion_heads,
                                        zero_init=fusion_zero_init, text_positions=text_positions,
                                        text_layers=text_layers)
-        ch = lambda r: channels_at(r, channel_base, channel_max)  # noqa: E731
+        ch = lambda r: channels_at(r, channel_base, channel_max, channel_min)  # noqa: E731
         self.from_rgb = EqualConv2d(3, ch(resolution), 1, activation=True)
         self.blocks = nn.ModuleList()
         self.attn = nn.ModuleDict()

@@ -72,7 +72,8 @@ def render_model_card(*, name: str, config: dict[str, Any], schema_description: 
         ("generator", f"{num_params / 1e6:.2f}M parameters, {config['data']['resolution']} px, "
                       f"`model.fusion={model['fusion']}`, channels base/max {model['g_channel_base']}/"
                       f"{model['g_channel_max']}" + (f", min {model['g_channel_min']}" if model.get("g_channel_min")
-                                                     else "")),
+                                                     else "")
+                      + (f"; D's min {model['d_channel_min']}" if model.get("d_channel_min") else "")),
         ("text encoder", f"`{config['text']['encoder']}`, max {config['text']['max_length']} tokens, frozen"),
         ("training", f"{step:,} steps, {images_seen:,} images, batch {train['batch_size']} x {train['grad_accum']}, "
                      f"lr G/D {train['lr_g']:g}/{train['lr_d']:g}, R1 {train['r1_gamma']:g}, loss terms: "

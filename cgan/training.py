@@ -68,7 +68,7 @@ def discriminator_kwargs(config: Config, text_dim: int) -> dict[str, Any]:
                   attribute_heads=config.loss.attributes > 0)
     if m.discriminator == "projected":
         return dict(shared, width=m.d_channel_max)
-    return dict(shared, channel_base=m.d_channel_base, channel_max=m.d_channel_max,
+    return dict(shared, channel_base=m.d_channel_base, channel_max=m.d_channel_max, channel_min=m.d_channel_min,
                 attn_resolutions=tuple(m.d_attn_resolutions), pool_first=m.d_pool_first, word_match=m.d_word_match)
 
 

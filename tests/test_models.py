@@ -265,3 +265,19 @@ def test_channel_min_widens_top_blocks_and_init_from_keeps_the_images(shapes_sch
     wide.blocks[3].to_rgb.weight.data[:, 8:] = 1.0
     with torch.no_grad():
         assert (wide(z, cond) - narrow(z, cond)).abs().max() > 1e-2
+
+
+def test_d_channel_min_widens_first_blocks_and_init_from_keeps_the_logits(shapes_schema):
+    from cgan.warm_start import transfer
+
+    kwargs = {k: v for k, v in tiny_model_kwargs().items() if k not in ("z_dim", "w_dim", "mapping_layers")}
+    torch.manual_seed(0)
+    narrow = Discriminator(schema=shapes_schema, **kwargs)  # 32 px: 8 channels, 16 px: 16
+    wide = Discriminator(schema=shapes_schema, channel_min=24, **kwargs)
+    assert [wide.from_rgb.weight.shape[0]] + [b.conv1.weight.shape[0] for b in wide.blocks] == [24, 24, 32, 32]
+    assert [narrow.from_rgb.weight.shape[0]] + [b.conv1.weight.shape[0] for b in narrow.blocks] == [8, 16, 32, 32]
+    left = transfer(wide, narrow.state_dict())
+    assert "from_rgb.weight" in left and "blocks.0.conv1.weight" in left  # widened, not whole
+    images, cond = torch.randn(B, 3, 32, 32), inputs(shapes_schema, fake_text(B), torch.ones(B, dtype=torch.bool))
+    with torch.no_grad():
+        torch.testing.assert_close(wide(images, cond), narrow(images, cond), atol=1e-5, rtol=1e-4)
