@@ -347,7 +347,7 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
                     with (out_dir / "metrics.jsonl").open("a") as handle:
                         handle.write(json.dumps({"step": step, "images_seen": images_seen, **means}) + "\n")
                 sums, window_start, window_images, window_skipped = {}, time.perf_counter(), 0, 0
-            if is_main and evaluator.due(step):
+            if is_main and evaluator.due(step) and step >= t.d_warmup_steps:  # not while G stands still
                 metrics = evaluator(G_ema, step)
                 accelerator.log(metrics, step=step)
                 with (out_dir / "metrics.jsonl").open("a") as handle:
