@@ -12,7 +12,9 @@ after one transform applied to BOTH sides:
 - border 4 px: a 4 px frame painted grey on both: artefacts at the image border no longer count;
 - 8 colours: each image quantised to its own 8-colour palette: gloss, halos and shading no longer count.
 
-A transform that brings the FID far down names where the gap is. Prints one line per transform.
+A transform that brings the FID far down names where the gap is. Prints one line per transform,
+after the border profile: the mean |generated - real| over the real background's pixels, by ring of
+pixels from the image border inward (a rim artefact shows as a higher ring 0). --border-only: that alone.
 """
 from __future__ import annotations
 
@@ -60,6 +62,18 @@ def transformed_features(images: list[Image.Image], transform, network) -> np.nd
         return folder_features(folder, network)
 
 
+def border_profile(real: list[Image.Image], fake: list[Image.Image], rings: int = 6) -> list[float]:
+    """Mean |fake - real| (0-255, over RGB) on the real images' background pixels (the colour of their
+    top-left pixel), for each ring of pixels 0 (the outermost) .. rings - 1."""
+    real_px, fake_px = (np.stack([np.asarray(image, dtype=np.float32) for image in images]) for images in (real, fake))
+    background = np.all(np.abs(real_px - real_px[:, :1, :1, :]) < 1, axis=-1)  # (N, H, W)
+    size = real_px.shape[1]
+    yy, xx = np.mgrid[:size, :size]
+    ring = np.minimum(np.minimum(yy, xx), np.minimum(size - 1 - yy, size - 1 - xx))  # (H, W)
+    error = np.abs(fake_px - real_px).mean(-1)  # (N, H, W)
+    return [float(error[background & (ring == r)[None]].mean()) for r in range(rings)]
+
+
 def main() -> int:
     from cleanfid.fid import frechet_distance
 
@@ -67,6 +81,7 @@ def main() -> int:
     parser.add_argument("--model", default="shapes64", help="a model folder or a shipped model name")
     parser.add_argument("--num", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--border-only", action="store_true", help="print the border profile only (no FID)")
     args = parser.parse_args()
     set_threads(args.threads)
     print(f"CPU: {cpu_flags()}; {args.threads} thread(s)")
@@ -80,6 +95,11 @@ def main() -> int:
         write_generated(pipe.G, pipe.text_cache, pipe.schema, dataset, name, num, Path(scratch))
         fake = [Image.open(path).convert("RGB") for path in sorted(Path(scratch).glob("*.png"))]
     print(f"{args.model}: {num} generated vs {num} real images of shapes/{split} at {pipe.resolution} px")
+    profile = border_profile(real, fake)
+    print("border profile, mean |generated - real| on the background, rings 0 (outermost) ..: "
+          + " ".join(f"{value:.2f}" for value in profile), flush=True)
+    if args.border_only:
+        return 0
     for label, transform in TRANSFORMS.items():
         start = time.perf_counter()
         feats_real, feats_fake = (transformed_features(images, transform, network) for images in (real, fake))
