@@ -87,8 +87,8 @@ def transfer(module: torch.nn.Module, source: dict[str, torch.Tensor], shift: in
 
 
 def warm_start(path: str | Path, G: torch.nn.Module, G_ema: torch.nn.Module, D: torch.nn.Module) -> str:
-    """Load another run's G, G_ema and D (a model folder: G_ema into both Gs; D stays fresh) into these
-    (possibly larger) models; -> a line for the log."""
+    """Load another run's G, G_ema and D (a model folder: its G_ema into both Gs, its D if it holds one)
+    into these (possibly larger) models; -> a line for the log."""
     state = resolve_init_from(path)
     if is_model_dir(state):
         generator = load_weights(state / "G_ema.safetensors")
