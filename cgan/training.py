@@ -12,6 +12,7 @@ with lower learning rates, or stops with `TrainingDiverged`. Leftovers of a kill
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -82,6 +83,14 @@ def build_discriminator(config: Config, schema, text_dim: int) -> torch.nn.Modul
     return Discriminator(schema=schema, **kwargs)
 
 
+def leave_stop_signals_to_the_main_process(worker_id: int) -> None:
+    """DataLoader workers ignore SIGINT and SIGTERM: the main process stops the run cleanly (cgan/recovery.py's
+    StopControl) and then ends its workers. Ctrl-C in a terminal, `timeout`, `docker stop` and cluster schedulers
+    signal the whole process group; a worker killed by SIGTERM would crash the run instead of stopping it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def make_loader(dataset: CaptionedDataset, config: Config, step: int, accelerator):
     """An endless iterator of this process's micro-batches, from `step` on (the same order after a resume)."""
     t = config.train
@@ -89,6 +98,7 @@ def make_loader(dataset: CaptionedDataset, config: Config, step: int, accelerato
                           num_processes=accelerator.num_processes, process_index=accelerator.process_index)
     return iter(DataLoader(dataset, batch_size=t.batch_size, sampler=sampler, num_workers=config.data.num_workers,
                            persistent_workers=config.data.num_workers > 0,
+                           worker_init_fn=leave_stop_signals_to_the_main_process,
                            pin_memory=accelerator.device.type == "cuda",
                            generator=torch.Generator().manual_seed(t.seed)))  # keeps the global RNG untouched
 

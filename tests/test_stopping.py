@@ -15,23 +15,28 @@ from conftest import ROOT, TINY
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_mid_run_saves_a_checkpoint_and_model_then_exits_0(tmp_path, cache_dir, signum):
+@pytest.mark.parametrize("signum, whole_group", [(signal.SIGINT, False), (signal.SIGTERM, False),
+                                                (signal.SIGTERM, True)])
+def test_a_signal_mid_run_saves_a_checkpoint_and_model_then_exits_0(tmp_path, cache_dir, signum, whole_group):
+    """whole_group: the signal reaches the data loader's worker too, as from `timeout`, `docker stop` or a scheduler."""
     run = tmp_path / "run"
     cmd = [sys.executable, str(ROOT / "train.py"), "--config", TINY, "--out", str(run), f"data.cache_dir={cache_dir}",
            "data.num_images=64", "train.total_steps=100000", "train.checkpoint_every=100000", "train.log_every=1",
-           "train.sample_every=100000"]
+           "train.sample_every=100000", "data.num_workers=1"]
     log = tmp_path / "log"
     with log.open("w") as handle:
         process = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=handle,
-                                   stderr=subprocess.STDOUT)
+                                   stderr=subprocess.STDOUT, start_new_session=True)
         try:
             deadline = time.monotonic() + 300
             while not (run / "metrics.jsonl").is_file() or len((run / "metrics.jsonl").read_text().splitlines()) < 2:
                 assert process.poll() is None, log.read_text()[-3000:]
                 assert time.monotonic() < deadline, "training did not start"
                 time.sleep(0.2)
-            process.send_signal(signum)
+            if whole_group:
+                os.killpg(process.pid, signum)
+            else:
+                process.send_signal(signum)
             assert process.wait(timeout=120) == 0, log.read_text()[-3000:]
         finally:
             if process.poll() is None:
