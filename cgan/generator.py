@@ -85,10 +85,10 @@ class Generator(nn.Module):
 
     def __init__(self, *, schema: AttributeSchema, text_dim: int, resolution: int = 64, z_dim: int = 128,
                  w_dim: int = 256, cond_dim: int = 256, mapping_layers: int = 4, channel_base: int = 4096,
-                 channel_max: int = 256, channel_min: int = 0, attn_resolutions: tuple[int, ...] = (8, 16), attn_heads: int = 4,
-                 fusion: str = "cross_attention", num_cond_queries: int = 8, fusion_layers: int = 2,
-                 fusion_heads: int = 4, fusion_zero_init: bool = True, text_positions: bool = False,
-                 text_layers: int = 0, output: str = "linear",
+                 channel_max: int = 256, channel_min: int = 0, attn_resolutions: tuple[int, ...] = (8, 16),
+                 attn_heads: int = 4, fusion: str = "cross_attention", num_cond_queries: int = 8,
+                 fusion_layers: int = 2, fusion_heads: int = 4, fusion_zero_init: bool = True,
+                 text_positions: bool = False, text_layers: int = 0, output: str = "linear",
                  mapping_lr_mul: float = 0.01, color: str = "rgb", attn_positions: bool = False):
         super().__init__()
         if output not in ("linear", "tanh"):

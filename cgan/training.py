@@ -53,7 +53,8 @@ def generator_kwargs(config: Config, text_dim: int) -> dict[str, Any]:
     m = config.model
     return dict(text_dim=text_dim, resolution=config.data.resolution, z_dim=m.z_dim, w_dim=m.w_dim,
                 cond_dim=m.cond_dim, mapping_layers=m.mapping_layers, channel_base=m.g_channel_base,
-                channel_max=m.g_channel_max, channel_min=m.g_channel_min, attn_resolutions=tuple(m.g_attn_resolutions), attn_heads=m.attn_heads,
+                channel_max=m.g_channel_max, channel_min=m.g_channel_min,
+                attn_resolutions=tuple(m.g_attn_resolutions), attn_heads=m.attn_heads,
                 fusion=m.fusion, num_cond_queries=m.num_cond_queries, fusion_layers=m.fusion_layers,
                 fusion_heads=m.fusion_heads, fusion_zero_init=m.fusion_zero_init, text_positions=m.text_positions,
                 text_layers=m.text_layers, output=m.g_output, mapping_lr_mul=m.mapping_lr_mul, color=m.color,
@@ -351,7 +352,8 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
                 means["speed/images_per_s"] = window_images / max(elapsed, 1e-9)
                 means["nonfinite/skipped"] = window_skipped  # phases skipped in this window
                 if is_main:
-                    progress.set_postfix({"img/s": f"{means['speed/images_per_s']:.1f}", "D": f"{means['loss/D']:.3f}",
+                    progress.set_postfix({"img/s": f"{means['speed/images_per_s']:.1f}",
+                                          "D": f"{means['loss/D']:.3f}",
                                           "G": f"{means['loss/G']:.3f}" if "loss/G" in means else "warm-up"})
                     accelerator.log(means, step=step)
                     with (out_dir / "metrics.jsonl").open("a") as handle:

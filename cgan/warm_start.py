@@ -16,8 +16,8 @@ A tensor that has grown (e.g. `model.g_channel_min` widens G's top blocks) is co
 slice: new outputs (dimension 0) keep their fresh initialisation, and new inputs (the other dimensions)
 start at zero, so every old channel computes what it did and the images are unchanged (exactly so for
 convolutions and linear layers; a GroupNorm over widened channels, as in an attention block, is not).
-Optimizer moments, the step count
-and the learning-rate schedule start fresh: this is a new run, not a resume.
+Optimizer moments, the step count and the learning-rate schedule start fresh: this is a new run, not
+a resume.
 """
 from __future__ import annotations
 
@@ -42,8 +42,9 @@ def resolve_init_from(path: str | Path) -> Path:
     path = Path(path)
     if (path / "state.json").is_file():
         return path
-    if is_model_dir(resolve_model_dir(path)):
-        return resolve_model_dir(path)
+    model_dir = resolve_model_dir(path)
+    if is_model_dir(model_dir):
+        return model_dir
     states = list_checkpoints(path)
     if not states:
         raise CheckpointError(f"train.init_from {str(path)!r}: not a training state folder (state.json), a run "
@@ -72,6 +73,11 @@ def _has_fan_in_gain(module: torch.nn.Module, key: str) -> bool:
     return name == "weight" and hasattr(module.get_submodule(owner), "weight_gain")
 
 
+def fits(own: torch.Tensor, old: torch.Tensor) -> bool:
+    """`old` can be copied into `own`: the same number of dimensions, none of them smaller."""
+    return own.dim() == old.dim() and all(a >= b for a, b in zip(own.shape, old.shape))
+
+
 def transfer(module: torch.nn.Module, source: dict[str, torch.Tensor], shift: int = 0) -> list[str]:
     """Copy the tensors of `source` (keys re-indexed by `shift` blocks) whose name matches into `module`:
     whole where the shape matches, widened where every dimension has grown or stayed (`widened`);
@@ -80,8 +86,7 @@ def transfer(module: torch.nn.Module, source: dict[str, torch.Tensor], shift: in
     renamed = {_shift_blocks(k, shift): v for k, v in source.items()}
     matched = {k: v for k, v in renamed.items() if k in own and own[k].shape == v.shape}
     grown = {k: widened(own[k], v, _has_fan_in_gain(module, k)) for k, v in renamed.items()
-             if k in own and k not in matched and own[k].dim() == v.dim()
-             and all(a >= b for a, b in zip(own[k].shape, v.shape))}
+             if k in own and k not in matched and fits(own[k], v)}
     module.load_state_dict({**matched, **grown}, strict=False)
     return [k for k in own if k not in matched]
 
@@ -90,7 +95,8 @@ def warm_start(path: str | Path, G: torch.nn.Module, G_ema: torch.nn.Module, D: 
     """Load another run's G, G_ema and D (a model folder: its G_ema into both Gs, its D if it holds one)
     into these (possibly larger) models; -> a line for the log."""
     state = resolve_init_from(path)
-    if is_model_dir(state):
+    from_model = is_model_dir(state)
+    if from_model:
         generator = load_weights(state / "G_ema.safetensors")
         discriminator = load_weights(state / "D.safetensors") if (state / "D.safetensors").is_file() else {}
         sources = {"G": generator, "G_ema": generator, "D": discriminator}
@@ -106,8 +112,7 @@ def warm_start(path: str | Path, G: torch.nn.Module, G_ema: torch.nn.Module, D: 
                               f"{G.resolution} px one (only growing is supported)")
     shift = int(math.log2(G.resolution // old_resolution))
     own_G = G.state_dict()
-    unused = [k for k, v in sources["G"].items() if k not in own_G or own_G[k].dim() != v.dim()
-              or any(a < b for a, b in zip(own_G[k].shape, v.shape))]
+    unused = [k for k, v in sources["G"].items() if k not in own_G or not fits(own_G[k], v)]
     if unused:
         raise CheckpointError(f"train.init_from {state}: this config's generator has no place for {len(unused)} of its "
                               f"tensors ({', '.join(unused[:3])}{', ...' if len(unused) > 3 else ''}); set the model.* "
@@ -120,11 +125,9 @@ def warm_start(path: str | Path, G: torch.nn.Module, G_ema: torch.nn.Module, D: 
             for model in (G, G_ema):
                 model.blocks[index].to_rgb.weight.zero_()
     prefixes = lambda keys: sorted({".".join(k.split(".")[:2]) for k in keys})  # noqa: E731
-    if is_model_dir(state) and not sources["D"]:
-        return (f"init_from model {state} ({old_resolution} px -> {G.resolution} px): G and G_ema from its G_ema, "
-                f"{len(G.state_dict()) - len(fresh_G)}/{len(G.state_dict())} tensors loaded whole, new or widened: "
-                f"{', '.join(prefixes(fresh_G)) or 'none'}; D fresh (the model holds none: train.export_d)")
-    return (f"init_from {state} ({old_resolution} px -> {G.resolution} px): G {len(G.state_dict()) - len(fresh_G)}/"
-            f"{len(G.state_dict())} tensors loaded whole, new or widened: {', '.join(prefixes(fresh_G)) or 'none'}; D "
-            f"{len(D.state_dict()) - len(fresh_D)}/{len(D.state_dict())} loaded whole, new or widened: "
-            f"{', '.join(prefixes(fresh_D)) or 'none'}")
+    loaded = lambda module, fresh: (f"{len(module.state_dict()) - len(fresh)}/{len(module.state_dict())} "  # noqa: E731
+                                    f"loaded whole, new or widened: {', '.join(prefixes(fresh)) or 'none'}")
+    d_line = "D fresh (the model holds none: train.export_d)" if not sources["D"] else f"D {loaded(D, fresh_D)}"
+    source = f"model {state}, its G_ema as G and G_ema" if from_model else str(state)
+    return (f"init_from {source} ({old_resolution} px -> {G.resolution} px): G tensors {loaded(G, fresh_G)}; "
+            f"{d_line}")
