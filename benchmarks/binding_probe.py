@@ -34,13 +34,13 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cgan.checkpoint import list_checkpoints, load_weights  # noqa: E402
-from cgan.config import load_config  # noqa: E402
+from cgan.train.checkpoint import list_checkpoints, load_weights  # noqa: E402
+from cgan.core.config import load_config  # noqa: E402
 from cgan.data import ShapesDataset, image_to_tensor  # noqa: E402
 from cgan.data import shapes as shapes_lib  # noqa: E402
 from cgan.pipeline import condition_input  # noqa: E402
-from cgan.text_encoder import FrozenTextEncoder, TextEmbeddingCache  # noqa: E402
-from cgan.training import build_discriminator, generator_kwargs  # noqa: E402
+from cgan.condition.text_encoder import FrozenTextEncoder, TextEmbeddingCache  # noqa: E402
+from cgan.train.loop import build_discriminator, generator_kwargs  # noqa: E402
 
 
 def probe_captions(scene_truth: dict) -> dict[str, str] | None:
@@ -111,8 +111,8 @@ def main() -> int:
 def fake_probe(D, config, state: Path, cache, schema, captions: dict[str, list[str]], attributes: list,
                objects: list[list[dict]]) -> None:
     """objects: per caption, the two objects of its scene (their shape and colour)."""
-    from cgan.faithfulness import HEADS, FaithfulnessReader
-    from cgan.generator import Generator
+    from cgan.eval.faithfulness import HEADS, FaithfulnessReader
+    from cgan.nets.generator import Generator
     from cgan.pipeline import generate
 
     G = Generator(schema=schema, **generator_kwargs(config, cache.encoder.dim)).eval().requires_grad_(False)

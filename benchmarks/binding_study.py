@@ -29,12 +29,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_utils import cpu_flags  # noqa: E402
-from cgan.config import load_config  # noqa: E402
+from cgan.core.config import load_config  # noqa: E402
 from cgan.data import ShapesDataset, image_to_tensor  # noqa: E402
 from cgan.data import shapes as shapes_lib  # noqa: E402
 from cgan.pipeline import condition_input  # noqa: E402
-from cgan.text_encoder import FrozenTextEncoder, TextEmbeddingCache  # noqa: E402
-from cgan.training import build_discriminator  # noqa: E402
+from cgan.condition.text_encoder import FrozenTextEncoder, TextEmbeddingCache  # noqa: E402
+from cgan.train.loop import build_discriminator  # noqa: E402
 
 KINDS = ("swapped", "exchanged", "replaced")
 

@@ -16,9 +16,9 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
-from cgan.config import DataConfig
+from cgan.core.config import DataConfig
 from cgan.data import StepSampler, build_dataset
-from cgan.text_encoder import FrozenTextEncoder, TextEmbeddingCache
+from cgan.condition.text_encoder import FrozenTextEncoder, TextEmbeddingCache
 
 
 def main() -> None:

@@ -21,18 +21,18 @@ from pathlib import Path
 
 import torch
 
-from cgan import fid
+from cgan.eval import fid
 from cgan.data import ShapesDataset
 
 
 def random_model(config_path: str, out: Path) -> Path:
     """Export a randomly initialised generator with the model and resolution of a training config."""
-    from cgan.checkpoint import export_model
-    from cgan.config import load_config
-    from cgan.generator import Generator
-    from cgan.text_encoder import FrozenTextEncoder
-    from cgan.training import generator_kwargs
-    from cgan.attributes import AttributeSchema
+    from cgan.train.checkpoint import export_model
+    from cgan.core.config import load_config
+    from cgan.nets.generator import Generator
+    from cgan.condition.text_encoder import FrozenTextEncoder
+    from cgan.train.loop import generator_kwargs
+    from cgan.condition.attributes import AttributeSchema
     from cgan.data.shapes import SCHEMA
 
     config = load_config(config_path, ["model.color=rgb"])  # the shapes data is in colour

@@ -6,7 +6,7 @@ Generates the images `python -m cgan.fid --model M --data shapes` scores (the he
 captions and attributes, the same seeds), then scores them against the same records' real images
 after one transform applied to BOTH sides:
 
-- none: the plain FID (as cgan.fid reports it);
+- none: the plain FID (as cgan.eval.fid reports it);
 - blur 1.5 px: a Gaussian blur: edges, corners and fine texture no longer count;
 - 16 px: down to 16 px and back up: only the layout, sizes and colours count;
 - border 4 px: a 4 px frame painted grey on both: artefacts at the image border no longer count;
@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_utils import cpu_flags, set_threads  # noqa: E402
-from cgan.fid import DEFAULT_CACHE_DIR, folder_features, load_feature_network, write_generated  # noqa: E402
-from cgan.fid_reference import reference_statistics  # noqa: E402
+from cgan.eval.fid import DEFAULT_CACHE_DIR, folder_features, load_feature_network, write_generated  # noqa: E402
+from cgan.eval.fid_reference import reference_statistics  # noqa: E402
 from cgan.pipeline import CGANPipeline  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""The folded leaky ReLU gain in cgan/layers.py, against the code it replaced: numbers and speed.
+"""The folded leaky ReLU gain in cgan/nets/layers.py, against the code it replaced: numbers and speed.
 
     python benchmarks/fused_activation.py        # outputs and gradients, folded vs unfolded vs float64
     python benchmarks/train_speed.py --threads 1 --configs shapes --variants fp32 fp32-unfolded
@@ -55,7 +55,7 @@ def modulated_forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:  
 @contextmanager
 def unfolded(on: bool = True) -> Iterator[None]:
     """Inside: cgan's EqualLinear, EqualConv2d and ModulatedConv2d use their previous (unfolded) forwards."""
-    from cgan import layers
+    from cgan.nets import layers
 
     classes = (layers.EqualLinear, layers.EqualConv2d, layers.ModulatedConv2d)
     originals = [cls.forward for cls in classes]
@@ -70,20 +70,20 @@ def unfolded(on: bool = True) -> Iterator[None]:
 
 
 def check() -> None:
-    """G and D outputs, R1 (a double backward) and every weight gradient, folded (cgan/layers.py now)
+    """G and D outputs, R1 (a double backward) and every weight gradient, folded (cgan/nets/layers.py now)
     against unfolded, and both against float64, on the shapes config at 64 px."""
     import sys
     from pathlib import Path
 
-    from cgan.attributes import AttributeSchema
-    from cgan.config import load_config
+    from cgan.condition.attributes import AttributeSchema
+    from cgan.core.config import load_config
     from cgan.data.shapes import SCHEMA
-    from cgan.discriminator import Discriminator
-    from cgan.generator import Generator
-    from cgan.losses import r1_penalty
-    from cgan.text_encoder import TextEncoding
-    from cgan.conditioning import ConditionInput
-    from cgan.training import discriminator_kwargs, generator_kwargs
+    from cgan.nets.discriminator import Discriminator
+    from cgan.nets.generator import Generator
+    from cgan.train.losses import r1_penalty
+    from cgan.condition.text_encoder import TextEncoding
+    from cgan.condition.fusion import ConditionInput
+    from cgan.train.loop import discriminator_kwargs, generator_kwargs
 
     repo = Path(__file__).resolve().parents[1]
     config = load_config(repo / "configs" / "shapes.yaml", ["model.color=rgb"])  # the shapes data is in colour

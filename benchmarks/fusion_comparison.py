@@ -7,7 +7,7 @@ Prints a table and writes OUT.json (every number) and OUT.png (the figure: per-f
 bars, then the same prompts and seeds from each model side by side).
 
 Faithfulness: cgan's shapes reader on `num` seen and `num` held-out compositions
-(`cgan.faithfulness.evaluate_faithfulness`). FID: `cgan.fid.fid_model_vs_data` against
+(`cgan.eval.faithfulness.evaluate_faithfulness`). FID: `cgan.eval.fid.fid_model_vs_data` against
 shapes/heldout. Diversity (mode collapse check): for one-object prompts, 16 seeds each, the
 spread across seeds of the object's centroid (pixels) and of its area (relative), beside the
 same spread over real one-object images.
@@ -25,8 +25,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from cgan.data import ShapesDataset, image_to_tensor, tensor_to_images
 from cgan.data import shapes as shapes_lib
-from cgan.faithfulness import evaluate_faithfulness
-from cgan.fid import fid_model_vs_data
+from cgan.eval.faithfulness import evaluate_faithfulness
+from cgan.eval.fid import fid_model_vs_data
 from cgan.pipeline import CGANPipeline, describe_condition, image_grid
 
 FIGURE_PROMPTS = [

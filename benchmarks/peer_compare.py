@@ -168,7 +168,7 @@ def peer_worker(args) -> dict[str, Any]:
 # cgan (runs in cgan's environment)
 
 def cgan_worker(args) -> dict[str, Any]:
-    from cgan.config import load_config
+    from cgan.core.config import load_config
     from cgan.pipeline import generate
 
     from train_speed import TrainHarness, median_parts, step_seconds
@@ -215,9 +215,9 @@ def cgan_worker(args) -> dict[str, Any]:
 
 def make_pool(path: Path, num: int = 32) -> None:
     """Shapes images in [0, 1] with captions and their MiniLM token encodings, for the peer."""
-    from cgan.config import data_cache_dir, load_config
+    from cgan.core.config import data_cache_dir, load_config
     from cgan.data import build_dataset
-    from cgan.text_encoder import FrozenTextEncoder, TextEmbeddingCache
+    from cgan.condition.text_encoder import FrozenTextEncoder, TextEmbeddingCache
 
     config = load_config(REPO / "configs" / "shapes.yaml")
     dataset = build_dataset(config.data)

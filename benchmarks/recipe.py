@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cgan.config import load_config  # noqa: E402
+from cgan.core.config import load_config  # noqa: E402
 
 PREFIX = "metric/faithfulness/"
 TABLE_METRICS = ["seen/all_correct_one", "heldout/all_correct_one", "seen/all_correct_two", "seen/shape",

@@ -36,14 +36,14 @@ VARIANTS = {"fp32": True, "fp32-nchw": False, "fp32-unsplit": True, "bf16": True
 
 
 def worker(args) -> dict[str, Any]:
-    from cgan.config import load_config
+    from cgan.core.config import load_config
     from cgan.data.shapes import SCHEMA
-    from cgan.attributes import AttributeSchema
+    from cgan.condition.attributes import AttributeSchema
     from cgan.data import ShapesDataset
-    from cgan.generator import Generator
+    from cgan.nets.generator import Generator
     from cgan.pipeline import generate
-    from cgan.text_encoder import FrozenTextEncoder, TextEmbeddingCache
-    from cgan.training import generator_kwargs
+    from cgan.condition.text_encoder import FrozenTextEncoder, TextEmbeddingCache
+    from cgan.train.loop import generator_kwargs
 
     resolution = args.worker
     config = load_config(REPO / "configs" / "shapes.yaml", [f"data.resolution={resolution}", "model.color=rgb"])

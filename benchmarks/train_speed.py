@@ -17,7 +17,7 @@ with --threads 1: then the CPU time is the cost of the work on a core of its own
 depend on how much of the machine the scheduler gave us (with 2 threads on oversubscribed cores,
 OpenMP workers wait at barriers for each other and small convolutions ran 20-50x slower).
 
-One step is what cgan.training.train() runs: next(loader); to_device_batch (text embeddings from
+One step is what cgan.train.loop.train() runs: next(loader); to_device_batch (text embeddings from
 the caption cache); run_phase(d_step); run_phase(r1_step) every train.r1_every steps (timed once
 per round, amortised); run_phase(g_step); update_ema; the loss bookkeeping and, every log_every
 steps, the host sync of the non-finite flags and the losses and the metrics line (amortised). Not
@@ -103,7 +103,7 @@ def adam(params, lr: float, betas) -> torch.optim.Adam:
     """Adam as train() builds it (fused where train() uses the fused kernel)."""
     import inspect
 
-    from cgan import training
+    from cgan.train import loop as training
 
     fused = "fused=True" in inspect.getsource(training.train)
     return torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=1e-8, **({"fused": True} if fused else {}))
@@ -125,14 +125,14 @@ class TrainHarness:
     def __init__(self, config):
         from torch.utils.data import DataLoader
 
-        from cgan.augment import parse_policy
+        from cgan.train.augment import parse_policy
         from cgan.data import StepSampler, build_dataset
-        from cgan.discriminator import Discriminator
-        from cgan.generator import Generator
-        from cgan.recovery import NonfiniteGuard
-        from cgan.text_encoder import FrozenTextEncoder, TextEmbeddingCache
-        from cgan.config import data_cache_dir
-        from cgan.training import discriminator_kwargs, generator_kwargs, resolve_color
+        from cgan.nets.discriminator import Discriminator
+        from cgan.nets.generator import Generator
+        from cgan.train.recovery import NonfiniteGuard
+        from cgan.condition.text_encoder import FrozenTextEncoder, TextEmbeddingCache
+        from cgan.core.config import data_cache_dir
+        from cgan.train.loop import discriminator_kwargs, generator_kwargs, resolve_color
 
         self.config = config
         t = config.train
@@ -194,7 +194,7 @@ class TrainHarness:
         return self.compiled
 
     def next_batch(self, times: dict[str, tuple[float, float]]):
-        from cgan.training import to_device_batch
+        from cgan.train.loop import to_device_batch
 
         clock = bu.Clock()
         raw = next(self.loader)
@@ -209,8 +209,8 @@ class TrainHarness:
     def step(self, accelerator, opt_G: TimedOptimizer, opt_D: TimedOptimizer, use_compile: bool = False,
              with_r1: bool = False) -> dict[str, tuple[float, float]]:
         """One training step as train() runs it; -> (wall, CPU) seconds per part (R1 only when with_r1)."""
-        from cgan.ema import ema_beta, update_ema
-        from cgan.steps import d_step, g_step, r1_step, run_phase
+        from cgan.train.ema import ema_beta, update_ema
+        from cgan.train.steps import d_step, g_step, r1_step, run_phase
 
         t = self.config.train
         G, D = self.models(use_compile)
@@ -259,7 +259,7 @@ class TrainHarness:
 
     def count_flops(self) -> dict[str, float]:
         """FLOPs of one D phase, one R1 phase and one G phase, fp32 (the count is the same in bf16)."""
-        from cgan.steps import d_step, g_step, r1_step, run_phase
+        from cgan.train.steps import d_step, g_step, r1_step, run_phase
 
         accelerator, opt_G, opt_D = self.accelerator("no")
         batch = self.next_batch({})
@@ -302,7 +302,7 @@ def profile_step(harness: TrainHarness, out_rows: int = 20) -> None:
 
 def worker(args) -> dict[str, Any]:
     """One config in this process: build, count FLOPs, then the variants interleaved."""
-    from cgan.config import load_config
+    from cgan.core.config import load_config
 
     config = load_config(REPO / "configs" / f"{args.worker}.yaml", args.override)
     t = config.train

@@ -21,9 +21,9 @@ from typing import Any, Iterator
 
 from PIL import Image
 
-from cgan.attributes import AttributeSchema, InvalidAttributeError
-from cgan.checkpoint import atomic_save, atomic_write_text
-from cgan.errors import CganError
+from cgan.condition.attributes import AttributeSchema, InvalidAttributeError
+from cgan.train.checkpoint import atomic_save, atomic_write_text
+from cgan.core.errors import CganError
 
 # File suffix -> Pillow format and save options (--out follows its suffix).
 IMAGE_FORMATS: dict[str, tuple[str, dict[str, Any]]] = {

@@ -6,14 +6,14 @@ import math
 import sys
 from pathlib import Path
 
-from cgan.attributes import InvalidAttributeError
+from cgan.condition.attributes import InvalidAttributeError
 from cgan.batch import save_image
-from cgan.config import load_config
-from cgan.errors import USER_ERRORS
+from cgan.core.config import load_config
+from cgan.core.errors import USER_ERRORS
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    from cgan.errors import plain_warnings
+    from cgan.core.errors import plain_warnings
 
     plain_warnings()
     parser = argparse.ArgumentParser(description="Train a text-and-attribute conditioned GAN.")
@@ -29,24 +29,24 @@ def train_main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, args.overrides)
         if args.print_config:
-            from cgan.config import describe_settings
+            from cgan.core.config import describe_settings
 
             print(describe_settings(config))
             return 0
         if not args.out:
             raise ValueError("--out: required, the run folder (e.g. --out runs/mine)")
         if args.dry_run:
-            from cgan.config import config_json
+            from cgan.core.config import config_json
             from cgan.data import build_dataset
-            from cgan.training import check_run_settings
+            from cgan.train.loop import check_run_settings
 
             check_run_settings(config)
             dataset = build_dataset(config.data)
             print(config_json(config))
             print(f"data: {len(dataset)} records; attributes:\n{dataset.schema.describe()}")
             return 0
-        from cgan.recovery import TrainingDiverged
-        from cgan.training import train
+        from cgan.train.recovery import TrainingDiverged
+        from cgan.train.loop import train
 
         try:
             train(config, args.out, resume=args.resume, max_steps=args.max_steps)
@@ -142,7 +142,7 @@ def check_sample_args(args) -> list[int] | None:
 
 
 def sample_main(argv: list[str] | None = None) -> int:
-    from cgan.errors import plain_warnings
+    from cgan.core.errors import plain_warnings
 
     plain_warnings()
     parser = argparse.ArgumentParser(description="Generate images from a prompt and style attributes.")
@@ -226,7 +226,7 @@ def sample_main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from cgan.attention_maps import attention_figure
+    from cgan.nets.attention_maps import attention_figure
     from cgan.data import tensor_to_images
 
     images = tensor_to_images(tensor)

@@ -52,8 +52,8 @@ class DemoRunner:
 
     def __call__(self, prompt: str, seed: float, num_images: float, truncation: float, *widget_values):
         """-> (images, attention figures, grid file or None, message)."""
-        from cgan.attention_maps import attention_figure
-        from cgan.attributes import InvalidAttributeError
+        from cgan.nets.attention_maps import attention_figure
+        from cgan.condition.attributes import InvalidAttributeError
         from cgan.batch import MAX_SEED, save_image
         from cgan.data import tensor_to_images
         from cgan.pipeline import describe_condition, image_grid
@@ -123,7 +123,7 @@ def build_demo(pipe, title: str = "cgan"):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cgan.errors import plain_warnings
+    from cgan.core.errors import plain_warnings
 
     plain_warnings()
     parser = argparse.ArgumentParser(prog="cgan-demo", description=__doc__,
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     if importlib.util.find_spec("gradio") is None:
         print('error: the demo needs Gradio: pip install "cgan[demo]"', file=sys.stderr)
         return 2
-    from cgan.errors import USER_ERRORS
+    from cgan.core.errors import USER_ERRORS
     from cgan.pipeline import CGANPipeline
 
     try:

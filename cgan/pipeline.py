@@ -8,13 +8,13 @@ from typing import Any, Mapping
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from cgan.attention_maps import TokenAttention, token_attention
-from cgan.attributes import AttributeSchema, InvalidAttributeError
-from cgan.checkpoint import CheckpointError, read_exported
-from cgan.conditioning import Condition, ConditionInput
+from cgan.nets.attention_maps import TokenAttention, token_attention
+from cgan.condition.attributes import AttributeSchema, InvalidAttributeError
+from cgan.train.checkpoint import CheckpointError, read_exported
+from cgan.condition.fusion import Condition, ConditionInput
 from cgan.data import tensor_to_images
-from cgan.generator import Generator
-from cgan.text_encoder import FrozenTextEncoder, TextEmbeddingCache
+from cgan.nets.generator import Generator
+from cgan.condition.text_encoder import FrozenTextEncoder, TextEmbeddingCache
 
 
 def make_latents(seeds: list[int], z_dim: int) -> torch.Tensor:
@@ -154,7 +154,7 @@ class CGANPipeline:
 
     def save_pretrained(self, model_dir: str | Path) -> Path:
         """Write this model as an exported model folder that from_pretrained (and sample.py --model) reads."""
-        from cgan.checkpoint import write_exported
+        from cgan.train.checkpoint import write_exported
 
         return write_exported(model_dir, self.meta, self.schema.to_dict(), self.G)
 

@@ -22,14 +22,14 @@ def two_process_command(run: Path, *args: str) -> list[str]:
 
 @pytest.fixture(scope="session")
 def minilm():
-    from cgan.text_encoder import FrozenTextEncoder
+    from cgan.condition.text_encoder import FrozenTextEncoder
 
     return FrozenTextEncoder("minilm", max_length=16)
 
 
 @pytest.fixture(scope="session")
 def shapes_schema():
-    from cgan.attributes import AttributeSchema
+    from cgan.condition.attributes import AttributeSchema
     from cgan.data.shapes import SCHEMA
 
     return AttributeSchema.from_dict(SCHEMA)
@@ -37,7 +37,7 @@ def shapes_schema():
 
 @pytest.fixture
 def tiny_config(tmp_path):
-    from cgan.config import load_config
+    from cgan.core.config import load_config
 
     return load_config(ROOT / "configs" / "tiny.yaml", [f"data.cache_dir={tmp_path / 'cache'}"])
 
@@ -52,9 +52,9 @@ def tiny_model_kwargs(**overrides):
 
 def export_tiny_model(folder: Path, schema, step: int = 0, seed: int = 0) -> Path:
     """A randomly initialised tiny generator exported as a model folder (configs/tiny.yaml's settings)."""
-    from cgan.checkpoint import export_model
-    from cgan.config import load_config
-    from cgan.generator import Generator
+    from cgan.train.checkpoint import export_model
+    from cgan.core.config import load_config
+    from cgan.nets.generator import Generator
 
     torch.manual_seed(seed)
     kwargs = tiny_model_kwargs()
@@ -66,7 +66,7 @@ def export_tiny_model(folder: Path, schema, step: int = 0, seed: int = 0) -> Pat
 
 
 def fake_text(batch: int, tokens: int = 8, dim: int = 384, seed: int = 0):
-    from cgan.text_encoder import TextEncoding
+    from cgan.condition.text_encoder import TextEncoding
 
     gen = torch.Generator().manual_seed(seed)
     mask = torch.ones(batch, tokens, dtype=torch.bool)
@@ -86,6 +86,6 @@ def cache_dir(tmp_path_factory):
 @pytest.fixture
 def config(cache_dir):
     """configs/tiny.yaml on 64 shapes records, with the module's caption cache."""
-    from cgan.config import load_config
+    from cgan.core.config import load_config
 
     return load_config(TINY, [f"data.cache_dir={cache_dir}", "data.num_images=64"])  # fewer captions to encode

@@ -6,13 +6,13 @@ import re
 import pytest
 import torch
 
-from cgan.conditioning import ConditionInput
-from cgan.config import ConfigError, load_config
+from cgan.condition.fusion import ConditionInput
+from cgan.core.config import ConfigError, load_config
 from cgan.data import ShapesDataset
 from cgan.data.shapes import HELDOUT_PAIRS, SHAPES, contradictions, paraphrases, sample_scene
-from cgan.discriminator import Discriminator
-from cgan.losses import attribute_loss, contrastive_loss, same_condition
-from cgan.training import train
+from cgan.nets.discriminator import Discriminator
+from cgan.train.losses import attribute_loss, contrastive_loss, same_condition
+from cgan.train.loop import train
 from conftest import TINY, fake_text, tiny_model_kwargs
 
 

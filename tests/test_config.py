@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from cgan.config import Config, ConfigError, load_config
+from cgan.core.config import Config, ConfigError, load_config
 from conftest import ROOT
 
 
@@ -55,7 +55,7 @@ def test_missing_config_file(tmp_path):
 
 
 def test_caches_default_to_the_user_cache_folder(monkeypatch, tmp_path):
-    from cgan.config import DataConfig, data_cache_dir, user_cache_dir
+    from cgan.core.config import DataConfig, data_cache_dir, user_cache_dir
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert data_cache_dir(DataConfig()) == user_cache_dir() == tmp_path / "xdg" / "cgan"
@@ -93,7 +93,7 @@ def test_every_numeric_setting_has_its_range(override, message):
 
 def test_print_config_lists_every_setting_with_help(capsys):
     from cgan.cli import train_main
-    from cgan.config import _all_keys
+    from cgan.core.config import _all_keys
 
     assert train_main(["--print-config", "train.lr_g=1e-3"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("[")]

@@ -4,13 +4,13 @@ import json
 import pytest
 import torch
 
-from cgan.checkpoint import export_model
+from cgan.train.checkpoint import export_model
 from cgan.data import ShapesDataset, image_to_tensor
 from cgan.data import shapes as shapes_lib
 from cgan.data.__main__ import export_shapes
-from cgan.faithfulness import (DEFAULT_READER, FIELDS, HEADS, FaithfulnessReader, canonical_labels, evaluate_shapes,
+from cgan.eval.faithfulness import (DEFAULT_READER, FIELDS, HEADS, FaithfulnessReader, canonical_labels, evaluate_shapes,
                                main, score)
-from cgan.generator import Generator
+from cgan.nets.generator import Generator
 from conftest import tiny_model_kwargs
 
 NUM = 64
@@ -145,7 +145,7 @@ def test_custom_data_path(model_dir, tmp_path, capsys):
         assert all(v is None or 0 <= v <= 1 for v in result[key].values())
     # as during training: the run's own dataset object and a classifier trained once, reused
     from cgan.data import FolderDataset
-    from cgan.custom_faithfulness import evaluate_custom, train_attribute_classifier
+    from cgan.eval.custom_faithfulness import evaluate_custom, train_attribute_classifier
 
     dataset = FolderDataset(folder, resolution=32)
     classifier = train_attribute_classifier(dataset, steps=5)
@@ -160,7 +160,7 @@ def test_bad_model_folder_is_a_clear_error(tmp_path, capsys):
 
 def test_attribute_classifier_leaves_the_global_rng_alone(tmp_path):
     from cgan.data import FolderDataset
-    from cgan.custom_faithfulness import train_attribute_classifier
+    from cgan.eval.custom_faithfulness import train_attribute_classifier
 
     dataset = FolderDataset(export_shapes(tmp_path / "folder", 20, "all", resolution=32), resolution=32)
     torch.manual_seed(123)
@@ -174,7 +174,7 @@ def test_attribute_classifier_leaves_the_global_rng_alone(tmp_path):
 def test_continuous_attribute_is_judged_in_equal_count_bins(tmp_path):
     from PIL import Image
 
-    from cgan.custom_faithfulness import NUM_BINS, bin_edges, evaluate_attributes, train_attribute_classifier
+    from cgan.eval.custom_faithfulness import NUM_BINS, bin_edges, evaluate_attributes, train_attribute_classifier
     from cgan.data import FolderDataset
 
     folder = tmp_path / "grey"
@@ -202,7 +202,7 @@ def test_few_captions_are_classes_read_above_the_majority_baseline(tmp_path):
     from PIL import Image, ImageDraw
 
     from cgan.data import FolderDataset
-    from cgan.custom_faithfulness import CAPTION_HEAD, evaluate_attributes, train_attribute_classifier
+    from cgan.eval.custom_faithfulness import CAPTION_HEAD, evaluate_attributes, train_attribute_classifier
 
     folder = tmp_path / "marks"
     folder.mkdir()
@@ -232,9 +232,9 @@ def test_few_captions_are_classes_read_above_the_majority_baseline(tmp_path):
 def test_free_form_captions_are_ranked_above_chance(tmp_path, minilm):
     from PIL import Image, ImageDraw
 
-    from cgan.custom_faithfulness import CAPTION_RANK, evaluate_attributes, train_attribute_classifier
+    from cgan.eval.custom_faithfulness import CAPTION_RANK, evaluate_attributes, train_attribute_classifier
     from cgan.data import FolderDataset
-    from cgan.text_encoder import TextEmbeddingCache
+    from cgan.condition.text_encoder import TextEmbeddingCache
 
     folder = tmp_path / "free"
     folder.mkdir()

@@ -1,4 +1,4 @@
-"""FID/KID (cgan.fid): clean-fid equivalence, noise monotonicity, reference-statistics cache, errors, CLI.
+"""FID/KID (cgan.eval.fid): clean-fid equivalence, noise monotonicity, reference-statistics cache, errors, CLI.
 
 Most tests use a tiny TorchScript feature network (16-d, milliseconds per image) given as
 --inception-weights, so they exercise the same code path as the real Inception at a fraction of
@@ -15,7 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cgan import fid, fid_reference
+from cgan.eval import fid
+from cgan.eval import fid_reference
 from cgan.data import ShapesDataset
 from cgan.pipeline import CGANPipeline
 from conftest import export_tiny_model
@@ -187,7 +188,7 @@ def test_help_names_the_command_the_user_typed(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         fid.main(["--help"])
     assert capsys.readouterr().out.startswith("usage: cgan-fid")
-    monkeypatch.setattr("sys.argv", ["/x/cgan/fid.py"])
+    monkeypatch.setattr("sys.argv", ["/x/cgan/eval/fid.py"])
     with pytest.raises(SystemExit):
         fid.main(["--help"])
     assert capsys.readouterr().out.startswith("usage: python -m cgan.fid")

@@ -180,7 +180,7 @@ def test_unknown_columns_in_attributes_or_ignore_are_named(folder_with_bookkeepi
 
 
 def test_column_lists_in_the_config_are_checked():
-    from cgan.config import ConfigError, load_config
+    from cgan.core.config import ConfigError, load_config
 
     config = load_config(None, ["data.attributes=[style, size]", "data.ignore=[split]"])
     assert config.data.attributes == ["style", "size"] and config.data.ignore == ["split"]
@@ -250,9 +250,9 @@ def test_byte_order_mark_and_skip_hint(tmp_path):
 
 
 def test_grey_folders_make_a_grey_generator(tmp_path, minilm):
-    from cgan.config import load_config
+    from cgan.core.config import load_config
     from cgan.pipeline import CGANPipeline
-    from cgan.training import train
+    from cgan.train.loop import train
     from conftest import ROOT
 
     grey, colour = tmp_path / "grey", tmp_path / "colour"

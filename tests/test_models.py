@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from cgan.attributes import AttributeEmbedder, AttributeSchema, InvalidAttributeError
-from cgan.conditioning import ConditionInput, Conditioner
-from cgan.discriminator import Discriminator
-from cgan.generator import Generator
-from cgan.losses import mismatched_attributes, mismatched_prompt_index
+from cgan.condition.attributes import AttributeEmbedder, AttributeSchema, InvalidAttributeError
+from cgan.condition.fusion import ConditionInput, Conditioner
+from cgan.nets.discriminator import Discriminator
+from cgan.nets.generator import Generator
+from cgan.train.losses import mismatched_attributes, mismatched_prompt_index
 from conftest import fake_text, tiny_model_kwargs
 
 B = 4
@@ -73,7 +73,7 @@ def test_fusion_attention_over_text_and_attributes(shapes_schema):
 
 
 def test_text_positions_start_silent_then_tell_word_order_apart(shapes_schema):
-    from cgan.text_encoder import TextEncoding
+    from cgan.condition.text_encoder import TextEncoding
 
     torch.manual_seed(0)
     plain = Conditioner(schema=shapes_schema, text_dim=384, cond_dim=32, num_queries=4, zero_init=False)
@@ -97,7 +97,7 @@ def test_text_positions_start_silent_then_tell_word_order_apart(shapes_schema):
 
 
 def test_attention_positions_start_silent_then_let_a_location_choose_its_words(shapes_schema):
-    from cgan.layers import SpatialCrossAttention
+    from cgan.nets.layers import SpatialCrossAttention
 
     torch.manual_seed(0)
     kwargs = dict(schema=shapes_schema, **tiny_model_kwargs(attn_resolutions=(4, 8)))
@@ -120,7 +120,7 @@ def test_attention_positions_start_silent_then_let_a_location_choose_its_words(s
 
 
 def test_text_layers_start_as_identity_then_let_words_see_each_other(shapes_schema):
-    from cgan.text_encoder import TextEncoding
+    from cgan.condition.text_encoder import TextEncoding
 
     torch.manual_seed(0)
     plain = Conditioner(schema=shapes_schema, text_dim=384, cond_dim=32, num_queries=4, zero_init=False,
@@ -249,7 +249,7 @@ def test_tanh_output_stays_inside_the_image_range(shapes_schema):
 
 
 def test_channel_min_widens_top_blocks_and_init_from_keeps_the_images(shapes_schema):
-    from cgan.warm_start import transfer
+    from cgan.train.warm_start import transfer
 
     torch.manual_seed(0)
     narrow = Generator(schema=shapes_schema, **tiny_model_kwargs())  # 16 px: 16 channels, 32 px: 8
@@ -268,7 +268,7 @@ def test_channel_min_widens_top_blocks_and_init_from_keeps_the_images(shapes_sch
 
 
 def test_d_channel_min_widens_first_blocks_and_init_from_keeps_the_logits(shapes_schema):
-    from cgan.warm_start import transfer
+    from cgan.train.warm_start import transfer
 
     kwargs = {k: v for k, v in tiny_model_kwargs().items() if k not in ("z_dim", "w_dim", "mapping_layers")}
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""Non-finite steps (issue 6): NaN batches injected through `cgan.training.to_device_batch` are
+"""Non-finite steps (issue 6): NaN batches injected through `cgan.train.loop.to_device_batch` are
 skipped, a streak rolls back to the newest checkpoint with lower learning rates, and a NaN that
 persists stops the run with a clear error that --resume recovers from."""
 import itertools
@@ -9,12 +9,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cgan import recovery, training
-from cgan.checkpoint import list_checkpoints
+from cgan.train import recovery
+from cgan.train import loop as training
+from cgan.train.checkpoint import list_checkpoints
 from cgan.cli import train_main
-from cgan.config import ConfigError, load_config
-from cgan.recovery import TrainingDiverged
-from cgan.training import train
+from cgan.core.config import ConfigError, load_config
+from cgan.train.recovery import TrainingDiverged
+from cgan.train.loop import train
 from conftest import TINY
 
 

@@ -5,10 +5,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cgan.attributes import InvalidAttributeError
-from cgan.checkpoint import CheckpointError, export_model
+from cgan.condition.attributes import InvalidAttributeError
+from cgan.train.checkpoint import CheckpointError, export_model
 from cgan.cli import sample_main
-from cgan.generator import Generator
+from cgan.nets.generator import Generator
 from cgan.pipeline import CGANPipeline
 from conftest import tiny_model_kwargs
 

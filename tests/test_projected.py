@@ -1,9 +1,9 @@
 """The projected discriminator: a frozen pretrained feature network under small trainable heads."""
 import torch
 
-from cgan.conditioning import ConditionInput
-from cgan.image_features import FEATURE_CHANNELS, EfficientNetLite0
-from cgan.projected import ProjectedDiscriminator
+from cgan.condition.fusion import ConditionInput
+from cgan.nets.image_features import FEATURE_CHANNELS, EfficientNetLite0
+from cgan.nets.projected import ProjectedDiscriminator
 from conftest import fake_text
 
 

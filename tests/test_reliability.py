@@ -20,14 +20,14 @@ from datetime import timedelta
 import pytest
 import torch
 
-from cgan import recovery
-from cgan.checkpoint import (CheckpointError, list_checkpoints, load_training_state, remove_stale_temporaries,
+from cgan.train import recovery
+from cgan.train.checkpoint import (CheckpointError, list_checkpoints, load_training_state, remove_stale_temporaries,
                              resolve_resume, save_training_state)
 from cgan.cli import sample_main, train_main
-from cgan.config import ConfigError, TextConfig, load_config
+from cgan.core.config import ConfigError, TextConfig, load_config
 from cgan.pipeline import CGANPipeline
-from cgan.text_encoder import FrozenTextEncoder
-from cgan.training import train
+from cgan.condition.text_encoder import FrozenTextEncoder
+from cgan.train.loop import train
 from conftest import TINY, two_process_command
 
 
@@ -82,7 +82,7 @@ def test_partial_folders_are_never_resumed_and_leftovers_are_cleared(tmp_path):
 
 
 def test_keep_last_prunes_only_after_the_newer_state_is_complete(tmp_path, monkeypatch):
-    import cgan.checkpoint as checkpoint
+    import cgan.train.checkpoint as checkpoint
 
     run = tmp_path / "run"
     modules, optimizers = tiny_modules()
@@ -120,7 +120,7 @@ def test_keep_last_prunes_only_after_the_newer_state_is_complete(tmp_path, monke
 
 SLOW_SAVE_TRAIN = """
 import sys, time
-import cgan.checkpoint as checkpoint
+import cgan.train.checkpoint as checkpoint
 real = checkpoint.save_file
 def slow(*args, **kwargs):  # widens the window in which a checkpoint is half-written
     time.sleep(0.1)

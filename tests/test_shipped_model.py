@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cgan.cli import sample_main
-from cgan.faithfulness import evaluate_faithfulness
+from cgan.eval.faithfulness import evaluate_faithfulness
 from cgan.pipeline import CGANPipeline, resolve_model_dir
 
 

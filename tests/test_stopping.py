@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from cgan.checkpoint import list_checkpoints
-from cgan.config import ConfigError, load_config
-from cgan.training import train
+from cgan.train.checkpoint import list_checkpoints
+from cgan.core.config import ConfigError, load_config
+from cgan.train.loop import train
 from conftest import ROOT, TINY
 
 

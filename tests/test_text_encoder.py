@@ -4,8 +4,8 @@ import warnings
 import pytest
 import torch
 
-from cgan.generator import Generator
-from cgan.text_encoder import FrozenTextEncoder, TextEmbeddingCache
+from cgan.nets.generator import Generator
+from cgan.condition.text_encoder import FrozenTextEncoder, TextEmbeddingCache
 from conftest import tiny_model_kwargs
 
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cgan.checkpoint import list_checkpoints
+from cgan.train.checkpoint import list_checkpoints
 from cgan.cli import train_main
 from cgan.pipeline import CGANPipeline
-from cgan.training import train
+from cgan.train.loop import train
 from conftest import ROOT, two_process_command
 
 
@@ -65,7 +65,7 @@ def test_cli_rejects_bad_input_before_training(tmp_path, capsys):
 
 
 def test_tracker_none_writes_no_logs_and_a_missing_tracker_is_named(tiny_config, tmp_path, minilm):
-    from cgan.config import ConfigError
+    from cgan.core.config import ConfigError
 
     tiny_config.train.tracker = "none"
     train(tiny_config, tmp_path / "quiet", max_steps=1, text_encoder=minilm)
@@ -145,13 +145,13 @@ def test_init_from_grows_a_32px_run_to_64px(tiny_config, tmp_path, minilm, capsy
 
     import torch.nn.functional as F
 
-    from cgan.checkpoint import load_weights
+    from cgan.train.checkpoint import load_weights
     from cgan.data import ShapesDataset
-    from cgan.generator import Generator
+    from cgan.nets.generator import Generator
     from cgan.pipeline import generate
-    from cgan.text_encoder import TextEmbeddingCache
-    from cgan.training import build_discriminator, generator_kwargs
-    from cgan.warm_start import warm_start
+    from cgan.condition.text_encoder import TextEmbeddingCache
+    from cgan.train.loop import build_discriminator, generator_kwargs
+    from cgan.train.warm_start import warm_start
 
     small = tmp_path / "small"
     train(tiny_config, small, max_steps=2, text_encoder=minilm)
@@ -189,7 +189,7 @@ def test_init_from_grows_a_32px_run_to_64px(tiny_config, tmp_path, minilm, capsy
 def test_init_from_a_model_folder_fine_tunes_its_generator_with_a_fresh_d(tiny_config, tmp_path, minilm, capsys):
     import copy
 
-    from cgan.checkpoint import load_weights
+    from cgan.train.checkpoint import load_weights
 
     small = tmp_path / "small"
     train(tiny_config, small, max_steps=2, text_encoder=minilm)
@@ -229,7 +229,7 @@ def test_init_from_a_model_folder_fine_tunes_its_generator_with_a_fresh_d(tiny_c
         train(tuned, tmp_path / "none", max_steps=1, text_encoder=minilm)
 
 def test_model_card_lists_the_last_value_of_each_metric(tmp_path):
-    from cgan.model_card import last_metrics
+    from cgan.train.model_card import last_metrics
 
     (tmp_path / "metrics.jsonl").write_text(
         '{"step": 10, "metric/fid": 90.5, "loss/G": 1.0}\n{"step": 20, "metric/fid": 60.25}\n'

@@ -3,7 +3,7 @@
 All of them yield the same items, so one loader serves all:
     image        (3, R, R) float in [-1, 1]
     text         str, one caption (drawn from the record's paraphrases / caption list)
-    attr_index, attr_value, attr_present   (A,) each, see cgan/attributes.py
+    attr_index, attr_value, attr_present   (A,) each, see cgan/condition/attributes.py
     index        the record's index
 
 Items are addressed by a *global* index (epoch * len + record): the caption drawn for a
@@ -22,7 +22,7 @@ from PIL import Image
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from cgan.attributes import AttributeSchema
+from cgan.condition.attributes import AttributeSchema
 from cgan.data import shapes as shapes_lib
 from cgan.data.folder import (DataValidationError, FolderReport, format_problems, load_rgb, parse_background,
                               resize_center_crop, validate_folder)

@@ -16,7 +16,7 @@ from pathlib import Path
 from cgan.data import ShapesDataset
 from cgan.data import shapes as shapes_lib
 from cgan.data.folder import SCHEMA_FILE, format_problems, validate_folder
-from cgan.errors import run_cli
+from cgan.core.errors import run_cli
 
 
 def export_shapes(out: str | Path, num: int, split: str = "train", resolution: int = 64, seed: int = 0,

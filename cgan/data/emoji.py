@@ -29,7 +29,7 @@ from typing import Iterator, Sequence
 
 from PIL import Image, ImageDraw, ImageFont, features
 
-from cgan.errors import CganError
+from cgan.core.errors import CganError
 
 STYLES: tuple[str, ...] = ("noto", "emojione", "symbola")
 SKIN_TONES: tuple[str, ...] = ("light", "medium-light", "medium", "medium-dark", "dark")

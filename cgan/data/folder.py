@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageColor
 
-from cgan.attributes import AttributeSchema, InvalidAttributeError
-from cgan.errors import CganError
+from cgan.condition.attributes import AttributeSchema, InvalidAttributeError
+from cgan.core.errors import CganError
 
 RESERVED_COLUMNS = ("file_name", "text", "truth")
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")

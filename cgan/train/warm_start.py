@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from cgan.checkpoint import CheckpointError, list_checkpoints, load_weights
+from cgan.train.checkpoint import CheckpointError, list_checkpoints, load_weights
 
 
 def is_model_dir(path: Path) -> bool:

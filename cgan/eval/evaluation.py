@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import time
 
-from cgan.config import Config, data_cache_dir
+from cgan.core.config import Config, data_cache_dir
 from cgan.data import CaptionedDataset
-from cgan.text_encoder import FrozenTextEncoder, TextEmbeddingCache
+from cgan.condition.text_encoder import FrozenTextEncoder, TextEmbeddingCache
 
 
 class Evaluator:
@@ -27,7 +27,7 @@ class Evaluator:
         e, data = self.config.eval, self.config.data
         metrics: dict[str, float] = {}
         if e.fid_every and step % e.fid_every == 0:
-            from cgan.fid import fid_generator_vs_data
+            from cgan.eval.fid import fid_generator_vs_data
 
             result = fid_generator_vs_data(
                 G_ema, self.text_cache, self.dataset.schema, "shapes" if data.name == "shapes" else data.path,
@@ -38,7 +38,7 @@ class Evaluator:
                 metrics["metric/kid"] = result.kid
             print(f"step {step}: {result.summary()} in {result.seconds:.0f} s")
         if e.faithfulness_every and step % e.faithfulness_every == 0:
-            from cgan import faithfulness
+            from cgan.eval import faithfulness
 
             start = time.perf_counter()
             pipe = CGANPipeline(G_ema, self.text_encoder, self.dataset.schema, {"step": step}, self.device)
@@ -53,7 +53,7 @@ class Evaluator:
                         if value is not None:
                             metrics[f"metric/faithfulness/{part}/{key}"] = value
             else:
-                from cgan import custom_faithfulness
+                from cgan.eval import custom_faithfulness
 
                 if self.custom_classifier is None:
                     self.custom_classifier = custom_faithfulness.train_attribute_classifier(

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from cgan.errors import CganError
+from cgan.core.errors import CganError
 
 
 class InvalidAttributeError(CganError, ValueError):

@@ -1,6 +1,6 @@
 """Projected discriminator (Sauer et al., "Projected GANs Converge Faster", 2021), conditioned.
 
-The images go through a frozen pretrained network (EfficientNet-Lite0, cgan/image_features.py) at
+The images go through a frozen pretrained network (EfficientNet-Lite0, cgan/nets/image_features.py) at
 four scales; fixed random 1x1 convolutions mix each scale's channels into `width` channels and a
 top-down pass mixes coarse scales into fine ones (both random and never trained, so D cannot
 undo the pretrained features). Each scale has a small trainable head that outputs a map of
@@ -20,11 +20,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from cgan.attributes import AttributeSchema
-from cgan.conditioning import Condition, ConditionInput, Conditioner
-from cgan.discriminator import AuxiliaryHeads
-from cgan.image_features import FEATURE_CHANNELS, EfficientNetLite0
-from cgan.layers import EqualConv2d, EqualLinear, SpatialCrossAttention
+from cgan.condition.attributes import AttributeSchema
+from cgan.condition.fusion import Condition, ConditionInput, Conditioner
+from cgan.nets.discriminator import AuxiliaryHeads
+from cgan.nets.image_features import FEATURE_CHANNELS, EfficientNetLite0
+from cgan.nets.layers import EqualConv2d, EqualLinear, SpatialCrossAttention
 
 MIXING_SEED = 20211101  # the random channel and scale mixing is a fixed function of this seed
 

@@ -14,13 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from cgan.augment import diff_augment
-from cgan.conditioning import ConditionInput
-from cgan.config import Config
-from cgan.losses import (attribute_loss, contrastive_loss, d_fake_term, d_real_term, g_loss, masked_mean,
+from cgan.train.augment import diff_augment
+from cgan.condition.fusion import ConditionInput
+from cgan.core.config import Config
+from cgan.train.losses import (attribute_loss, contrastive_loss, d_fake_term, d_real_term, g_loss, masked_mean,
                          mismatched_attributes, mismatched_prompt_index, r1_penalty, same_condition)
-from cgan.recovery import skip_if_nonfinite
-from cgan.text_encoder import TextEncoding
+from cgan.train.recovery import skip_if_nonfinite
+from cgan.condition.text_encoder import TextEncoding
 
 
 @dataclass
@@ -69,7 +69,7 @@ def auxiliary_losses(D, plain: torch.Tensor | None, cond, batch: Batch, config: 
 
 def pad_condition(cond, rows: int):
     """A Condition with zero rows appended up to `rows` (their entries are masked out by the caller)."""
-    from cgan.conditioning import Condition
+    from cgan.condition.fusion import Condition
 
     extra = rows - cond.cond_vector.shape[0]
     pad = lambda t: torch.cat([t, t.new_zeros((extra, *t.shape[1:]))])  # noqa: E731

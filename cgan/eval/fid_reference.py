@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from cgan.fid import (MODE, SHAPES_REFERENCE_SEED, FeatureNetwork, FIDError, check_count, file_sha256,
+from cgan.eval.fid import (MODE, SHAPES_REFERENCE_SEED, FeatureNetwork, FIDError, check_count, file_sha256,
                       folder_features, warn_if_small)
 
 

@@ -13,10 +13,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from cgan.attributes import AttributeSchema
-from cgan.conditioning import Condition, ConditionInput, Conditioner
-from cgan.generator import channels_at
-from cgan.layers import EqualConv2d, EqualLinear, SpatialCrossAttention
+from cgan.condition.attributes import AttributeSchema
+from cgan.condition.fusion import Condition, ConditionInput, Conditioner
+from cgan.nets.generator import channels_at
+from cgan.nets.layers import EqualConv2d, EqualLinear, SpatialCrossAttention
 
 WORD_MATCH_RESOLUTION = 8  # D's feature map the word-region matching reads (model.d_word_match)
 
@@ -107,7 +107,7 @@ class AuxiliaryHeads(nn.Module):
 class Discriminator(AuxiliaryHeads):
     """(images (B, 3, R, R), ConditionInput) -> logits (B,).
 
-    Optional heads for the auxiliary losses (cgan/losses.py): contrastive_dim > 0 adds an image
+    Optional heads for the auxiliary losses (cgan/train/losses.py): contrastive_dim > 0 adds an image
     embedding and a condition embedding (loss.contrastive); attribute_heads adds a prediction of
     every attribute (loss.attributes). They read the image features from before D's first
     cross-attention: features that have seen the condition could simply copy it, and the losses

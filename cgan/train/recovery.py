@@ -19,8 +19,8 @@ from typing import Any, Callable
 
 import torch
 
-from cgan.checkpoint import list_checkpoints, load_training_state
-from cgan.config import Config, ConfigError
+from cgan.train.checkpoint import list_checkpoints, load_training_state
+from cgan.core.config import Config, ConfigError
 
 
 class TrainingDiverged(RuntimeError):
@@ -159,7 +159,7 @@ def check_same_model(out_dir: Path, config: Config) -> None:
     train another architecture."""
     from dataclasses import asdict
 
-    from cgan.config import load_config
+    from cgan.core.config import load_config
 
     saved_path = out_dir / "config.yaml"
     if not saved_path.is_file():

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from cgan.errors import CganError
+from cgan.core.errors import CganError
 
 MAX_TEXT_POSITIONS = 256  # model.text_positions learns one embedding per token position up to this
 
@@ -76,7 +76,7 @@ class ModelConfig:
     g_channel_base: int = 4096  # channels at resolution r: min(channel_max, channel_base // r)
     g_channel_max: int = 256  # cap on G's channels at any resolution
     # floor on G's channels at any resolution (0: none): wider top blocks for crisper edges (issue 12's
-    # FID); init_from a narrower run widens it keeping its images (cgan/warm_start.py)
+    # FID); init_from a narrower run widens it keeping its images (cgan/train/warm_start.py)
     g_channel_min: int = 0
     # G resolutions with cross-attention to the condition tokens
     g_attn_resolutions: list[int] = field(default_factory=lambda: [8, 16])
@@ -97,7 +97,7 @@ class ModelConfig:
     d_word_match: bool = False
     attn_heads: int = 4  # heads of G's and D's spatial cross-attention
     # residual: a convolutional D trained from scratch; projected: small heads on a frozen pretrained
-    # image network (EfficientNet-Lite0, cgan/projected.py), width d_channel_max (d_channel_base,
+    # image network (EfficientNet-Lite0, cgan/nets/projected.py), width d_channel_max (d_channel_base,
     # d_attn_resolutions and d_pool_first do not apply)
     discriminator: str = "residual"
     # auto: grayscale when the data set's images are grey (the generator then draws grey images), else rgb
@@ -138,7 +138,7 @@ class TrainConfig:
     channels_last: bool = True  # NHWC memory format: faster convolutions on CPU and GPU
     # start a new run from another run's weights (its folder or a checkpoint folder), e.g. a 32 px run
     # grown to 64 px with the same channel widths, or from an exported model (a folder or a shipped
-    # name such as shapes64: its G_ema, and its D if it holds one, see export_d) (cgan/warm_start.py);
+    # name such as shapes64: its G_ema, and its D if it holds one, see export_d) (cgan/train/warm_start.py);
     # used only when not resuming
     init_from: str = ""
     # the run's first N steps train D alone (G and G_ema unchanged): for a fresh D beside a trained G
@@ -483,7 +483,7 @@ def config_from_dict(values: dict[str, Any], source: str) -> Config:
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    from cgan.checkpoint import atomic_write_text
+    from cgan.train.checkpoint import atomic_write_text
 
     atomic_write_text(Path(path), yaml.safe_dump(config.to_dict(), sort_keys=False))
 

@@ -5,7 +5,7 @@ images generated from those 20 % records' captions and attributes are then judge
 - a classifier of the categorical attributes, of the continuous ones in NUM_BINS bins (cut at the
   training records' quantiles, so each bin holds about as many records) and, where the captions are few (at most
   MAX_CAPTION_CLASSES unique, at least 3 records each on average), of the caption as a class;
-- where the captions are free-form, a small image-text matcher (cgan.caption_match) and the
+- where the captions are free-form, a small image-text matcher (cgan.eval.caption_match) and the
   R-precision of the caption against NUM_DISTRACTORS others (chance in the "majority" column).
 """
 from __future__ import annotations
@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from cgan.caption_match import CaptionMatcher, distractor_sets, fit_matcher, r_precision
-from cgan.faithfulness import (READER_SIZE, GenerateFn, ShapesReader, _as_pipeline, _conditions, fit,
+from cgan.eval.caption_match import CaptionMatcher, distractor_sets, fit_matcher, r_precision
+from cgan.eval.faithfulness import (READER_SIZE, GenerateFn, ShapesReader, _as_pipeline, _conditions, fit,
                                pipeline_generate_fn, to_input)
 
 CAPTION_HEAD = "caption"  # the head that reads the caption, where the captions are few enough to be classes

@@ -13,9 +13,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from cgan.attributes import AttributeSchema
-from cgan.conditioning import Condition, ConditionInput, Conditioner
-from cgan.layers import EqualLinear, ModulatedConv2d, SpatialCrossAttention
+from cgan.condition.attributes import AttributeSchema
+from cgan.condition.fusion import Condition, ConditionInput, Conditioner
+from cgan.nets.layers import EqualLinear, ModulatedConv2d, SpatialCrossAttention
 
 
 def channels_at(resolution: int, channel_base: int, channel_max: int, channel_min: int = 0) -> int:

@@ -1,10 +1,10 @@
-"""The training loop: one readable function (`train`) calling the phase functions of cgan/steps.py.
+"""The training loop: one readable function (`train`) calling the phase functions of cgan/train/steps.py.
 
 Multi-process: Accelerate launches the processes, places the models, runs mixed precision
 and the fp16 grad scaler. Gradients are averaged across processes by `steps.sync_gradients`.
 All processes start from the same seed, so weights stay identical; only the main process writes.
 
-Reliability (cgan/recovery.py): a phase whose loss or gradient is NaN or inf skips its optimizer
+Reliability (cgan/train/recovery.py): a phase whose loss or gradient is NaN or inf skips its optimizer
 step on the device; the flags are read at logging and checkpoint steps, never per step. After
 train.nonfinite_patience such steps in a row the run rolls back to the newest complete checkpoint
 with lower learning rates, or stops with `TrainingDiverged`. Leftovers of a killed run are cleared at start.
@@ -21,23 +21,23 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from cgan.attributes import drop_attributes
-from cgan.augment import parse_policy
-from cgan.checkpoint import (CheckpointError, atomic_save, export_model, remove_stale_temporaries, resolve_resume,
+from cgan.condition.attributes import drop_attributes
+from cgan.train.augment import parse_policy
+from cgan.train.checkpoint import (CheckpointError, atomic_save, export_model, remove_stale_temporaries, resolve_resume,
                              save_training_state)
-from cgan.conditioning import ConditionInput
-from cgan.config import Config, ConfigError, data_cache_dir, save_config
+from cgan.condition.fusion import ConditionInput
+from cgan.core.config import Config, ConfigError, data_cache_dir, save_config
 from cgan.data import CaptionedDataset, StepSampler, build_dataset, stratified_records, tensor_to_images
-from cgan.discriminator import Discriminator
-from cgan.ema import ema_beta, update_ema
-from cgan.evaluation import Evaluator
-from cgan.generator import Generator
-from cgan.model_card import run_model_card
+from cgan.nets.discriminator import Discriminator
+from cgan.train.ema import ema_beta, update_ema
+from cgan.eval.evaluation import Evaluator
+from cgan.nets.generator import Generator
+from cgan.train.model_card import run_model_card
 from cgan.pipeline import describe_condition, generate, image_grid
-from cgan.recovery import (NonfiniteGuard, StopControl, check_free_space, check_output_dir, check_same_model,
+from cgan.train.recovery import (NonfiniteGuard, StopControl, check_free_space, check_output_dir, check_same_model,
                            restore_training_state, rng_state, roll_back)
-from cgan.steps import Batch, d_step, g_step, r1_step, run_phase
-from cgan.text_encoder import FrozenTextEncoder, TextEmbeddingCache
+from cgan.train.steps import Batch, d_step, g_step, r1_step, run_phase
+from cgan.condition.text_encoder import FrozenTextEncoder, TextEmbeddingCache
 
 
 def resolve_color(config: Config, dataset) -> str | None:
@@ -78,14 +78,14 @@ def build_discriminator(config: Config, schema, text_dim: int) -> torch.nn.Modul
     """model.discriminator: residual (Discriminator) or projected (ProjectedDiscriminator)."""
     kwargs = discriminator_kwargs(config, text_dim)
     if config.model.discriminator == "projected":
-        from cgan.projected import ProjectedDiscriminator
+        from cgan.nets.projected import ProjectedDiscriminator
 
         return ProjectedDiscriminator(schema=schema, **kwargs)
     return Discriminator(schema=schema, **kwargs)
 
 
 def leave_stop_signals_to_the_main_process(worker_id: int) -> None:
-    """DataLoader workers ignore SIGINT and SIGTERM: the main process stops the run cleanly (cgan/recovery.py's
+    """DataLoader workers ignore SIGINT and SIGTERM: the main process stops the run cleanly (cgan/train/recovery.py's
     StopControl) and then ends its workers. Ctrl-C in a terminal, `timeout`, `docker stop` and cluster schedulers
     signal the whole process group; a worker killed by SIGTERM would crash the run instead of stopping it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -240,7 +240,7 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
         if resume == "latest":
             accelerator.print(f"--resume latest: no checkpoint in {out_dir}/checkpoints yet, starting fresh")
         if t.init_from:
-            from cgan.warm_start import warm_start
+            from cgan.train.warm_start import warm_start
 
             accelerator.print(warm_start(t.init_from, G, G_ema, D))
         torch.manual_seed(t.seed + 1 + accelerator.process_index)  # per-process noise, dropout and mismatches

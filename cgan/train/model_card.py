@@ -1,5 +1,5 @@
 """MODEL_CARD.md of every exported model: what it was trained on, how, on what, for how long, and
-what was measured during training. Written by training at each export (cgan/training.py)."""
+what was measured during training. Written by training at each export (cgan/train/loop.py)."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from cgan.config import LOSS_WEIGHTS
+from cgan.core.config import LOSS_WEIGHTS
 
 
 def hardware_summary(device: torch.device, num_processes: int) -> str:
@@ -110,7 +110,7 @@ def describe_init_from(path: str) -> str | None:
 
     if not path:
         return None
-    from cgan.warm_start import resolve_init_from
+    from cgan.train.warm_start import resolve_init_from
 
     try:
         state_dir = resolve_init_from(path)

@@ -29,10 +29,10 @@ import torch
 import torch.nn as nn
 from einops import rearrange, repeat
 
-from cgan.attributes import AttributeEmbedder, AttributeSchema
-from cgan.config import MAX_TEXT_POSITIONS
-from cgan.layers import Attention, EqualLinear, FeedForward
-from cgan.text_encoder import TextEncoding
+from cgan.condition.attributes import AttributeEmbedder, AttributeSchema
+from cgan.core.config import MAX_TEXT_POSITIONS
+from cgan.nets.layers import Attention, EqualLinear, FeedForward
+from cgan.condition.text_encoder import TextEncoding
 
 
 @dataclass

