@@ -34,7 +34,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cgan.train.checkpoint import list_checkpoints, load_weights  # noqa: E402
+from cgan.core.files import load_weights
+from cgan.train.checkpoint import list_checkpoints  # noqa: E402
 from cgan.core.config import load_config  # noqa: E402
 from cgan.data import ShapesDataset, image_to_tensor  # noqa: E402
 from cgan.data import shapes as shapes_lib  # noqa: E402

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import torch
 
-from cgan.eval import fid
+from cgan.eval import fid, fid_data
 from cgan.data import ShapesDataset
 
 
 def random_model(config_path: str, out: Path) -> Path:
     """Export a randomly initialised generator with the model and resolution of a training config."""
-    from cgan.train.checkpoint import export_model
+    from cgan.nets.export import export_model
     from cgan.core.config import load_config
     from cgan.nets.generator import Generator
     from cgan.condition.text_encoder import FrozenTextEncoder
@@ -64,7 +64,7 @@ def main() -> None:
               f"{time.perf_counter() - start:.1f} s)")
         model = args.model or str(random_model(args.config, tmp / "model"))
         for label in ("empty reference cache", "cached reference"):
-            result = fid.fid_model_vs_data(model, "shapes", num=args.num, kid=True, device=args.device,
+            result = fid_data.fid_model_vs_data(model, "shapes", num=args.num, kid=True, device=args.device,
                                            cache_dir=tmp / "cache")
             print(f"model vs shapes/heldout at {result.resolution} px, {label} ({result.reference_cache}): "
                   f"{result.seconds:.1f} s  [{result.summary()}]")

@@ -33,7 +33,7 @@ from benchmarks.bench_utils import cpu_flags, set_threads  # noqa: E402
 from cgan.data import ShapesDataset  # noqa: E402
 from cgan.data import shapes as shapes_lib  # noqa: E402
 from cgan.eval.fid import DEFAULT_CACHE_DIR, SHAPES_REFERENCE_SEED, folder_features, load_feature_network  # noqa: E402
-from cgan.eval.fid_reference import reference_statistics  # noqa: E402
+from cgan.eval.fid_data import reference_statistics  # noqa: E402
 
 
 def oracle_images(name: str, dataset: ShapesDataset, num: int, resolution: int):

@@ -31,8 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_utils import cpu_flags, set_threads  # noqa: E402
-from cgan.eval.fid import DEFAULT_CACHE_DIR, folder_features, load_feature_network, write_generated  # noqa: E402
-from cgan.eval.fid_reference import reference_statistics  # noqa: E402
+from cgan.eval.fid import DEFAULT_CACHE_DIR, folder_features, load_feature_network  # noqa: E402
+from cgan.eval.fid_data import write_generated  # noqa: E402
+from cgan.eval.fid_data import reference_statistics  # noqa: E402
 from cgan.pipeline import CGANPipeline  # noqa: E402
 
 

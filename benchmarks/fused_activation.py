@@ -1,4 +1,4 @@
-"""The folded leaky ReLU gain in cgan/nets/layers.py, against the code it replaced: numbers and speed.
+"""The folded leaky ReLU gain in cgan/core/layers.py, against the code it replaced: numbers and speed.
 
     python benchmarks/fused_activation.py        # outputs and gradients, folded vs unfolded vs float64
     python benchmarks/train_speed.py --threads 1 --configs shapes --variants fp32 fp32-unfolded
@@ -70,7 +70,7 @@ def unfolded(on: bool = True) -> Iterator[None]:
 
 
 def check() -> None:
-    """G and D outputs, R1 (a double backward) and every weight gradient, folded (cgan/nets/layers.py now)
+    """G and D outputs, R1 (a double backward) and every weight gradient, folded (cgan/core/layers.py now)
     against unfolded, and both against float64, on the shapes config at 64 px."""
     import sys
     from pathlib import Path

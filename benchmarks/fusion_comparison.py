@@ -7,7 +7,7 @@ Prints a table and writes OUT.json (every number) and OUT.png (the figure: per-f
 bars, then the same prompts and seeds from each model side by side).
 
 Faithfulness: cgan's shapes reader on `num` seen and `num` held-out compositions
-(`cgan.eval.faithfulness.evaluate_faithfulness`). FID: `cgan.eval.fid.fid_model_vs_data` against
+(`cgan.eval.faithfulness.evaluate_faithfulness`). FID: `cgan.eval.fid_data.fid_model_vs_data` against
 shapes/heldout. Diversity (mode collapse check): for one-object prompts, 16 seeds each, the
 spread across seeds of the object's centroid (pixels) and of its area (relative), beside the
 same spread over real one-object images.
@@ -23,11 +23,12 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from cgan.data import ShapesDataset, image_to_tensor, tensor_to_images
+from cgan.core.images import describe_condition, image_grid, image_to_tensor, tensor_to_images
+from cgan.data import ShapesDataset
 from cgan.data import shapes as shapes_lib
 from cgan.eval.faithfulness import evaluate_faithfulness
-from cgan.eval.fid import fid_model_vs_data
-from cgan.pipeline import CGANPipeline, describe_condition, image_grid
+from cgan.eval.fid_data import fid_model_vs_data
+from cgan.pipeline import CGANPipeline
 
 FIGURE_PROMPTS = [
     ("a red circle", {"style": "flat", "background": "light"}),

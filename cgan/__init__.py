@@ -1,6 +1,8 @@
 """cgan: a text-and-attribute conditioned GAN image generator."""
 
-__version__ = "0.1.0"
+from cgan.core import __version__
+
+__all__ = ["CGANPipeline", "__version__"]
 
 
 def __getattr__(name: str):

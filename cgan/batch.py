@@ -14,63 +14,21 @@ from __future__ import annotations
 import csv
 import json
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from PIL import Image
-
 from cgan.condition.attributes import AttributeSchema, InvalidAttributeError
-from cgan.train.checkpoint import atomic_save, atomic_write_text
 from cgan.core.errors import CganError
+from cgan.core.files import atomic_write_text
+from cgan.core.images import save_image, tensor_to_images
 
-# File suffix -> Pillow format and save options (--out follows its suffix).
-IMAGE_FORMATS: dict[str, tuple[str, dict[str, Any]]] = {
-    ".png": ("PNG", {}), ".jpg": ("JPEG", {"quality": 95}), ".jpeg": ("JPEG", {"quality": 95}),
-    ".webp": ("WEBP", {"quality": 95}),
-}
 PROMPT_SUFFIXES = (".txt", ".jsonl", ".csv")
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed's range
 
 
 class PromptsFileError(CganError, ValueError):
     """A prompts file that cannot be read; the message names the file, the line and the field."""
-
-
-def image_format(path: Path, argument: str = "--out") -> tuple[str, dict[str, Any]]:
-    try:
-        return IMAGE_FORMATS[path.suffix.lower()]
-    except KeyError:
-        raise ValueError(f"{argument} {str(path)!r}: unknown image suffix {path.suffix or '(none)'!r}; expected one "
-                         f"of {', '.join(IMAGE_FORMATS)}") from None
-
-
-def save_image(path: Path, image: Image.Image) -> None:
-    """Write atomically, in the format the suffix names (PNG for a suffix that names none)."""
-    fmt, options = IMAGE_FORMATS.get(path.suffix.lower(), ("PNG", {}))
-    atomic_save(path, lambda tmp: image.save(tmp, format=fmt, **options))
-
-
-def check_writable_file(path: Path, argument: str) -> None:
-    """Fail before any work if `path` cannot be written: a folder, or a place we may not create files."""
-    if path.is_dir():
-        raise ValueError(f"{argument} {str(path)!r}: is a folder; expected an image file name such as "
-                         "samples.png (or use --out-dir for one file per image)")
-    check_writable_folder(path.parent, argument)
-
-
-def check_writable_folder(folder: Path, argument: str) -> None:
-    existing = folder
-    while not existing.exists():  # the folders that do not exist yet are created later
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ValueError(f"{argument}: {str(existing)!r} is a file, so {str(folder)!r} cannot be created")
-    try:
-        with tempfile.NamedTemporaryFile(dir=existing, prefix=".cgan-write-test-"):
-            pass
-    except OSError as err:
-        raise ValueError(f"{argument}: cannot write in {str(existing)!r} ({err.strerror or err})") from None
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -157,8 +115,6 @@ def write_generated_set(pipe, rows: list[tuple[str, dict[str, Any]]], seeds: lis
     metadata.jsonl is complete. Work goes through the pipeline in chunks of 64 images."""
     from tqdm import tqdm
 
-    from cgan.data import tensor_to_images
-
     for prompt, attributes in rows:
         pipe.check_inputs(prompt, attributes, len(seeds))
     jobs = [(r, seed) for r in range(len(rows)) for seed in seeds]
@@ -183,5 +139,4 @@ def write_generated_set(pipe, rows: list[tuple[str, dict[str, Any]]], seeds: lis
     return len(records)
 
 
-__all__ = ["IMAGE_FORMATS", "PromptsFileError", "check_writable_file", "check_writable_folder", "image_format",
-           "parse_seeds", "read_prompts", "save_image", "write_generated_set"]
+__all__ = ["PromptsFileError", "parse_seeds", "read_prompts", "write_generated_set"]

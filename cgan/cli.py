@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from cgan.condition.attributes import InvalidAttributeError
-from cgan.batch import save_image
+from cgan.core.images import save_image
 from cgan.core.config import load_config
 from cgan.core.errors import USER_ERRORS
 
@@ -100,7 +100,9 @@ def check_sample_args(args) -> list[int] | None:
     --seeds list (None without --seeds)."""
     import torch
 
-    from cgan.batch import check_seed_range, check_writable_file, check_writable_folder, image_format, parse_seeds
+    from cgan.batch import check_seed_range, parse_seeds
+    from cgan.core.files import check_writable_file, check_writable_folder
+    from cgan.core.images import image_format
 
     if args.interpolate and args.sweep:
         raise ValueError("--interpolate and --sweep: choose one")
@@ -178,7 +180,8 @@ def sample_main(argv: list[str] | None = None) -> int:
         seeds = check_sample_args(args)
         import torch
 
-        from cgan.pipeline import CGANPipeline, describe_condition, image_grid
+        from cgan.core.images import describe_condition, image_grid
+        from cgan.pipeline import CGANPipeline
 
         pipe = CGANPipeline.from_pretrained(args.model, device=args.device, trust_remote_code=args.trust_remote_code,
                                             dtype=getattr(torch, args.dtype))
@@ -227,7 +230,7 @@ def sample_main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from cgan.nets.attention_maps import attention_figure
-    from cgan.data import tensor_to_images
+    from cgan.core.images import tensor_to_images
 
     images = tensor_to_images(tensor)
     if args.out_dir:

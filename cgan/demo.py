@@ -54,9 +54,8 @@ class DemoRunner:
         """-> (images, attention figures, grid file or None, message)."""
         from cgan.nets.attention_maps import attention_figure
         from cgan.condition.attributes import InvalidAttributeError
-        from cgan.batch import MAX_SEED, save_image
-        from cgan.data import tensor_to_images
-        from cgan.pipeline import describe_condition, image_grid
+        from cgan.batch import MAX_SEED
+        from cgan.core.images import describe_condition, image_grid, save_image, tensor_to_images
 
         try:
             if seed is None or not 0 <= int(seed) <= MAX_SEED - MAX_IMAGES or int(seed) != seed:

@@ -1,186 +1,22 @@
 """Generation from an exported model: `CGANPipeline.from_pretrained(DIR)(prompt, attributes, ...)`."""
 from __future__ import annotations
 
-import math
-from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
+from cgan.condition.attributes import InvalidAttributeError
+from cgan.condition.fusion import Condition
+from cgan.core.images import describe_condition, image_grid, tensor_to_images
 from cgan.nets.attention_maps import TokenAttention, token_attention
-from cgan.condition.attributes import AttributeSchema, InvalidAttributeError
-from cgan.train.checkpoint import CheckpointError, read_exported
-from cgan.condition.fusion import Condition, ConditionInput
-from cgan.data import tensor_to_images
-from cgan.nets.generator import Generator
-from cgan.condition.text_encoder import FrozenTextEncoder, TextEmbeddingCache
+from cgan.nets.export import ExportedModel, resolve_model_dir
+from cgan.nets.sampling import condition_input, generate, make_latents
 
 
-def make_latents(seeds: list[int], z_dim: int) -> torch.Tensor:
-    """One z per seed (B, z_dim), each from its own CPU generator: image k of seed s is the same
-    whatever the batch size or device."""
-    return torch.stack([torch.randn(z_dim, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
-
-
-# On the CPU, a batch above ~16 images runs slower per image than 16 (its activations no longer fit
-# the caches): 208 vs 279 img/s at 64 px (benchmarks/sample_speed.py), so generate() splits it.
-CPU_MAX_BATCH = 16
-# Prompts whose text embeddings a pipeline keeps (least recently used go first): ~25 KB each, so a
-# server that sees new prompts forever stays within ~50 MB for them.
-PIPELINE_CACHE_ENTRIES = 2048
-
-
-@torch.no_grad()
-def generate(G: Generator, text_cache: TextEmbeddingCache, schema: AttributeSchema, prompts: list[str],
-             attributes: list[Mapping[str, Any]], seeds: list[int], truncation: float = 1.0,
-             device: torch.device | str = "cpu", return_attention: bool = False, max_batch: int | None = None):
-    """Images (B, 3, R, R) in [-1, 1] for per-image prompts, attribute dicts and seeds.
-
-    At most max_batch images go through G at once (default: CPU_MAX_BATCH on the CPU, all of them
-    elsewhere). Each image has its own z, so the split changes nothing but float rounding.
-    """
-    device = torch.device(device)
-    if max_batch is None:
-        max_batch = CPU_MAX_BATCH if device.type == "cpu" else len(seeds)
-    if len(seeds) > max_batch and not return_attention:
-        return torch.cat([generate(G, text_cache, schema, prompts[start:start + max_batch],
-                                   attributes[start:start + max_batch], seeds[start:start + max_batch],
-                                   truncation, device, max_batch=max_batch)
-                          for start in range(0, len(seeds), max_batch)])
-    z = make_latents(seeds, G.z_dim).to(device)
-    return G(z, condition_input(text_cache, schema, prompts, attributes, device), truncation=truncation,
-             return_attention=return_attention)
-
-
-def condition_input(text_cache: TextEmbeddingCache, schema: AttributeSchema, prompts: list[str],
-                    attributes: list[Mapping[str, Any]], device: torch.device | str) -> ConditionInput:
-    """Prompts (an empty one means none) and valid attribute dicts -> the ConditionInput of G."""
-    attr_index, attr_value, attr_present = (t.to(device) for t in schema.encode(list(attributes)))
-    return ConditionInput(text_cache(prompts, device=device),
-                          torch.tensor([bool(p.strip()) for p in prompts], device=device),
-                          attr_index, attr_value, attr_present)
-
-
-def _wrap(text: str, draw: ImageDraw.ImageDraw, font, max_width: int) -> list[str]:
-    lines, line = [], ""
-    for word in text.split(" "):
-        candidate = f"{line} {word}".strip()
-        if line and draw.textlength(candidate, font=font) > max_width:
-            lines.append(line)
-            candidate = word
-        line = candidate
-    return lines + [line]
-
-
-def image_grid(images: list[Image.Image], num_columns: int, row_labels: list[str] | None = None,
-               label_width: int = 220, column_labels: list[str] | None = None) -> Image.Image:
-    """Tile images row by row. With labels, small images are enlarged (nearest neighbour) to at
-    least 96 px; row labels, wrapped to fit, sit in a strip on the left of their row, column
-    labels in a strip above their column."""
-    if row_labels or column_labels:
-        scale = max(1, 96 // images[0].size[1])
-        images = [im.resize((im.size[0] * scale, im.size[1] * scale), Image.Resampling.NEAREST) for im in images]
-    if not row_labels:
-        label_width = 0
-    header = 16 if column_labels else 0
-    width, height = images[0].size
-    num_rows = math.ceil(len(images) / num_columns)
-    grid = Image.new("RGB", (label_width + num_columns * width, header + num_rows * height), (255, 255, 255))
-    draw = ImageDraw.Draw(grid)
-    font = ImageFont.load_default()
-    for i, image in enumerate(images):
-        row, col = divmod(i, num_columns)
-        grid.paste(image, (label_width + col * width, header + row * height))
-    for row, label in enumerate(row_labels or []):
-        lines = _wrap(label, draw, font, label_width - 8)[: max(1, height // 12)]
-        for k, line in enumerate(lines):
-            draw.text((4, header + row * height + 4 + 12 * k), line, fill=(0, 0, 0), font=font)
-    for col, label in enumerate(column_labels or []):
-        draw.text((label_width + col * width + 4, 2), label, fill=(0, 0, 0), font=font)
-    return grid
-
-
-def describe_condition(prompt: str, attributes: Mapping[str, Any]) -> str:
-    """'a red circle | style=flat size=0.7': the caption of a grid row."""
-    parts = [f"{k}={v:.2g}" if isinstance(v, float) else f"{k}={v}" for k, v in attributes.items()]
-    return " ".join([f"{prompt or '(no prompt)'} |"] + parts) if parts else prompt or "(no prompt)"
-
-
-# Models that ship inside the package: `--model shapes64` works right after `pip install`.
-PRETRAINED = {"shapes64": "assets/models/shapes64"}
-
-
-def resolve_model_dir(model: str | Path) -> Path:
-    """A folder path, or the name of a shipped model (see PRETRAINED) when no such folder exists."""
-    path = Path(model)
-    if not path.exists() and str(model) in PRETRAINED:
-        return Path(__file__).resolve().parent / PRETRAINED[str(model)]
-    return path
-
-
-class CGANPipeline:
-    """An exported model ready to generate: prompt + attributes + seed -> PIL images."""
-
-    def __init__(self, G: Generator, text_encoder: FrozenTextEncoder, schema: AttributeSchema, meta: dict[str, Any],
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
-        self.G, self.text_encoder, self.schema, self.meta = G.eval(), text_encoder, schema, meta
-        self.text_cache = TextEmbeddingCache(text_encoder, max_entries=PIPELINE_CACHE_ENTRIES)
-        self.prompt_dropout = float(meta.get("prompt_dropout", 0.0))
-        self.dtype = dtype
-        self.to(device, dtype)
-
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "CGANPipeline":
-        """Move to a device and/or set the compute dtype (float32; bfloat16 or float16 run G under autocast,
-        the weights stay float32). Returns the pipeline."""
-        if dtype is not None:
-            if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-                raise ValueError(f"dtype: expected torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
-            self.dtype = dtype
-        if device is not None:
-            device = torch.device(device)
-            if device.type == "cuda" and not torch.cuda.is_available():
-                raise ValueError(f"device {str(device)!r}: no CUDA GPU is available here; use cpu")
-            # channels_last: 1.2-1.4x faster sampling on the CPU (benchmarks/sample_speed.py), as in training
-            self.G = self.G.to(device, memory_format=torch.channels_last)
-            self.text_encoder = self.text_encoder.to(device)
-            self.device = device
-        if self.dtype == torch.float16 and self.device.type == "cpu":
-            raise ValueError("dtype torch.float16: needs a GPU; on the CPU use torch.bfloat16 or torch.float32")
-        return self
-
-    def _autocast(self):
-        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
-
-    def save_pretrained(self, model_dir: str | Path) -> Path:
-        """Write this model as an exported model folder that from_pretrained (and sample.py --model) reads."""
-        from cgan.train.checkpoint import write_exported
-
-        return write_exported(model_dir, self.meta, self.schema.to_dict(), self.G)
-
-    @classmethod
-    def from_pretrained(cls, model_dir: str | Path, device: str | torch.device = "cpu",
-                        trust_remote_code: bool = False, dtype: torch.dtype = torch.float32) -> "CGANPipeline":
-        model_dir = resolve_model_dir(model_dir)
-        meta, schema_dict, weights = read_exported(model_dir)
-        schema = AttributeSchema.from_dict(schema_dict, f"{model_dir}/attributes.json")
-        try:
-            G = Generator(schema=schema, **meta["generator"])
-        except TypeError as err:
-            raise CheckpointError(f"{model_dir}/config.json: generator arguments do not fit this cgan: {err}") from err
-        try:
-            G.load_state_dict(weights)
-        except RuntimeError as err:
-            raise CheckpointError(f"{model_dir}/G_ema.safetensors: weights do not fit config.json: "
-                                  f"{str(err).splitlines()[0]}") from err
-        encoder_info = meta["text_encoder"]
-        text_encoder = FrozenTextEncoder(encoder_info["name"], max_length=encoder_info["max_length"],
-                                         trust_remote_code=trust_remote_code)
-        return cls(G, text_encoder, schema, meta, device, dtype)
-
-    @property
-    def resolution(self) -> int:
-        return self.G.resolution
+class CGANPipeline(ExportedModel):
+    """An exported model ready to generate: prompt + attributes + seed -> PIL images.
+    (Loading, devices and dtypes: ExportedModel, cgan/nets/export.py.)"""
 
     def check_inputs(self, prompt: str, attributes: Mapping[str, Any] | None, num_images: int) -> dict[str, Any]:
         if num_images < 1:
@@ -287,4 +123,5 @@ class CGANPipeline:
                                                     seeds, truncation))
 
 
-__all__ = ["CGANPipeline", "InvalidAttributeError", "generate", "image_grid", "make_latents"]
+__all__ = ["CGANPipeline", "InvalidAttributeError", "condition_input", "describe_condition", "generate", "image_grid",
+           "make_latents", "resolve_model_dir"]

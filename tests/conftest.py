@@ -52,7 +52,7 @@ def tiny_model_kwargs(**overrides):
 
 def export_tiny_model(folder: Path, schema, step: int = 0, seed: int = 0) -> Path:
     """A randomly initialised tiny generator exported as a model folder (configs/tiny.yaml's settings)."""
-    from cgan.train.checkpoint import export_model
+    from cgan.nets.export import export_model
     from cgan.core.config import load_config
     from cgan.nets.generator import Generator
 

@@ -5,16 +5,16 @@ import pytest
 from cgan.core import errors
 from cgan.condition.attributes import InvalidAttributeError
 from cgan.batch import PromptsFileError
-from cgan.train.checkpoint import CheckpointError
+from cgan.core.errors import CheckpointError
 from cgan.cli import sample_main, train_main
 from cgan.core.config import ConfigError
 from cgan.data.__main__ import main as data_main
 from cgan.data.emoji import MissingPackageError
 from cgan.data.folder import DataValidationError
 from cgan.demo import main as demo_main
-from cgan.eval.faithfulness import main as faithfulness_main
+from cgan.faithfulness import main as faithfulness_main
 from cgan.eval.fid import FIDError
-from cgan.eval.fid import main as fid_main
+from cgan.fid import main as fid_main
 
 
 def test_user_errors_share_one_base_class():

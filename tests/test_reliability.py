@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from cgan.train import recovery
-from cgan.train.checkpoint import (CheckpointError, list_checkpoints, load_training_state, remove_stale_temporaries,
+from cgan.core.errors import CheckpointError
+from cgan.train.checkpoint import (list_checkpoints, load_training_state, remove_stale_temporaries,
                              resolve_resume, save_training_state)
 from cgan.cli import sample_main, train_main
 from cgan.core.config import ConfigError, TextConfig, load_config
@@ -90,13 +91,13 @@ def test_keep_last_prunes_only_after_the_newer_state_is_complete(tmp_path, monke
     save_state(run, 2, modules, optimizers, keep_last=1)
     assert [p.name for p in list_checkpoints(run)] == ["step_00000002"]
     seen_at_publish = []
-    real_publish = checkpoint._publish_folder
+    real_publish = checkpoint.publish_folder
 
     def publish(tmp, final):
         seen_at_publish.append(([p.name for p in list_checkpoints(run)], sorted(p.name for p in tmp.iterdir())))
         real_publish(tmp, final)
 
-    monkeypatch.setattr(checkpoint, "_publish_folder", publish)
+    monkeypatch.setattr(checkpoint, "publish_folder", publish)
     save_state(run, 3, modules, optimizers, keep_last=1)
     assert seen_at_publish == [(["step_00000002"], ["D.safetensors", "G.safetensors", "G_ema.safetensors",
                                                     "optimizers.pt", "rng.pt", "state.json"])]
@@ -121,11 +122,11 @@ def test_keep_last_prunes_only_after_the_newer_state_is_complete(tmp_path, monke
 SLOW_SAVE_TRAIN = """
 import sys, time
 import cgan.train.checkpoint as checkpoint
-real = checkpoint.save_file
+real = checkpoint.save_weights
 def slow(*args, **kwargs):  # widens the window in which a checkpoint is half-written
     time.sleep(0.1)
     real(*args, **kwargs)
-checkpoint.save_file = slow
+checkpoint.save_weights = slow
 from cgan.cli import train_main
 raise SystemExit(train_main(sys.argv[1:]))
 """

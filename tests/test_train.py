@@ -145,7 +145,7 @@ def test_init_from_grows_a_32px_run_to_64px(tiny_config, tmp_path, minilm, capsy
 
     import torch.nn.functional as F
 
-    from cgan.train.checkpoint import load_weights
+    from cgan.core.files import load_weights
     from cgan.data import ShapesDataset
     from cgan.nets.generator import Generator
     from cgan.pipeline import generate
@@ -189,7 +189,7 @@ def test_init_from_grows_a_32px_run_to_64px(tiny_config, tmp_path, minilm, capsy
 def test_init_from_a_model_folder_fine_tunes_its_generator_with_a_fresh_d(tiny_config, tmp_path, minilm, capsys):
     import copy
 
-    from cgan.train.checkpoint import load_weights
+    from cgan.core.files import load_weights
 
     small = tmp_path / "small"
     train(tiny_config, small, max_steps=2, text_encoder=minilm)

@@ -31,7 +31,7 @@ from einops import rearrange, repeat
 
 from cgan.condition.attributes import AttributeEmbedder, AttributeSchema
 from cgan.core.config import MAX_TEXT_POSITIONS
-from cgan.nets.layers import Attention, EqualLinear, FeedForward
+from cgan.core.layers import Attention, EqualLinear, FeedForward
 from cgan.condition.text_encoder import TextEncoding
 
 

@@ -182,7 +182,7 @@ class TextEmbeddingCache:
             tokens = torch.stack([self.memory[c][0] for c in unique]).contiguous()
             mask = torch.stack([self.memory[c][1] for c in unique]).contiguous()
             pooled = torch.stack([self.memory[c][2] for c in unique]).contiguous()
-            from cgan.train.checkpoint import atomic_save
+            from cgan.core.files import atomic_save
 
             atomic_save(path, lambda tmp: save_file({"tokens": tokens, "mask": mask, "pooled": pooled}, str(tmp)))
 

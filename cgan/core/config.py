@@ -483,7 +483,7 @@ def config_from_dict(values: dict[str, Any], source: str) -> Config:
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    from cgan.train.checkpoint import atomic_write_text
+    from cgan.core.files import atomic_write_text
 
     atomic_write_text(Path(path), yaml.safe_dump(config.to_dict(), sort_keys=False))
 

@@ -12,6 +12,10 @@ class CganError(Exception):
     """A problem with the user's input; the message names the file or argument and what was expected."""
 
 
+class CheckpointError(CganError, RuntimeError):
+    """A model folder or training state is missing, incomplete, corrupt or incompatible."""
+
+
 # What every command line turns into a message: cgan's own errors, plain ValueErrors from argument
 # checks, and OS errors on the user's paths.
 USER_ERRORS: tuple[type[BaseException], ...] = (CganError, ValueError, OSError)

@@ -23,24 +23,10 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from cgan.condition.attributes import AttributeSchema
+from cgan.core.images import image_to_tensor
 from cgan.data import shapes as shapes_lib
 from cgan.data.folder import (DataValidationError, FolderReport, format_problems, load_rgb, parse_background,
                               resize_center_crop, validate_folder)
-
-
-def image_to_tensor(image) -> torch.Tensor:
-    """PIL RGB image -> (3, H, W) float in [-1, 1]."""
-    array = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())  # (H, W, 3)
-    return array.permute(2, 0, 1).float() / 127.5 - 1.0
-
-
-def tensor_to_images(images: torch.Tensor) -> list:
-    """(B, 3, H, W) in [-1, 1] -> list of PIL RGB images."""
-    from PIL import Image
-
-    array = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    array = array.permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
-    return [Image.fromarray(a, "RGB") for a in array]
 
 
 class CaptionedDataset(Dataset):

@@ -25,7 +25,7 @@ def export_shapes(out: str | Path, num: int, split: str = "train", resolution: i
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out}: exists and is not empty (pass --overwrite to replace it)")
-    from cgan.batch import check_writable_folder
+    from cgan.core.files import check_writable_folder
 
     check_writable_folder(out.parent, "--out")  # before any image is drawn
     dataset = ShapesDataset(num_images=num, resolution=resolution, split=split, seed=seed)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from einops import einsum
 
 from cgan.condition.text_encoder import TextEncoding
+from cgan.eval.faithfulness import ShapesReader, augment, to_input, train_steps
 
 EMBED_DIM = 64
 NUM_DISTRACTORS = 99
@@ -47,16 +48,12 @@ class CaptionMatcher(nn.Module):
 
     def __init__(self, text_dim: int, size: int, width: int = 24, embed_dim: int = EMBED_DIM):
         super().__init__()
-        from cgan.eval.faithfulness import ShapesReader
-
         self.size = size
         self.image = ShapesReader({"embedding": embed_dim}, width)
         self.text = TextHead(text_dim, embed_dim)
         self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))  # 1 / temperature, learned (CLIP)
 
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
-        from cgan.eval.faithfulness import to_input
-
         return F.normalize(self.image(to_input(images, self.size))["embedding"], dim=1)
 
     @torch.no_grad()
@@ -77,8 +74,6 @@ def fit_matcher(matcher: CaptionMatcher, images: torch.Tensor, caption_ids: list
     that describe image i (one is drawn per step); encode(rows) -> their frozen text features. A
     caption that also describes another image of the batch is not that image's negative. Dropout
     and batch norm follow the global RNG: callers fork it."""
-    from cgan.eval.faithfulness import augment, to_input, train_steps
-
     def batch_loss(gen: torch.Generator) -> torch.Tensor:
         idx = torch.randperm(len(images), generator=gen)[:batch_size]  # distinct records
         picks = [caption_ids[i][int(torch.randint(len(caption_ids[i]), (1,), generator=gen))] for i in idx.tolist()]

@@ -19,8 +19,8 @@ import torch
 from einops import rearrange
 
 from cgan.eval.caption_match import CaptionMatcher, distractor_sets, fit_matcher, r_precision
-from cgan.eval.faithfulness import (READER_SIZE, GenerateFn, ShapesReader, _as_pipeline, _conditions, fit,
-                               pipeline_generate_fn, to_input)
+from cgan.eval.faithfulness import (READER_SIZE, GenerateFn, ShapesReader, as_exported_model, fit,
+                                    pipeline_generate_fn, record_conditions, to_input)
 
 CAPTION_HEAD = "caption"  # the head that reads the caption, where the captions are few enough to be classes
 CAPTION_RANK = "caption_r_precision"  # free-form captions: R-precision of the caption matcher
@@ -192,7 +192,7 @@ def train_attribute_classifier(dataset, steps: int = 1000, batch_size: int = 64,
         classifier.majority[n] = _accuracy(majority, eval_targets[n], m)
     if ranker is not None:
         records = [dataset.record(i) for i in eval_idx]
-        prompts, _ = _conditions(records, f"{seed}/custom")
+        prompts, _ = record_conditions(records, f"{seed}/custom")
         classifier.ceiling[CAPTION_RANK] = ranker.score(eval_images, prompts, records)
         classifier.majority[CAPTION_RANK] = ranker.chance(prompts, records)
     return classifier
@@ -205,7 +205,7 @@ def evaluate_attributes(generate_fn: GenerateFn, dataset, classifier: AttributeC
     during training: train the classifier once, pass a generate_fn built on G_ema."""
     indices = classifier.eval_indices[:num]
     records = [dataset.record(i) for i in indices]
-    prompts, attributes = _conditions(records, f"{seed}/custom")
+    prompts, attributes = record_conditions(records, f"{seed}/custom")
     images = generate_fn(prompts, attributes, [seed + i for i in indices])
     pred = classifier.predict(images)
     targets, masks = _targets(dataset, indices, classifier.names, classifier.captions, classifier.bin_edges)
@@ -223,7 +223,7 @@ def evaluate_custom(model: Any, data_dir: Any, num: int = 500, seed: int = 0, tr
     on the other 80 % (pass `classifier` to reuse ones trained on this dataset)."""
     from cgan.data import FolderDataset
 
-    pipe = _as_pipeline(model, device)
+    pipe = as_exported_model(model, device)
     start = time.time()
     # the model's own attributes: columns it was trained without (data.ignore) are not checked
     dataset = data_dir if hasattr(data_dir, "record") else FolderDataset(data_dir, resolution=pipe.resolution,

@@ -22,7 +22,7 @@ class Evaluator:
         return any(every and step % every == 0 for every in (e.fid_every, e.faithfulness_every))
 
     def __call__(self, G_ema, step: int) -> dict[str, float]:
-        from cgan.pipeline import CGANPipeline
+        from cgan.nets.export import ExportedModel
 
         e, data = self.config.eval, self.config.data
         metrics: dict[str, float] = {}
@@ -41,7 +41,7 @@ class Evaluator:
             from cgan.eval import faithfulness
 
             start = time.perf_counter()
-            pipe = CGANPipeline(G_ema, self.text_encoder, self.dataset.schema, {"step": step}, self.device)
+            pipe = ExportedModel(G_ema, self.text_encoder, self.dataset.schema, {"step": step}, self.device)
             pipe.text_cache = self.text_cache  # the run's captions are encoded already
             if data.name == "shapes":
                 result = faithfulness.evaluate_faithfulness(pipe, num=e.faithfulness_num, device=str(self.device))

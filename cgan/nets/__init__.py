@@ -1,1 +1,1 @@
-"""Floor 3, the networks: layers, the generator, the discriminators and the factory that builds them."""
+"""Floor 3, the networks: the generator, the discriminators and the factory that builds them."""

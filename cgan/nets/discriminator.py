@@ -16,7 +16,7 @@ from einops import rearrange
 from cgan.condition.attributes import AttributeSchema
 from cgan.condition.fusion import Condition, ConditionInput, Conditioner
 from cgan.nets.generator import channels_at
-from cgan.nets.layers import EqualConv2d, EqualLinear, SpatialCrossAttention
+from cgan.core.layers import EqualConv2d, EqualLinear, SpatialCrossAttention
 
 WORD_MATCH_RESOLUTION = 8  # D's feature map the word-region matching reads (model.d_word_match)
 

@@ -15,7 +15,7 @@ from einops import rearrange
 
 from cgan.condition.attributes import AttributeSchema
 from cgan.condition.fusion import Condition, ConditionInput, Conditioner
-from cgan.nets.layers import EqualLinear, ModulatedConv2d, SpatialCrossAttention
+from cgan.core.layers import EqualLinear, ModulatedConv2d, SpatialCrossAttention
 
 
 def channels_at(resolution: int, channel_base: int, channel_max: int, channel_min: int = 0) -> int:

@@ -24,7 +24,7 @@ from cgan.condition.attributes import AttributeSchema
 from cgan.condition.fusion import Condition, ConditionInput, Conditioner
 from cgan.nets.discriminator import AuxiliaryHeads
 from cgan.nets.image_features import FEATURE_CHANNELS, EfficientNetLite0
-from cgan.nets.layers import EqualConv2d, EqualLinear, SpatialCrossAttention
+from cgan.core.layers import EqualConv2d, EqualLinear, SpatialCrossAttention
 
 MIXING_SEED = 20211101  # the random channel and scale mixing is a fixed function of this seed
 

@@ -1,9 +1,5 @@
-"""Exported models and resumable training states, written atomically and loaded safely.
-
-Exported model (what `sample.py` and `CGANPipeline` load), a folder:
-    config.json       format version, G's constructor arguments, text encoder, step, full config
-    attributes.json   the attribute schema
-    G_ema.safetensors the generator's EMA weights (nothing else)
+"""Resumable training states, written atomically (cgan/core/files.py) and loaded safely.
+(Exported models, what `sample.py` and `CGANPipeline` load: cgan/nets/export.py.)
 
 Training state, `RUN/checkpoints/step_XXXXXXXX/`:
     G.safetensors, D.safetensors, G_ema.safetensors
@@ -22,73 +18,17 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
-from cgan.core.errors import CganError
+from cgan.core.errors import CheckpointError
+from cgan.core.files import load_weights, publish_folder, save_weights
+from cgan.nets.export import FORMAT_VERSION
 
-FORMAT_VERSION = 1
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d{8})$")
-STALE_PATTERN = re.compile(r"^(?P<name>.+)\.(?P<kind>tmp|old)-\d+$")  # leftovers of atomic_save / _publish_folder
-
-
-class CheckpointError(CganError, RuntimeError):
-    """A model folder or training state is missing, incomplete, corrupt or incompatible."""
-
-
-def atomic_save(path: Path, write: Callable[[Path], None]) -> None:
-    """Call write(tmp_path), then rename the temporary file into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # never leave a half-written temporary file behind
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_save(path, lambda tmp: tmp.write_text(text))
-
-
-def _fsync(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def _publish_folder(tmp: Path, final: Path) -> None:
-    """Rename a finished folder into place, replacing an older one without ever deleting it first."""
-    for path in tmp.iterdir():  # on disk before the rename, so a power loss cannot publish empty files
-        _fsync(path)
-    _fsync(tmp)
-    if final.exists():
-        old = final.with_name(f"{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    _fsync(final.parent)
-
-
-def _state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-
-
-def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: file missing")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {err}") from err
+STALE_PATTERN = re.compile(r"^(?P<name>.+)\.(?P<kind>tmp|old)-\d+$")  # leftovers of atomic_save / publish_folder
 
 
 def load_module_weights(module: torch.nn.Module, path: Path) -> None:
@@ -98,62 +38,6 @@ def load_module_weights(module: torch.nn.Module, path: Path) -> None:
     except RuntimeError as err:
         raise CheckpointError(f"{path}: weights do not fit this model (was the config changed?): "
                               f"{str(err).splitlines()[0]}") from err
-
-
-# ----------------------------------------------------------------------------------------------
-# Exported models
-
-
-def export_model(out_dir: str | Path, *, G_ema: torch.nn.Module, generator_kwargs: dict[str, Any],
-                 schema_dict: dict[str, Any], text_encoder: dict[str, Any], config_dict: dict[str, Any],
-                 step: int, images_seen: int, model_card: str | None = None,
-                 D: torch.nn.Module | None = None) -> Path:
-    from cgan import __version__
-
-    meta = {"format_version": FORMAT_VERSION, "cgan_version": __version__, "generator": generator_kwargs,
-            "text_encoder": text_encoder, "step": step, "images_seen": images_seen,
-            "prompt_dropout": config_dict["train"]["drop_prompt"], "config": config_dict}
-    return write_exported(out_dir, meta, schema_dict, G_ema, model_card, D)
-
-
-def write_exported(out_dir: str | Path, meta: dict[str, Any], schema_dict: dict[str, Any],
-                   G_ema: torch.nn.Module, model_card: str | None = None, D: torch.nn.Module | None = None) -> Path:
-    """Write a model folder (config.json, attributes.json, G_ema.safetensors; D.safetensors when D is given:
-    not needed to generate, but `train.init_from` the model then continues with a trained D) whole, or not at all."""
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    (tmp / "config.json").write_text(json.dumps(meta, indent=2))
-    (tmp / "attributes.json").write_text(json.dumps(schema_dict, indent=2))
-    save_file(_state_dict(G_ema), str(tmp / "G_ema.safetensors"), metadata={"format": "pt"})
-    if D is not None:
-        save_file(_state_dict(D), str(tmp / "D.safetensors"), metadata={"format": "pt"})
-    if model_card is not None:
-        (tmp / "MODEL_CARD.md").write_text(model_card)
-    _publish_folder(tmp, out_dir)
-    return out_dir
-
-
-def read_exported(model_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:
-    """-> (config.json contents, attribute schema dict, G_ema weights), with clear errors."""
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise CheckpointError(f"{model_dir}: model folder not found (expected a folder with config.json, "
-                              "attributes.json and G_ema.safetensors)")
-    missing = [n for n in ("config.json", "attributes.json", "G_ema.safetensors") if not (model_dir / n).is_file()]
-    if missing:
-        raise CheckpointError(f"{model_dir}: not a complete cgan model, missing {', '.join(missing)}")
-    try:
-        meta = json.loads((model_dir / "config.json").read_text())
-        schema = json.loads((model_dir / "attributes.json").read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{model_dir}: config.json or attributes.json is not valid JSON: {err}") from err
-    version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise CheckpointError(f"{model_dir}: exported with model format {version!r} (cgan "
-                              f"{meta.get('cgan_version', '?')}); this cgan reads format {FORMAT_VERSION}")
-    return meta, schema, load_weights(model_dir / "G_ema.safetensors")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -201,12 +85,12 @@ def save_training_state(run_dir: Path, *, step: int, images_seen: int, modules: 
     try:
         tmp.mkdir(parents=True)
         for name, module in modules.items():
-            save_file(_state_dict(module), str(tmp / f"{name}.safetensors"), metadata={"format": "pt"})
+            save_weights(module, tmp / f"{name}.safetensors")
         torch.save({name: opt.state_dict() for name, opt in optimizers.items()}, tmp / "optimizers.pt")
         torch.save({"rng": rng_states}, tmp / "rng.pt")
         (tmp / "state.json").write_text(json.dumps({"step": step, "images_seen": images_seen,
                                                     "format_version": FORMAT_VERSION, **(extra or {})}))  # last
-        _publish_folder(tmp, final)
+        publish_folder(tmp, final)
     except (OSError, RuntimeError, SafetensorError) as err:  # torch.save reports a full disk as RuntimeError
         shutil.rmtree(tmp, ignore_errors=True)
         states = list_checkpoints(run_dir)
@@ -249,7 +133,7 @@ def remove_stale_temporaries(run_dir: Path) -> list[str]:
 
     `NAME.tmp-PID` (being written when the process died) is removed. `NAME.old-PID` (a complete
     folder being replaced) is removed, or renamed back to NAME when the kill fell between the two
-    renames of _publish_folder and NAME is missing. Call it before any process of the run writes.
+    renames of publish_folder and NAME is missing. Call it before any process of the run writes.
     """
     actions = []
     for folder in (run_dir, run_dir / "checkpoints", run_dir / "samples"):

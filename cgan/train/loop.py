@@ -23,17 +23,20 @@ from torch.utils.data import DataLoader
 
 from cgan.condition.attributes import drop_attributes
 from cgan.train.augment import parse_policy
-from cgan.train.checkpoint import (CheckpointError, atomic_save, export_model, remove_stale_temporaries, resolve_resume,
-                             save_training_state)
+from cgan.core.errors import CheckpointError
+from cgan.core.files import atomic_save
+from cgan.core.images import describe_condition, image_grid, tensor_to_images
+from cgan.nets.export import export_model
+from cgan.nets.sampling import generate
+from cgan.train.checkpoint import remove_stale_temporaries, resolve_resume, save_training_state
 from cgan.condition.fusion import ConditionInput
 from cgan.core.config import Config, ConfigError, data_cache_dir, save_config
-from cgan.data import CaptionedDataset, StepSampler, build_dataset, stratified_records, tensor_to_images
+from cgan.data import CaptionedDataset, StepSampler, build_dataset, stratified_records
 from cgan.nets.discriminator import Discriminator
 from cgan.train.ema import ema_beta, update_ema
 from cgan.eval.evaluation import Evaluator
 from cgan.nets.generator import Generator
 from cgan.train.model_card import run_model_card
-from cgan.pipeline import describe_condition, generate, image_grid
 from cgan.train.recovery import (NonfiniteGuard, StopControl, check_free_space, check_output_dir, check_same_model,
                            restore_training_state, rng_state, roll_back)
 from cgan.train.steps import Batch, d_step, g_step, r1_step, run_phase

@@ -131,7 +131,7 @@ def describe_init_from(path: str) -> str | None:
 def run_model_card(config, dataset, G_ema: torch.nn.Module, *, step: int, images_seen: int, out_dir, device,
                    num_processes: int, train_seconds: float) -> str:
     """The card of a training run's export (config: a Config; dataset: the run's CaptionedDataset)."""
-    from cgan import __version__
+    from cgan.core import __version__
 
     d = config.data
     data = (f"`shapes`, {d.num_images:,} procedural images, split `{d.split}`" if d.name == "shapes"

@@ -27,7 +27,10 @@ from pathlib import Path
 
 import torch
 
-from cgan.train.checkpoint import CheckpointError, list_checkpoints, load_weights
+from cgan.core.errors import CheckpointError
+from cgan.core.files import load_weights
+from cgan.nets.export import resolve_model_dir
+from cgan.train.checkpoint import list_checkpoints
 
 
 def is_model_dir(path: Path) -> bool:
@@ -37,8 +40,6 @@ def is_model_dir(path: Path) -> bool:
 
 def resolve_init_from(path: str | Path) -> Path:
     """A training-state folder, a run folder (its newest complete state), or a model folder (or shipped name)."""
-    from cgan.pipeline import resolve_model_dir
-
     path = Path(path)
     if (path / "state.json").is_file():
         return path
