@@ -84,7 +84,8 @@ def test_discriminator_heads_exist_only_when_asked(shapes_schema):
     images, text = torch.randn(3, 3, 32, 32), fake_text(3)
     cond_args = ConditionInput(text, torch.ones(3, dtype=torch.bool),
                                *shapes_schema.encode([{"style": "flat"}, {}, {"size": 1}]))
-    logits, features, cond = heads(images, cond_args, return_features=True)
+    out = heads(images, cond_args)
+    logits, features, cond = out.scores(), out.plain, out.cond
     image_embedding, cond_embedding = heads.contrastive_embeddings(features, cond)
     assert logits.shape == (3,) and image_embedding.shape == cond_embedding.shape == (3, 24)
     assert [p.shape for p in heads.attribute_logits(features)] == [(3, 3), (3, 2), (3, 1)]  # style, background, size
@@ -94,7 +95,7 @@ def test_discriminator_heads_exist_only_when_asked(shapes_schema):
     assert {k.split(".")[0] for k in extra} == {"plain", "embed_image", "embed_cond", "attribute_out"}
     # the heads see the image only: the condition cannot leak into them through D's cross-attention
     other = ConditionInput(text, torch.zeros(3, dtype=torch.bool), *shapes_schema.encode([{}, {"style": "shaded"}, {}]))
-    assert torch.equal(heads(images, other, return_features=True)[1], features)
+    assert torch.equal(heads(images, other).plain, features)
 
 
 def test_config_rejects_negative_weights():

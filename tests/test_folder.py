@@ -267,7 +267,7 @@ def test_grey_folders_make_a_grey_generator(tmp_path, minilm):
     config = load_config(ROOT / "configs" / "tiny.yaml", ["data.name=folder", f"data.path={grey}",
                                                           f"data.cache_dir={tmp_path / 'cache'}"])
     model = train(config, tmp_path / "run", max_steps=1, text_encoder=minilm)
-    assert config.model.color == "grayscale"  # auto, resolved from the data and saved with the run
+    assert config.model.generator.color == "grayscale"  # auto, resolved from the data and saved with the run
     image = CGANPipeline.from_pretrained(model).generate_tensor("a dark square", num_images=2)
     assert torch.equal(image[:, 0], image[:, 1]) and torch.equal(image[:, 1], image[:, 2])
     train(config, tmp_path / "run", resume="latest", max_steps=1, text_encoder=minilm)  # the resolved value resumes

@@ -32,14 +32,15 @@ def test_generator_and_discriminator_shapes(shapes_schema, fusion, resolution):
     present = torch.ones(B, dtype=torch.bool)
     images = G(torch.randn(B, 16), inputs(shapes_schema, text, present))
     assert images.shape == (B, 3, resolution, resolution)
-    logits = D(images, inputs(shapes_schema, text, present))
-    assert logits.shape == (B,)
+    out = D(images, inputs(shapes_schema, text, present))
+    logits = out.scores()
+    assert [m.shape for m in out.logits] == [(B,)] and logits.shape == (B,) and out.plain is None
     logits.sum().backward()
     assert all(p.grad is not None for p in G.parameters() if p.requires_grad and p.grad is not None)
 
 
 def test_pool_first_discriminator_same_weights_half_resolution_conv(shapes_schema):
-    """model.d_pool_first: the same parameters (a state dict loads either way); each block's second
+    """model.discriminator.pool_first: the same parameters (a state dict loads either way); each block's second
     convolution sees r/2 instead of r."""
     kwargs = {k: v for k, v in tiny_model_kwargs().items() if k not in ("z_dim", "w_dim", "mapping_layers")}
     torch.manual_seed(0)
@@ -50,8 +51,8 @@ def test_pool_first_discriminator_same_weights_half_resolution_conv(shapes_schem
     for name, model in (("default", D), ("pool_first", D_fast)):
         model.blocks[0].conv1.register_forward_pre_hook(lambda m, args, name=name: sizes.update({name: args[0].shape[-1]}))
     images, text, present = torch.randn(B, 3, 32, 32), fake_text(B), torch.ones(B, dtype=torch.bool)
-    a = D(images, inputs(shapes_schema, text, present))
-    b = D_fast(images, inputs(shapes_schema, text, present))
+    a = D(images, inputs(shapes_schema, text, present)).scores()
+    b = D_fast(images, inputs(shapes_schema, text, present)).scores()
     assert sizes == {"default": 32, "pool_first": 16}
     assert b.shape == (B,) and torch.isfinite(b).all() and not torch.allclose(a, b)
 
@@ -165,11 +166,11 @@ def test_word_region_match_knows_where_and_ignores_dropped_prompts(shapes_schema
     features, _, match = D.features(images, cond)
     assert match.shape == (B,) and torch.isfinite(match).all()
     assert match[3] == 0  # no prompt, no words to match: the logit is the projection head's alone
-    torch.testing.assert_close(D(images, inputs(shapes_schema, text, present)), D.logits(features, cond, match))
+    torch.testing.assert_close(D(images, inputs(shapes_schema, text, present)).scores(), D.logits(features, cond, match))
     # the regions know where they are: the same image mirrored scores otherwise
     mirrored = D.features(images.flip(-1), cond)[2]
     assert not torch.allclose(match[:3], mirrored[:3], atol=1e-4)
-    D(images, inputs(shapes_schema, text, present)).sum().backward()
+    D(images, inputs(shapes_schema, text, present)).scores().sum().backward()
     assert D.word_match.region_position.grad.abs().sum() > 0
     assert D.conditioner.text_blocks[0].attn.to_out.weight.grad.abs().sum() > 0
 
@@ -280,4 +281,4 @@ def test_d_channel_min_widens_first_blocks_and_init_from_keeps_the_logits(shapes
     assert "from_rgb.weight" in left and "blocks.0.conv1.weight" in left  # widened, not whole
     images, cond = torch.randn(B, 3, 32, 32), inputs(shapes_schema, fake_text(B), torch.ones(B, dtype=torch.bool))
     with torch.no_grad():
-        torch.testing.assert_close(wide(images, cond), narrow(images, cond), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(wide(images, cond).scores(), narrow(images, cond).scores(), atol=1e-5, rtol=1e-4)

@@ -32,14 +32,16 @@ def test_frozen_network_is_never_trained_nor_saved(shapes_schema):
     images = torch.randn(3, 3, 32, 32, requires_grad=True)
     cond = ConditionInput(fake_text(3), torch.ones(3, dtype=torch.bool),
                           *shapes_schema.encode([{"style": "flat"}, {}, {}]))
-    logits, plain, _ = D(images, cond, return_features=True)
-    assert logits.shape[0] == 3 and logits.dim() == 2 and plain.shape == (3, 32)
+    out = D(images, cond)
+    logits, plain = out.scores(), out.plain
+    assert [m.shape[0] for m in out.logits] == [3] * 4 and all(m.dim() == 2 for m in out.logits)  # a map per scale
+    assert logits.shape == (3, sum(m.shape[1] for m in out.logits)) and plain.shape == (3, 32)
     logits.sum().backward()
     assert images.grad is not None and images.grad.abs().sum() > 0  # G gets gradients through it
     # the same seed gives the same fixed mixing: a D rebuilt from its state dict scores identically
     again = build(shapes_schema, contrastive_dim=8, feature_net=D.feature_net)
     again.load_state_dict(D.state_dict())
-    torch.testing.assert_close(again(images.detach(), cond), D(images.detach(), cond))
+    torch.testing.assert_close(again(images.detach(), cond).scores(), D(images.detach(), cond).scores())
 
 
 def test_shared_images_are_scored_as_if_repeated(shapes_schema):
@@ -50,4 +52,4 @@ def test_shared_images_are_scored_as_if_repeated(shapes_schema):
     index = torch.tensor([0, 1, 0, 0])
     cond = ConditionInput(fake_text(4), torch.ones(4, dtype=torch.bool),
                           *shapes_schema.encode([{"style": "flat"}, {}, {"style": "outline"}, {"size": 0.3}]))
-    torch.testing.assert_close(D(images, cond, image_index=index), D(images[index], cond))
+    torch.testing.assert_close(D(images, cond, image_index=index).scores(), D(images[index], cond).scores())

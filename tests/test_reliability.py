@@ -290,16 +290,19 @@ def test_damaged_or_foreign_training_states_are_refused(tmp_path, config, minilm
     with pytest.raises(CheckpointError, match="training state format 99; this cgan reads format 1"):
         train(config, run, resume="latest", text_encoder=minilm)
     (folder / "state.json").write_text(json.dumps(state))
-    cond_dim = config.model.cond_dim
-    config.model.cond_dim = 64
-    with pytest.raises(ConfigError, match=rf"config.yaml: this run was trained with model.cond_dim={cond_dim} \(now 64\)"):
+    cond_dim = config.model.conditioner.cond_dim
+    config.model.conditioner.cond_dim = 64
+    with pytest.raises(ConfigError, match=rf"config.yaml: this run was trained with model.conditioner.cond_dim={cond_dim} "
+                                          r"\(now 64\)"):
         train(config, run, resume="latest", text_encoder=minilm)
-    pool_first = config.model.d_pool_first
-    config.model.cond_dim, config.model.d_pool_first = cond_dim, not pool_first  # same shapes: only config.yaml tells
-    with pytest.raises(ConfigError, match=rf"model.d_pool_first={pool_first} \(now {not pool_first}\); the model cannot"):
+    d = config.model.discriminator
+    pool_first = d.pool_first
+    config.model.conditioner.cond_dim, d.pool_first = cond_dim, not pool_first  # same shapes: only config.yaml tells
+    with pytest.raises(ConfigError, match=rf"model.discriminator.pool_first={pool_first} \(now {not pool_first}\); the "
+                                          "model cannot"):
         train(config, run, resume="latest", text_encoder=minilm)
     (run / "config.yaml").unlink()  # without the run's config, the weights themselves refuse a changed shape
-    config.model.cond_dim, config.model.d_pool_first = 64, pool_first
+    config.model.conditioner.cond_dim, d.pool_first = 64, pool_first
     with pytest.raises(CheckpointError, match="weights do not fit this model"):
         train(config, run, resume="latest", text_encoder=minilm)
 

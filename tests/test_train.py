@@ -147,10 +147,9 @@ def test_init_from_grows_a_32px_run_to_64px(tiny_config, tmp_path, minilm, capsy
 
     from cgan.core.files import load_weights
     from cgan.data import ShapesDataset
-    from cgan.nets.generator import Generator
-    from cgan.pipeline import generate
     from cgan.condition.text_encoder import TextEmbeddingCache
-    from cgan.train.loop import build_discriminator, generator_kwargs
+    from cgan.nets.sampling import generate
+    from cgan.train.loop import build_models
     from cgan.train.warm_start import warm_start
 
     small = tmp_path / "small"
@@ -159,8 +158,7 @@ def test_init_from_grows_a_32px_run_to_64px(tiny_config, tmp_path, minilm, capsy
     big.data.resolution = 64
     schema = ShapesDataset(num_images=8, resolution=32).schema
     torch.manual_seed(0)
-    G, G_ema = (Generator(schema=schema, **generator_kwargs(big, minilm.dim)) for _ in range(2))
-    D = build_discriminator(big, schema, minilm.dim)
+    G, D, G_ema = build_models(big, schema, minilm.dim)
     line = warm_start(small, G, G_ema, D)
     assert "(32 px -> 64 px)" in line and "new or widened: blocks.4" in line and "from_rgb" in line
     state = small / "checkpoints" / "step_00000002"
@@ -220,8 +218,8 @@ def test_init_from_a_model_folder_fine_tunes_its_generator_with_a_fresh_d(tiny_c
     continued_D = load_weights(tmp_path / "again" / "model" / "D.safetensors")  # one step at lr 1e-9: unchanged
     assert all(torch.allclose(continued_D[k], v, atol=1e-6) for k, v in exported_D.items())
     other = copy.deepcopy(tuned)
-    other.model.text_positions = not tuned.model.text_positions  # a generator of another shape
-    other.model.w_dim = tuned.model.w_dim // 2
+    other.model.conditioner.text_positions = not tuned.model.conditioner.text_positions  # G of another shape
+    other.model.generator.w_dim = tuned.model.generator.w_dim // 2
     with pytest.raises(Exception, match="has no place for .* set the model.. settings it was trained with"):
         train(other, tmp_path / "other", max_steps=1, text_encoder=minilm)
     tuned.train.init_from = str(tmp_path / "nothing")

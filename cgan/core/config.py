@@ -1,8 +1,10 @@
 """Typed configuration: dataclasses loaded from YAML with dotted command-line overrides.
 
 A config file mirrors `Config`: top-level sections `data`, `text`, `model`, `train`, `loss`, `sample`, `eval`.
-Overrides look like `train.lr_g=2e-4` or `model.g_attn_resolutions=[8,16]` (values are
-parsed as YAML). Unknown keys fail with the closest valid key suggested.
+Overrides look like `train.lr_g=2e-4` or `model.generator.attn_resolutions=[8,16]` (values are
+parsed as YAML). Unknown keys fail with the closest valid key suggested. The `model` section is
+nested (conditioner, generator, discriminator); the flat keys of earlier configs (`model.g_channel_base`)
+are translated when read (FLAT_MODEL_KEYS), so every run and exported model made before still loads.
 """
 from __future__ import annotations
 
@@ -63,46 +65,14 @@ class TextConfig:
 
 
 @dataclass
-class ModelConfig:
+class ConditionerConfig:
+    """The condition's fusion (cgan/condition/fusion.py); G and D each hold one of these."""
+
     fusion: str = "cross_attention"  # cross_attention | concat (the baseline)
     cond_dim: int = 256  # width of condition tokens and the pooled condition vector
     num_cond_queries: int = 8  # learned queries of the cross-attention fusion
     fusion_layers: int = 2  # cross-attention layers of the fusion module
     fusion_heads: int = 4  # heads of the fusion module's attention
-    z_dim: int = 128  # latent noise width
-    w_dim: int = 256  # style vector width (mapping network output)
-    mapping_layers: int = 4  # layers of the mapping network (z, condition -> w)
-    mapping_lr_mul: float = 0.01  # learning-rate multiplier of the mapping layers (StyleGAN's 0.01: slow to move)
-    g_channel_base: int = 4096  # channels at resolution r: min(channel_max, channel_base // r)
-    g_channel_max: int = 256  # cap on G's channels at any resolution
-    # floor on G's channels at any resolution (0: none): wider top blocks for crisper edges (issue 12's
-    # FID); init_from a narrower run widens it keeping its images (cgan/train/warm_start.py)
-    g_channel_min: int = 0
-    # G resolutions with cross-attention to the condition tokens
-    g_attn_resolutions: list[int] = field(default_factory=lambda: [8, 16])
-    # G's spatial attention: a learned embedding of each location (zero at the start) joins its queries,
-    # so a location's place can choose the words it reads (issue 12: which object is left, which right)
-    g_attn_positions: bool = False
-    d_channel_base: int = 4096  # D's channels at resolution r: min(d_channel_max, d_channel_base // r)
-    d_channel_max: int = 256  # cap on D's channels at any resolution
-    # floor on D's channels (0: none): wider first blocks, which see the edges; widened as g_channel_min
-    d_channel_min: int = 0
-    # D resolutions with cross-attention to the condition tokens
-    d_attn_resolutions: list[int] = field(default_factory=lambda: [8])
-    # D blocks pool before their second convolution (as StyleGAN2's down-sampling convolution) instead
-    # of after it: 0.62x the D phase's FLOPs, ~1.3x faster training; off keeps earlier runs' D
-    d_pool_first: bool = False
-    # D adds a word-region matching score to its logit (AttnGAN's DAMSM idea): each prompt word attends
-    # over D's 8 x 8 features, which know where they are, and scores what it found (cross_attention only)
-    d_word_match: bool = False
-    attn_heads: int = 4  # heads of G's and D's spatial cross-attention
-    # residual: a convolutional D trained from scratch; projected: small heads on a frozen pretrained
-    # image network (EfficientNet-Lite0, cgan/nets/projected.py), width d_channel_max (d_channel_base,
-    # d_attn_resolutions and d_pool_first do not apply)
-    discriminator: str = "residual"
-    # auto: grayscale when the data set's images are grey (the generator then draws grey images), else rgb
-    color: str = "auto"
-    g_output: str = "linear"  # linear (StyleGAN's, may leave [-1, 1]) | tanh (bounded, as real images are)
     # cross_attention: the fused tokens' mean joins the condition vector through a layer that starts at
     # zero (the pooled path alone at the start) or, with false, at a random init (the token path is heard
     # from the first step)
@@ -114,6 +84,91 @@ class ModelConfig:
     # spatial attention read them (each starts as the identity), so a word can learn which object it
     # belongs to and where that object is from the words around it (issue 12's binding)
     text_layers: int = 0
+
+
+@dataclass
+class GeneratorConfig:
+    """The generator (cgan/nets/generator.py); the fields are its constructor's arguments."""
+
+    z_dim: int = 128  # latent noise width
+    w_dim: int = 256  # style vector width (mapping network output)
+    mapping_layers: int = 4  # layers of the mapping network (z, condition -> w)
+    mapping_lr_mul: float = 0.01  # learning-rate multiplier of the mapping layers (StyleGAN's 0.01: slow to move)
+    channel_base: int = 4096  # channels at resolution r: min(channel_max, channel_base // r)
+    channel_max: int = 256  # cap on G's channels at any resolution
+    # floor on G's channels at any resolution (0: none): wider top blocks for crisper edges (issue 12's
+    # FID); init_from a narrower run widens it keeping its images (cgan/train/warm_start.py)
+    channel_min: int = 0
+    # G resolutions with cross-attention to the condition tokens
+    attn_resolutions: list[int] = field(default_factory=lambda: [8, 16])
+    attn_heads: int = 4  # heads of G's spatial cross-attention
+    # G's spatial attention: a learned embedding of each location (zero at the start) joins its queries,
+    # so a location's place can choose the words it reads (issue 12: which object is left, which right)
+    attn_positions: bool = False
+    output: str = "linear"  # linear (StyleGAN's, may leave [-1, 1]) | tanh (bounded, as real images are)
+    # auto: grayscale when the data set's images are grey (the generator then draws grey images), else rgb
+    color: str = "auto"
+
+
+@dataclass
+class DiscriminatorConfig:
+    """The discriminator: `type` names one in cgan/nets/factory.py's registry, the rest are its settings."""
+
+    # residual: a convolutional D trained from scratch; projected: small heads on a frozen pretrained
+    # image network (EfficientNet-Lite0, cgan/nets/projected.py), width channel_max (channel_base,
+    # attn_resolutions, pool_first and word_match do not apply)
+    type: str = "residual"
+    channel_base: int = 4096  # D's channels at resolution r: min(channel_max, channel_base // r)
+    channel_max: int = 256  # cap on D's channels at any resolution
+    # floor on D's channels (0: none): wider first blocks, which see the edges; widened as G's channel_min
+    channel_min: int = 0
+    # D resolutions with cross-attention to the condition tokens
+    attn_resolutions: list[int] = field(default_factory=lambda: [8])
+    attn_heads: int = 4  # heads of D's spatial cross-attention
+    # D blocks pool before their second convolution (as StyleGAN2's down-sampling convolution) instead
+    # of after it: 0.62x the D phase's FLOPs, ~1.3x faster training; off keeps earlier runs' D
+    pool_first: bool = False
+    # D adds a word-region matching score to its logit (AttnGAN's DAMSM idea): each prompt word attends
+    # over D's 8 x 8 features, which know where they are, and scores what it found (cross_attention only)
+    word_match: bool = False
+
+
+@dataclass
+class ModelConfig:
+    conditioner: ConditionerConfig = field(default_factory=ConditionerConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+
+
+# The flat `model` section of configs, runs and exported models from before the nested one: each old
+# key and where it lives now (model.attn_heads set both G's and D's heads). Translated when read.
+FLAT_MODEL_KEYS: dict[str, tuple[str, ...]] = {
+    **{key: (f"conditioner.{key}",) for key in ("fusion", "cond_dim", "num_cond_queries", "fusion_layers",
+                                                  "fusion_heads", "fusion_zero_init", "text_positions", "text_layers")},
+    **{key: (f"generator.{key}",) for key in ("z_dim", "w_dim", "mapping_layers", "mapping_lr_mul", "color")},
+    **{f"g_{key}": (f"generator.{key}",) for key in ("channel_base", "channel_max", "channel_min",
+                                                       "attn_resolutions", "attn_positions", "output")},
+    **{f"d_{key}": (f"discriminator.{key}",) for key in ("channel_base", "channel_max", "channel_min",
+                                                           "attn_resolutions", "pool_first", "word_match")},
+    "attn_heads": ("generator.attn_heads", "discriminator.attn_heads"),
+    "discriminator": ("discriminator.type",),  # a string then, a section now
+}
+
+
+def translate_flat_model(values: dict[str, Any]) -> dict[str, Any]:
+    """A `model` section with old flat keys -> the nested one (new keys pass through unchanged)."""
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        if key == "discriminator" and isinstance(value, dict) or key not in FLAT_MODEL_KEYS:
+            if isinstance(value, dict):
+                nested.setdefault(key, {}).update(value)
+            else:
+                nested[key] = value
+            continue
+        for target in FLAT_MODEL_KEYS[key]:
+            section, name = target.split(".")
+            nested.setdefault(section, {})[name] = value
+    return nested
 
 
 @dataclass
@@ -241,22 +296,7 @@ class Config:
                 raise ConfigError(f"{key}: expected a list of column names, got {names!r}")
         if self.data.name == "folder" and not self.data.path:
             raise ConfigError("data.path: required when data.name is 'folder' (a folder with metadata.jsonl)")
-        if self.model.text_positions and self.model.fusion != "cross_attention":
-            raise ConfigError("model.text_positions: positions are read by the cross-attention fusion; "
-                              f"model.fusion is {self.model.fusion!r} (set model.fusion=cross_attention)")
-        if self.model.text_layers < 0:
-            raise ConfigError(f"model.text_layers: expected a number >= 0, got {self.model.text_layers}")
-        if self.model.text_layers and self.model.fusion != "cross_attention":
-            raise ConfigError("model.text_layers: the text blocks feed the cross-attention fusion; "
-                              f"model.fusion is {self.model.fusion!r} (set model.fusion=cross_attention)")
-        if self.model.d_word_match and (self.model.fusion != "cross_attention" or
-                                        self.model.discriminator != "residual"):
-            raise ConfigError("model.d_word_match: the residual discriminator of the cross-attention fusion matches "
-                              f"words to its 8 x 8 features; got model.fusion={self.model.fusion!r}, "
-                              f"model.discriminator={self.model.discriminator!r}")
-        if self.model.text_positions and self.text.max_length > MAX_TEXT_POSITIONS:
-            raise ConfigError(f"model.text_positions: learns one embedding per token position, at most "
-                              f"{MAX_TEXT_POSITIONS}; text.max_length is {self.text.max_length}")
+        _check_model(self.model, self.text.max_length, res)
         if self.data.name == "shapes" and self.data.path:
             raise ConfigError(f"data.path={self.data.path}: given, but data.name is 'shapes' (the built-in set, "
                               "which reads no folder); set data.name=folder to train on the folder")
@@ -264,19 +304,9 @@ class Config:
         for key in ("fid_every", "faithfulness_every"):
             if getattr(self.eval, key) < 0:
                 raise ConfigError(f"eval.{key}: expected 0 (off) or a positive number of steps")
-        _choice("model.fusion", self.model.fusion, ("cross_attention", "concat"))
-        _choice("model.discriminator", self.model.discriminator, ("residual", "projected"))
-        _choice("model.g_output", self.model.g_output, ("linear", "tanh"))
-        _choice("model.color", self.model.color, ("auto", "rgb", "grayscale"))
         _choice("train.loss", self.train.loss, ("logistic", "hinge"))
         _choice("train.mixed_precision", self.train.mixed_precision, ("no", "bf16", "fp16"))
         _choice("train.tracker", self.train.tracker, ("tensorboard", "wandb", "mlflow", "none"))
-        for key in ("g_attn_resolutions", "d_attn_resolutions"):
-            for r in getattr(self.model, key):
-                if r < 4 or r > res or r & (r - 1):
-                    raise ConfigError(f"model.{key}: {r} is not a power of two between 4 and data.resolution={res}")
-        if self.model.cond_dim % self.model.fusion_heads or self.model.cond_dim % self.model.attn_heads:
-            raise ConfigError("model.cond_dim: must be divisible by model.fusion_heads and model.attn_heads")
         for key in ("batch_size", "grad_accum", "total_steps", "log_every", "sample_every",
                     "checkpoint_every", "keep_last", "r1_every"):
             if getattr(self.train, key) < 1:
@@ -287,8 +317,6 @@ class Config:
                                   ("dist_timeout_s", lambda v: v > 0, "a positive number of seconds")):
             if not ok(getattr(self.train, key)):
                 raise ConfigError(f"train.{key}: expected {expected}, got {getattr(self.train, key)}")
-        if not 0.0 < self.model.mapping_lr_mul <= 1.0:
-            raise ConfigError(f"model.mapping_lr_mul: expected a number in (0, 1], got {self.model.mapping_lr_mul}")
         if self.train.threads < 0:
             raise ConfigError(f"train.threads: expected 0 (torch's default) or a number of threads, "
                               f"got {self.train.threads}")
@@ -309,15 +337,50 @@ class Config:
                 raise ConfigError(f"train.{key}: expected a probability in [0, 1), got {getattr(self.train, key)}")
 
 
+def _check_model(model: ModelConfig, max_length: int, resolution: int) -> None:
+    c, g, d = model.conditioner, model.generator, model.discriminator
+    cross = c.fusion == "cross_attention"
+    _choice("model.conditioner.fusion", c.fusion, ("cross_attention", "concat"))
+    _choice("model.generator.output", g.output, ("linear", "tanh"))
+    _choice("model.generator.color", g.color, ("auto", "rgb", "grayscale"))
+    if c.text_positions and not cross:
+        raise ConfigError("model.conditioner.text_positions: positions are read by the cross-attention fusion; "
+                          f"model.conditioner.fusion is {c.fusion!r} (set model.conditioner.fusion=cross_attention)")
+    if c.text_layers < 0:
+        raise ConfigError(f"model.conditioner.text_layers: expected a number >= 0, got {c.text_layers}")
+    if c.text_layers and not cross:
+        raise ConfigError("model.conditioner.text_layers: the text blocks feed the cross-attention fusion; "
+                          f"model.conditioner.fusion is {c.fusion!r} (set model.conditioner.fusion=cross_attention)")
+    if d.word_match and (not cross or d.type != "residual"):
+        raise ConfigError("model.discriminator.word_match: the residual discriminator of the cross-attention fusion "
+                          f"matches words to its 8 x 8 features; got model.conditioner.fusion={c.fusion!r}, "
+                          f"model.discriminator.type={d.type!r}")
+    if c.text_positions and max_length > MAX_TEXT_POSITIONS:
+        raise ConfigError(f"model.conditioner.text_positions: learns one embedding per token position, at most "
+                          f"{MAX_TEXT_POSITIONS}; text.max_length is {max_length}")
+    for key, resolutions in (("generator", g.attn_resolutions), ("discriminator", d.attn_resolutions)):
+        for r in resolutions:
+            if r < 4 or r > resolution or r & (r - 1):
+                raise ConfigError(f"model.{key}.attn_resolutions: {r} is not a power of two between 4 and "
+                                  f"data.resolution={resolution}")
+    if c.cond_dim % c.fusion_heads or c.cond_dim % g.attn_heads or c.cond_dim % d.attn_heads:
+        raise ConfigError("model.conditioner.cond_dim: must be divisible by model.conditioner.fusion_heads, "
+                          "model.generator.attn_heads and model.discriminator.attn_heads")
+    if not 0.0 < g.mapping_lr_mul <= 1.0:
+        raise ConfigError(f"model.generator.mapping_lr_mul: expected a number in (0, 1], got {g.mapping_lr_mul}")
+
+
 # Numeric settings and the values they may take (checked by Config.validate).
 POSITIVE, NON_NEGATIVE = (lambda v: v > 0, "> 0"), (lambda v: v >= 0, ">= 0")
 RANGES: dict[str, tuple[Any, str]] = {
     "data.num_images": POSITIVE, "data.num_workers": NON_NEGATIVE, "text.max_length": POSITIVE,
-    "model.cond_dim": POSITIVE, "model.num_cond_queries": POSITIVE, "model.fusion_layers": NON_NEGATIVE,
-    "model.fusion_heads": POSITIVE, "model.z_dim": POSITIVE, "model.w_dim": POSITIVE, "model.mapping_layers": POSITIVE,
-    "model.g_channel_base": POSITIVE, "model.g_channel_max": POSITIVE, "model.g_channel_min": NON_NEGATIVE,
-    "model.d_channel_base": POSITIVE, "model.d_channel_max": POSITIVE, "model.d_channel_min": NON_NEGATIVE,
-    "model.attn_heads": POSITIVE,
+    "model.conditioner.cond_dim": POSITIVE, "model.conditioner.num_cond_queries": POSITIVE,
+    "model.conditioner.fusion_layers": NON_NEGATIVE, "model.conditioner.fusion_heads": POSITIVE,
+    "model.generator.z_dim": POSITIVE, "model.generator.w_dim": POSITIVE, "model.generator.mapping_layers": POSITIVE,
+    "model.generator.channel_base": POSITIVE, "model.generator.channel_max": POSITIVE,
+    "model.generator.channel_min": NON_NEGATIVE, "model.generator.attn_heads": POSITIVE,
+    "model.discriminator.channel_base": POSITIVE, "model.discriminator.channel_max": POSITIVE,
+    "model.discriminator.channel_min": NON_NEGATIVE, "model.discriminator.attn_heads": POSITIVE,
     "train.lr_g": POSITIVE, "train.lr_d": POSITIVE, "train.r1_gamma": NON_NEGATIVE,
     "train.mismatch_weight": NON_NEGATIVE, "train.d_warmup_steps": NON_NEGATIVE,
     "train.ema_kimg": NON_NEGATIVE, "train.ema_rampup": NON_NEGATIVE,
@@ -328,8 +391,9 @@ RANGES: dict[str, tuple[Any, str]] = {
 
 def _check_ranges(config: "Config") -> None:
     for key, (ok, expected) in RANGES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
+        value: Any = config
+        for name in key.split("."):
+            value = getattr(value, name)
         if not (ok(value) and value == value and abs(value) != float("inf")):
             raise ConfigError(f"{key}: expected a number {expected}, got {value}")
     betas = config.train.betas
@@ -340,30 +404,40 @@ def _check_ranges(config: "Config") -> None:
 def describe_settings(config: "Config | None" = None) -> str:
     """Every setting as `section.key = value  # help`, the help taken from the comments beside (or just
     above) its field in this file; with `config`, its values, else the defaults."""
+    config = config or Config()
+    lines: list[str] = []
+    for section in dataclasses.fields(Config):
+        _describe_section(getattr(config, section.name), section.name, lines)
+    return "\n".join(lines)
+
+
+def _describe_section(values: Any, prefix: str, lines: list[str]) -> None:
     import inspect
     import re
 
-    config = config or Config()
-    lines = []
-    for section in dataclasses.fields(Config):
-        cls = type(getattr(config, section.name))
-        comments: dict[str, str] = {}
-        pending: list[str] = []
-        for line in inspect.getsource(cls).splitlines():
-            stripped = line.strip()
-            if stripped.startswith("#"):
-                pending.append(stripped.lstrip("# "))
-                continue
-            match = re.match(r"(\w+): [^=]+=.*?(?:#\s*(.*))?$", stripped)
-            if match:
-                comments[match.group(1)] = match.group(2) or " ".join(pending)
-            pending = []
-        lines.append(f"[{section.name}]")
-        for f in dataclasses.fields(cls):
-            value = json.dumps(getattr(getattr(config, section.name), f.name))
-            help_text = comments.get(f.name, "")
-            lines.append(f"{section.name}.{f.name} = {value}" + (f"  # {help_text}" if help_text else ""))
-    return "\n".join(lines)
+    cls = type(values)
+    comments: dict[str, str] = {}
+    pending: list[str] = []
+    for line in inspect.getsource(cls).splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            pending.append(stripped.lstrip("# "))
+            continue
+        match = re.match(r"(\w+): [^=]+=.*?(?:#\s*(.*))?$", stripped)
+        if match:
+            comments[match.group(1)] = match.group(2) or " ".join(pending)
+        pending = []
+    lines.append(f"[{prefix}]")
+    nested = []
+    for f in dataclasses.fields(cls):
+        value = getattr(values, f.name)
+        if dataclasses.is_dataclass(value):
+            nested.append((value, f"{prefix}.{f.name}"))
+            continue
+        help_text = comments.get(f.name, "")
+        lines.append(f"{prefix}.{f.name} = {json.dumps(value)}" + (f"  # {help_text}" if help_text else ""))
+    for value, name in nested:
+        _describe_section(value, name, lines)
 
 
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -442,6 +516,8 @@ def _apply(target: Any, values: dict[str, Any], source: str, prefix: str = "") -
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: {key} must be a mapping of its fields")
+            if key == "model":
+                value = translate_flat_model(value)
             _apply(current, value, source, key + ".")
         else:
             setattr(target, name, _coerce(value, type_hints[name], key, source))

@@ -1,4 +1,5 @@
-"""Discriminator: (images, condition) -> logits (B,), conditioned by its own fusion module.
+"""The residual discriminator: (images, condition) -> DOutput with one logit map (B,), conditioned by its
+own fusion module (the contract every D keeps: cgan/nets/d_contract.py).
 
 A residual convolutional trunk from R x R down to 4 x 4; spatial cross-attention from image
 features to the condition tokens at the resolutions in `attn_resolutions`; a projection
@@ -7,6 +8,7 @@ head: logit = unconditional score + <features, embedding of cond_vector> (Miyato
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -15,8 +17,10 @@ from einops import rearrange
 
 from cgan.condition.attributes import AttributeSchema
 from cgan.condition.fusion import Condition, ConditionInput, Conditioner
-from cgan.nets.generator import channels_at
+from cgan.core.config import DiscriminatorConfig
 from cgan.core.layers import EqualConv2d, EqualLinear, SpatialCrossAttention
+from cgan.nets.d_contract import DiscriminatorBase, DOutput, register_discriminator
+from cgan.nets.generator import channels_at
 
 WORD_MATCH_RESOLUTION = 8  # D's feature map the word-region matching reads (model.d_word_match)
 
@@ -71,41 +75,9 @@ class WordRegionMatch(nn.Module):
         return self.gain * similarity.sum(dim=1) / word_mask.sum(dim=1).clamp(min=1)  # (B,)
 
 
-class AuxiliaryHeads(nn.Module):
-    """The heads of the auxiliary losses, shared by both discriminators. They read `plain`, features
-    of the image alone (B, plain_dim) -> (B, dim): the contrastive image and condition embeddings
-    (loss.contrastive) and one prediction per attribute (loss.attributes)."""
-
-    def build_auxiliary_heads(self, schema: AttributeSchema, plain_dim: int, dim: int, cond_dim: int,
-                              contrastive_dim: int, attribute_heads: bool) -> None:
-        self.plain = self.embed_image = self.embed_cond = self.attribute_out = None
-        # one logit per categorical value, one output per continuous attribute (its value in [0, 1])
-        self.attribute_categorical = [s.kind == "categorical" for s in schema.specs]
-        self.attribute_sizes = [len(s.values) if s.kind == "categorical" else 1 for s in schema.specs]
-        if contrastive_dim or (attribute_heads and self.attribute_sizes):
-            self.plain = EqualLinear(plain_dim, dim, activation=True)
-        if contrastive_dim:
-            self.embed_image = EqualLinear(dim, contrastive_dim)
-            self.embed_cond = nn.Sequential(EqualLinear(cond_dim, cond_dim, activation=True),
-                                            EqualLinear(cond_dim, contrastive_dim))
-        if attribute_heads and self.attribute_sizes:
-            self.attribute_out = EqualLinear(dim, sum(self.attribute_sizes))
-
-    def contrastive_embeddings(self, plain: torch.Tensor, cond: Condition) -> tuple[torch.Tensor, torch.Tensor]:
-        """Unconditioned features (B, C) -> (image embeddings (B, E), condition embeddings (B, E)), not normalised."""
-        if self.embed_image is None or self.embed_cond is None:
-            raise RuntimeError("this discriminator has no contrastive heads (loss.contrastive was 0 when it was built)")
-        return self.embed_image(plain), self.embed_cond(cond.cond_vector.to(plain.dtype))
-
-    def attribute_logits(self, plain: torch.Tensor) -> list[torch.Tensor]:
-        """Unconditioned features (B, C) -> per attribute: (B, num_values) logits, or (B, 1) if continuous."""
-        if self.attribute_out is None:
-            raise RuntimeError("this discriminator has no attribute heads (loss.attributes was 0 when it was built)")
-        return list(self.attribute_out(plain).split(self.attribute_sizes, dim=1))
-
-
-class Discriminator(AuxiliaryHeads):
-    """(images (B, 3, R, R), ConditionInput) -> logits (B,).
+@register_discriminator("residual")
+class Discriminator(DiscriminatorBase):
+    """(images (B, 3, R, R), ConditionInput) -> DOutput: logits [(B,)], unconditioned features, condition.
 
     Optional heads for the auxiliary losses (cgan/train/losses.py): contrastive_dim > 0 adds an image
     embedding and a condition embedding (loss.contrastive); attribute_heads adds a prediction of
@@ -151,8 +123,11 @@ class Discriminator(AuxiliaryHeads):
         self.build_auxiliary_heads(schema, ch(self.plain_resolution) * 16, final_channels, cond_dim, contrastive_dim,
                                    attribute_heads)
 
-    def condition(self, inputs: ConditionInput) -> Condition:
-        return self.conditioner(inputs)
+    @classmethod
+    def config_kwargs(cls, config: DiscriminatorConfig) -> dict[str, Any]:
+        return dict(channel_base=config.channel_base, channel_max=config.channel_max, channel_min=config.channel_min,
+                    attn_resolutions=tuple(config.attn_resolutions), pool_first=config.pool_first,
+                    word_match=config.word_match)
 
     def features(self, images: torch.Tensor, cond: Condition
                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -180,14 +155,12 @@ class Discriminator(AuxiliaryHeads):
         logits = self.out(features).squeeze(1) + projection / math.sqrt(features.shape[1])  # (B,)
         return logits if match is None else logits + match
 
-    def forward(self, images: torch.Tensor, inputs: ConditionInput, return_features: bool = False,
-                image_index: torch.Tensor | None = None):
-        """-> logits (B,); with return_features, (logits, unconditioned features (B, C) or None, the
-        condition) for the auxiliary heads. image_index (B,): pair row i shows images[image_index[i]]
-        (several conditions may share an image; here each pair still runs the whole trunk)."""
+    def forward(self, images: torch.Tensor, inputs: ConditionInput,
+                image_index: torch.Tensor | None = None) -> DOutput:
+        """image_index (B,): pair row i shows images[image_index[i]] (several conditions may share an image;
+        here each pair still runs the whole trunk)."""
         if image_index is not None:
             images = images[image_index]
         cond = self.condition(inputs)
         features, plain, match = self.features(images, cond)
-        logits = self.logits(features, cond, match)
-        return (logits, plain, cond) if return_features else logits
+        return DOutput(logits=[self.logits(features, cond, match)], plain=plain, cond=cond)  # [(B,)]

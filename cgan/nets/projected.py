@@ -6,14 +6,14 @@ top-down pass mixes coarse scales into fine ones (both random and never trained,
 undo the pretrained features). Each scale has a small trainable head that outputs a map of
 logits, each location scored as unconditional score + <features, embedding of cond_vector>; at
 the scale nearest 8 x 8 the features also attend over the condition tokens first. The logits of
-all scales are returned side by side, (B, N), and the losses average over them.
-
-Same interface as Discriminator (condition, forward with return_features, the auxiliary heads),
-so `model.discriminator` picks one or the other and nothing else changes.
+all scales are returned as one logit map per scale (DOutput.scores(): side by side, (B, N)), and the
+losses average over them. It keeps the contract of cgan/nets/d_contract.py, so
+`model.discriminator.type` picks it or the residual D and nothing else changes.
 """
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -22,9 +22,10 @@ from einops import rearrange
 
 from cgan.condition.attributes import AttributeSchema
 from cgan.condition.fusion import Condition, ConditionInput, Conditioner
-from cgan.nets.discriminator import AuxiliaryHeads
-from cgan.nets.image_features import FEATURE_CHANNELS, EfficientNetLite0
+from cgan.core.config import DiscriminatorConfig
 from cgan.core.layers import EqualConv2d, EqualLinear, SpatialCrossAttention
+from cgan.nets.d_contract import DiscriminatorBase, DOutput, register_discriminator
+from cgan.nets.image_features import FEATURE_CHANNELS, EfficientNetLite0
 
 MIXING_SEED = 20211101  # the random channel and scale mixing is a fixed function of this seed
 
@@ -51,8 +52,10 @@ class ScaleHead(nn.Module):
         return self.out(x)[:, 0] + projection / math.sqrt(x.shape[1])  # (B, s', s')
 
 
-class ProjectedDiscriminator(AuxiliaryHeads):
-    """(images (B, 3, R, R), ConditionInput) -> logits (B, N) over 4 scales."""
+@register_discriminator("projected")
+class ProjectedDiscriminator(DiscriminatorBase):
+    """(images (B, 3, R, R), ConditionInput) -> DOutput: a logit map per scale [(B, s*s)] x 4, unconditioned
+    features, condition."""
 
     def __init__(self, *, schema: AttributeSchema, text_dim: int, resolution: int = 64, cond_dim: int = 256,
                  width: int = 64, attn_heads: int = 4, fusion: str = "cross_attention", num_cond_queries: int = 8,
@@ -83,8 +86,9 @@ class ProjectedDiscriminator(AuxiliaryHeads):
         self.__dict__["feature_net"] = self.__dict__["feature_net"]._apply(fn)
         return super()._apply(fn, recurse)
 
-    def condition(self, inputs: ConditionInput) -> Condition:
-        return self.conditioner(inputs)
+    @classmethod
+    def config_kwargs(cls, config: DiscriminatorConfig) -> dict[str, Any]:
+        return dict(width=config.channel_max)
 
     def mixed_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """images (B, 3, R, R) -> 4 maps (B, width, s, s): frozen features, mixed across channels and scales."""
@@ -101,19 +105,16 @@ class ProjectedDiscriminator(AuxiliaryHeads):
             mixed[i] = (mixed[i] + coarse) * (1 / math.sqrt(2))
         return mixed
 
-    def forward(self, images: torch.Tensor, inputs: ConditionInput, return_features: bool = False,
-                image_index: torch.Tensor | None = None):
-        """-> logits (B, N); with return_features, (logits, unconditioned features (B, C) or None, condition).
-        image_index (B,): pair row i shows images[image_index[i]]; the frozen network sees each image once."""
+    def forward(self, images: torch.Tensor, inputs: ConditionInput,
+                image_index: torch.Tensor | None = None) -> DOutput:
+        """image_index (B,): pair row i shows images[image_index[i]]; the frozen network sees each image once."""
         cond = self.condition(inputs)
         mixed = self.mixed_features(images)
         if image_index is not None:
             mixed = [m[image_index] for m in mixed]
-        logits = torch.cat([rearrange(head(x, cond), "b h w -> b (h w)") for head, x in zip(self.heads, mixed)], 1)
-        if not return_features:
-            return logits
+        logits = [rearrange(head(x, cond), "b h w -> b (h w)") for head, x in zip(self.heads, mixed)]  # (B, s*s) each
         plain = None
         if self.plain is not None:
             pooled = F.adaptive_avg_pool2d(mixed[2], 4)  # (B, width, 4, 4)
             plain = self.plain(rearrange(pooled, "b c h w -> b (c h w)"))  # (B, 2 * width)
-        return logits, plain, cond
+        return DOutput(logits=logits, plain=plain, cond=cond)

@@ -32,10 +32,9 @@ from cgan.train.checkpoint import remove_stale_temporaries, resolve_resume, save
 from cgan.condition.fusion import ConditionInput
 from cgan.core.config import Config, ConfigError, data_cache_dir, save_config
 from cgan.data import CaptionedDataset, StepSampler, build_dataset, stratified_records
-from cgan.nets.discriminator import Discriminator
 from cgan.train.ema import ema_beta, update_ema
 from cgan.eval.evaluation import Evaluator
-from cgan.nets.generator import Generator
+from cgan.nets.factory import build_discriminator, build_generator, check_model_config, generator_kwargs
 from cgan.train.model_card import run_model_card
 from cgan.train.recovery import (NonfiniteGuard, StopControl, check_free_space, check_output_dir, check_same_model,
                            restore_training_state, rng_state, roll_back)
@@ -46,45 +45,26 @@ from cgan.condition.text_encoder import FrozenTextEncoder, TextEmbeddingCache
 def resolve_color(config: Config, dataset) -> str | None:
     """Settle model.color=auto from the data (grey images: "grayscale", else "rgb") in the config, once,
     so the run's config and the exported model hold it. -> the colour so chosen, None if it was set."""
-    if config.model.color != "auto":
+    if config.model.generator.color != "auto":
         return None
-    config.model.color = "grayscale" if dataset.is_grayscale() else "rgb"
-    return config.model.color
+    config.model.generator.color = "grayscale" if dataset.is_grayscale() else "rgb"
+    return config.model.generator.color
 
 
-def generator_kwargs(config: Config, text_dim: int) -> dict[str, Any]:
-    m = config.model
-    return dict(text_dim=text_dim, resolution=config.data.resolution, z_dim=m.z_dim, w_dim=m.w_dim,
-                cond_dim=m.cond_dim, mapping_layers=m.mapping_layers, channel_base=m.g_channel_base,
-                channel_max=m.g_channel_max, channel_min=m.g_channel_min,
-                attn_resolutions=tuple(m.g_attn_resolutions), attn_heads=m.attn_heads,
-                fusion=m.fusion, num_cond_queries=m.num_cond_queries, fusion_layers=m.fusion_layers,
-                fusion_heads=m.fusion_heads, fusion_zero_init=m.fusion_zero_init, text_positions=m.text_positions,
-                text_layers=m.text_layers, output=m.g_output, mapping_lr_mul=m.mapping_lr_mul, color=m.color,
-                attn_positions=m.g_attn_positions)
+def build_models(config: Config, schema, text_dim: int) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
+    """G, D and G_ema (G's copy, frozen) from the nested model config (cgan/nets/factory.py); D has the
+    auxiliary heads the loss terms need."""
+    sizes = dict(schema=schema, text_dim=text_dim, resolution=config.data.resolution)
+    G = build_generator(config.model, **sizes)
+    D = build_discriminator(config.model, **sizes, **discriminator_heads(config))
+    G_ema = build_generator(config.model, **sizes).eval().requires_grad_(False)
+    G_ema.load_state_dict(G.state_dict())
+    return G, D, G_ema
 
 
-def discriminator_kwargs(config: Config, text_dim: int) -> dict[str, Any]:
-    m = config.model
-    shared = dict(text_dim=text_dim, resolution=config.data.resolution, cond_dim=m.cond_dim, attn_heads=m.attn_heads,
-                  fusion=m.fusion, num_cond_queries=m.num_cond_queries, fusion_layers=m.fusion_layers,
-                  fusion_heads=m.fusion_heads, fusion_zero_init=m.fusion_zero_init, text_positions=m.text_positions,
-                  text_layers=m.text_layers, contrastive_dim=m.cond_dim if config.loss.contrastive > 0 else 0,
-                  attribute_heads=config.loss.attributes > 0)
-    if m.discriminator == "projected":
-        return dict(shared, width=m.d_channel_max)
-    return dict(shared, channel_base=m.d_channel_base, channel_max=m.d_channel_max, channel_min=m.d_channel_min,
-                attn_resolutions=tuple(m.d_attn_resolutions), pool_first=m.d_pool_first, word_match=m.d_word_match)
-
-
-def build_discriminator(config: Config, schema, text_dim: int) -> torch.nn.Module:
-    """model.discriminator: residual (Discriminator) or projected (ProjectedDiscriminator)."""
-    kwargs = discriminator_kwargs(config, text_dim)
-    if config.model.discriminator == "projected":
-        from cgan.nets.projected import ProjectedDiscriminator
-
-        return ProjectedDiscriminator(schema=schema, **kwargs)
-    return Discriminator(schema=schema, **kwargs)
+def discriminator_heads(config: Config) -> dict[str, Any]:
+    return dict(contrastive_dim=config.model.conditioner.cond_dim if config.loss.contrastive > 0 else 0,
+                attribute_heads=config.loss.attributes > 0)
 
 
 def leave_stop_signals_to_the_main_process(worker_id: int) -> None:
@@ -152,6 +132,7 @@ def check_run_settings(config: Config) -> list[str]:
     """Every check of the settings that needs no data and no model (also run by --dry-run); returns the
     DiffAugment policy."""
     config.validate()
+    check_model_config(config.model)
     if config.train.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.mixed_precision: fp16 needs a GPU; on the CPU use bf16 or no")
     tracker = config.train.tracker
@@ -198,10 +179,7 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
     grid_prompts, grid_attrs = sample_conditions(config, dataset)
 
     torch.manual_seed(t.seed)  # identical initial weights on every process
-    G = Generator(schema=dataset.schema, **generator_kwargs(config, text_encoder.dim))
-    D = build_discriminator(config, dataset.schema, text_encoder.dim)
-    G_ema = Generator(schema=dataset.schema, **generator_kwargs(config, text_encoder.dim)).eval().requires_grad_(False)
-    G_ema.load_state_dict(G.state_dict())
+    G, D, G_ema = build_models(config, dataset.schema, text_encoder.dim)
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     for module in (G, D, G_ema):
         module.to(device, memory_format=memory_format)
@@ -270,7 +248,8 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
                                 extra={"lr_scale": lr_scale, "train_seconds": train_seconds})
             card = run_model_card(config, dataset, G_ema, step=at_step, images_seen=images_seen, out_dir=out_dir,
                               device=device, num_processes=accelerator.num_processes, train_seconds=train_seconds)
-            export_model(out_dir / "model", G_ema=G_ema, generator_kwargs=generator_kwargs(config, text_encoder.dim),
+            g_kwargs = generator_kwargs(config.model, text_dim=text_encoder.dim, resolution=config.data.resolution)
+            export_model(out_dir / "model", G_ema=G_ema, generator_kwargs=g_kwargs,
                          schema_dict=dataset.schema.to_dict(),
                          text_encoder={"name": text_encoder.name, "max_length": text_encoder.max_length},
                          config_dict=config.to_dict(), step=at_step, images_seen=images_seen, model_card=card,

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from cgan.core.config import LOSS_WEIGHTS
+from cgan.core.config import LOSS_WEIGHTS, translate_flat_model
 
 
 def hardware_summary(device: torch.device, num_processes: int) -> str:
@@ -63,17 +63,18 @@ def render_model_card(*, name: str, config: dict[str, Any], schema_description: 
                       started_from: str | None = None) -> str:
     """The card as Markdown. metrics: {name: (step measured, value)}, the last of each; started_from:
     the train.init_from line (what the run's first weights were)."""
-    model, train, loss = config["model"], config["train"], config["loss"]
+    model, train, loss = translate_flat_model(config["model"]), config["train"], config["loss"]
+    g, d = model["generator"], model.get("discriminator", {})
     terms = [f"{k}={v:g}" for k, v in loss.items() if k in LOSS_WEIGHTS and v]
     hours, minutes = divmod(round(train_seconds / 60), 60)
     rows = [
         ("data", data_summary),
         ("attributes", schema_description.replace("\n", "; ") or "none"),
         ("generator", f"{num_params / 1e6:.2f}M parameters, {config['data']['resolution']} px, "
-                      f"`model.fusion={model['fusion']}`, channels base/max {model['g_channel_base']}/"
-                      f"{model['g_channel_max']}" + (f", min {model['g_channel_min']}" if model.get("g_channel_min")
-                                                     else "")
-                      + (f"; D's min {model['d_channel_min']}" if model.get("d_channel_min") else "")),
+                      f"`model.conditioner.fusion={model['conditioner']['fusion']}`, channels base/max "
+                      f"{g['channel_base']}/{g['channel_max']}" + (f", min {g['channel_min']}" if g.get("channel_min")
+                                                                   else "")
+                      + (f"; D's min {d['channel_min']}" if d.get("channel_min") else "")),
         ("text encoder", f"`{config['text']['encoder']}`, max {config['text']['max_length']} tokens, frozen"),
         ("training", f"{step:,} steps, {images_seen:,} images, batch {train['batch_size']} x {train['grad_accum']}, "
                      f"lr G/D {train['lr_g']:g}/{train['lr_d']:g}, R1 {train['r1_gamma']:g}, loss terms: "

@@ -7,6 +7,7 @@ newest complete checkpoint with lower learning rates, or raises `TrainingDiverge
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -153,22 +154,32 @@ def roll_back(out_dir: Path, modules: dict[str, torch.nn.Module], optimizers: di
     return state
 
 
-def check_same_model(out_dir: Path, config: Config) -> None:
-    """At --resume: the model section must be the run's own. Some changes (model.d_pool_first, the
-    attention resolutions' heads) keep every weight's shape, so loading would succeed and quietly
-    train another architecture."""
-    from dataclasses import asdict
+def flat_settings(section: Any, prefix: str) -> dict[str, Any]:
+    """A (nested) config dataclass -> {"prefix.a.b": value}."""
+    flat: dict[str, Any] = {}
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            flat.update(flat_settings(value, f"{prefix}.{f.name}"))
+        else:
+            flat[f"{prefix}.{f.name}"] = value
+    return flat
 
+
+def check_same_model(out_dir: Path, config: Config) -> None:
+    """At --resume: the model section must be the run's own. Some changes (model.discriminator.pool_first,
+    the attention resolutions' heads) keep every weight's shape, so loading would succeed and quietly
+    train another architecture. A run's config.yaml from before the nested model section is translated."""
     from cgan.core.config import load_config
 
     saved_path = out_dir / "config.yaml"
     if not saved_path.is_file():
         return
     saved_config = load_config(saved_path)
-    saved = asdict(saved_config.model)
-    if saved.get("color") == "auto":  # runs from before model.color was resolved at the start drew rgb
-        saved["color"] = "rgb"
-    changed = [f"model.{key}={saved[key]!r} (now {value!r})" for key, value in asdict(config.model).items()
+    saved = flat_settings(saved_config.model, "model")
+    if saved["model.generator.color"] == "auto":  # runs from before model.color was resolved at the start drew rgb
+        saved["model.generator.color"] = "rgb"
+    changed = [f"{key}={saved[key]!r} (now {value!r})" for key, value in flat_settings(config.model, "model").items()
                if saved.get(key) != value]
     # a loss term turned on or off adds or removes D's heads for it; its weight may change
     changed += [f"loss.{key}={getattr(saved_config.loss, key)!r} (now {getattr(config.loss, key)!r}; a term cannot "

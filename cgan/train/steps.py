@@ -108,7 +108,7 @@ def d_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str]) 
     head = slice(0, num_mismatch)
     text_index, text_valid = mismatched_prompt_index(batch.captions)  # partners from the whole batch
     text_index, text_valid = text_index[head], text_valid[head]
-    num_values = D.conditioner.attr_embedder.num_values
+    num_values = D.attribute_num_values
     mis_index, mis_value, attr_valid = mismatched_attributes(*(x[head] for x in batch.attr_host), num_values)
     device = batch.images.device
     full = batch.full_cond().index(head)  # the first half's real images with all they show
@@ -130,8 +130,8 @@ def d_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str]) 
     if augment:
         images = diff_augment(images, augment)
     with accelerator.autocast():
-        logits, plain, cond = D(images, inputs, return_features=True, image_index=image_index)
-        logits = logits.float()
+        out = D(images, inputs, image_index=image_index)
+        logits, plain, cond = out.scores().float(), out.plain, out.cond
         # the auxiliary heads learn from real images with their own conditions: the batch's first rows
         hard_pair = None
         if hard and config.loss.contrastive_hard:  # the hard chunk's conditions, rows 0..num_mismatch-1
@@ -164,7 +164,7 @@ def r1_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str])
     augmented = diff_augment(images, augment) if augment else images
     # fp32 (no autocast); the math attention kernel, since fused kernels have no double backward.
     with sdpa_kernel(SDPBackend.MATH):
-        logits = D(augmented, batch.cond)
+        logits = D(augmented, batch.cond).scores()
         penalty = r1_penalty(logits, images)
         accelerator.backward(penalty * (t.r1_gamma / 2) * t.r1_every / t.grad_accum)
     return {"loss/r1": penalty.detach()}
@@ -176,8 +176,8 @@ def g_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str]) 
     with accelerator.autocast():
         fake = G(z, batch.cond)
         fake = diff_augment(fake, augment) if augment else fake
-        logits, plain, cond = D(fake, batch.cond, return_features=True)
-        logits = logits.float()
+        out = D(fake, batch.cond)
+        logits, plain, cond = out.scores().float(), out.plain, out.cond
         hard_pair = None
         if config.loss.contrastive_hard and batch.negative_text is not None:  # only where the prompt was given
             hard_cond = D.condition(batch.cond.replace(text=batch.negative_text))
@@ -186,7 +186,7 @@ def g_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str]) 
         ranking = None
         if config.loss.g_hard_negative > 0 and batch.negative_text is not None:
             # the same images with the captions that contradict them: D must rank their own caption higher
-            contradicted = D(fake, batch.cond.replace(text=batch.negative_text)).float()
+            contradicted = D(fake, batch.cond.replace(text=batch.negative_text)).scores().float()
             ranking = masked_mean(F.softplus(contradicted - logits), batch.negative_valid & batch.cond.prompt_present)
     adversarial = g_loss(logits, t.loss)
     loss = adversarial + weighted_sum(aux, config)
