@@ -11,7 +11,9 @@ from cgan.core.config import ConfigError, load_config
 from cgan.data import ShapesDataset
 from cgan.data.shapes import HELDOUT_PAIRS, SHAPES, contradictions, paraphrases, sample_scene
 from cgan.nets.discriminator import Discriminator
-from cgan.train.losses import attribute_loss, contrastive_loss, same_condition
+from cgan.train.losses import same_condition
+from cgan.train.terms.attributes import attribute_loss
+from cgan.train.terms.contrastive import contrastive_loss
 from cgan.train.loop import train
 from conftest import TINY, fake_text, tiny_model_kwargs
 

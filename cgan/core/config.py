@@ -216,35 +216,42 @@ class TrainConfig:
     dist_timeout_s: float = 600.0  # several processes: a collective waiting longer than this ends the run
 
 
+def weight(default: float = 0.0) -> Any:
+    """A loss term's weight in LossConfig (0 = off); the term of the same name is in cgan/train/terms/."""
+    return field(default=default, metadata={"loss_term": True})
+
+
 @dataclass
 class LossConfig:
     """Auxiliary loss terms beside the adversarial loss, each with its weight (0 = off).
 
-    Turning a term on or off adds or removes heads of D, so it cannot change at --resume; its
-    weight can. The adversarial terms' own settings stay in `train` (loss, mismatch_weight, r1_gamma).
+    A term is a file in cgan/train/terms/ (its D part, its G part and what it needs) plus its weight
+    here, declared with `weight()`. Turning a term with D heads on or off adds or removes those heads,
+    so it cannot change at --resume; its weight can. The adversarial terms' own settings stay in
+    `train` (loss, mismatch_weight, r1_gamma).
     """
 
     # InfoNCE between D's image embedding and D's condition embedding over the batch, both ways
     # (XMC-GAN): real images train D's embeddings, generated images train G to match their condition
-    contrastive: float = 0.0
+    contrastive: float = weight()
     contrastive_temperature: float = 0.1  # temperature of the contrastive InfoNCE
     # the data set's contradicting captions (see hard_negative) join the contrastive negatives: each
     # image, real (D) or generated (G), must match its caption better than the one that contradicts it
     contrastive_hard: bool = False
     # AC-GAN style: D predicts the attributes of real images (categorical: cross-entropy, continuous:
     # squared error); G is trained so that D reads the attributes it was asked for in its images
-    attributes: float = 0.0
+    attributes: float = weight()
     # D: a real image with a caption that contradicts it (the data set's `negatives`, e.g. shapes' two
     # objects swapped or their colours exchanged) is a fake, like the matching-aware negatives; 0 = off
-    hard_negative: float = 0.0
+    hard_negative: float = weight()
     # G: each generated image must score higher with its own caption than with the caption that
     # contradicts it (softplus of the difference of D's two logits): the part of D's logit that tells
     # the two captions apart, without its realism part (issue 12's binding); 0 = off
-    g_hard_negative: float = 0.0
+    g_hard_negative: float = weight()
 
 
-# the weights in LossConfig (a term is on when its weight is above 0)
-LOSS_WEIGHTS = ("contrastive", "attributes", "hard_negative", "g_hard_negative")
+# the weights in LossConfig, in its order (a term is on when its weight is above 0)
+LOSS_WEIGHTS = tuple(f.name for f in dataclasses.fields(LossConfig) if f.metadata.get("loss_term"))
 
 
 @dataclass

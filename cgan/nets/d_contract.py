@@ -10,7 +10,7 @@ it reads (`from_config`); `model.discriminator.type: name` then builds it (cgan/
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn as nn
@@ -19,6 +19,10 @@ from cgan.condition.attributes import AttributeSchema
 from cgan.condition.fusion import Condition, ConditionInput, Conditioner
 from cgan.core.config import DiscriminatorConfig
 from cgan.core.layers import EqualLinear
+
+
+# A loss term's own head: (plain_dim=, cond_dim=) -> a module that reads unconditioned features (B, plain_dim).
+HeadBuilder = Callable[..., nn.Module]
 
 
 @dataclass
@@ -40,15 +44,17 @@ class DOutput:
 class AuxiliaryHeads(nn.Module):
     """The heads of the auxiliary losses, shared by both discriminators. They read `plain`, features
     of the image alone (B, plain_dim) -> (B, dim): the contrastive image and condition embeddings
-    (loss.contrastive) and one prediction per attribute (loss.attributes)."""
+    (loss.contrastive), one prediction per attribute (loss.attributes), and the heads a loss term
+    builds for itself (`term_heads`, by the term's name: cgan/train/terms/)."""
 
     def build_auxiliary_heads(self, schema: AttributeSchema, plain_dim: int, dim: int, cond_dim: int,
-                              contrastive_dim: int, attribute_heads: bool) -> None:
+                              contrastive_dim: int, attribute_heads: bool,
+                              term_heads: Mapping[str, HeadBuilder] | None = None) -> None:
         self.plain = self.embed_image = self.embed_cond = self.attribute_out = None
         # one logit per categorical value, one output per continuous attribute (its value in [0, 1])
         self.attribute_categorical = [s.kind == "categorical" for s in schema.specs]
         self.attribute_sizes = [len(s.values) if s.kind == "categorical" else 1 for s in schema.specs]
-        if contrastive_dim or (attribute_heads and self.attribute_sizes):
+        if contrastive_dim or (attribute_heads and self.attribute_sizes) or term_heads:
             self.plain = EqualLinear(plain_dim, dim, activation=True)
         if contrastive_dim:
             self.embed_image = EqualLinear(dim, contrastive_dim)
@@ -56,6 +62,8 @@ class AuxiliaryHeads(nn.Module):
                                             EqualLinear(cond_dim, contrastive_dim))
         if attribute_heads and self.attribute_sizes:
             self.attribute_out = EqualLinear(dim, sum(self.attribute_sizes))
+        self.term_heads = nn.ModuleDict({name: build(plain_dim=dim, cond_dim=cond_dim)
+                                         for name, build in (term_heads or {}).items()})
 
     def contrastive_embeddings(self, plain: torch.Tensor, cond: Condition) -> tuple[torch.Tensor, torch.Tensor]:
         """Unconditioned features (B, C) -> (image embeddings (B, E), condition embeddings (B, E)), not normalised."""

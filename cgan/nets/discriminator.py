@@ -8,7 +8,7 @@ head: logit = unconditional score + <features, embedding of cond_vector> (Miyato
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
@@ -19,7 +19,7 @@ from cgan.condition.attributes import AttributeSchema
 from cgan.condition.fusion import Condition, ConditionInput, Conditioner
 from cgan.core.config import DiscriminatorConfig
 from cgan.core.layers import EqualConv2d, EqualLinear, SpatialCrossAttention
-from cgan.nets.d_contract import DiscriminatorBase, DOutput, register_discriminator
+from cgan.nets.d_contract import DiscriminatorBase, DOutput, HeadBuilder, register_discriminator
 from cgan.nets.generator import channels_at
 
 WORD_MATCH_RESOLUTION = 8  # D's feature map the word-region matching reads (model.d_word_match)
@@ -92,7 +92,8 @@ class Discriminator(DiscriminatorBase):
                  attn_heads: int = 4, fusion: str = "cross_attention", num_cond_queries: int = 8,
                  fusion_layers: int = 2, fusion_heads: int = 4, fusion_zero_init: bool = True,
                  text_positions: bool = False, text_layers: int = 0, pool_first: bool = False,
-                 word_match: bool = False, contrastive_dim: int = 0, attribute_heads: bool = False):
+                 word_match: bool = False, contrastive_dim: int = 0, attribute_heads: bool = False,
+                 term_heads: Mapping[str, HeadBuilder] | None = None):
         super().__init__()
         self.resolution = resolution
         self.conditioner = Conditioner(schema=schema, text_dim=text_dim, cond_dim=cond_dim, fusion=fusion,
@@ -121,7 +122,7 @@ class Discriminator(DiscriminatorBase):
         self.cond_proj = EqualLinear(cond_dim, final_channels)
         # the unconditioned features pooled to 4 x 4 and flattened (where things are survives)
         self.build_auxiliary_heads(schema, ch(self.plain_resolution) * 16, final_channels, cond_dim, contrastive_dim,
-                                   attribute_heads)
+                                   attribute_heads, term_heads)
 
     @classmethod
     def config_kwargs(cls, config: DiscriminatorConfig) -> dict[str, Any]:

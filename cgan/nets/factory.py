@@ -10,13 +10,13 @@ An exported model's config.json keeps `generator_kwargs`, so it rebuilds G with 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Mapping
 
 from cgan.condition.attributes import AttributeSchema
 from cgan.core.config import ConfigError, ModelConfig
 from cgan.nets import discriminator as _residual  # noqa: F401 - registers "residual"
 from cgan.nets import projected as _projected  # noqa: F401 - registers "projected"
-from cgan.nets.d_contract import DISCRIMINATORS, DiscriminatorBase
+from cgan.nets.d_contract import DISCRIMINATORS, DiscriminatorBase, HeadBuilder
 from cgan.nets.generator import Generator
 
 
@@ -39,19 +39,22 @@ def build_generator(model: ModelConfig, *, schema: AttributeSchema, text_dim: in
 
 
 def discriminator_kwargs(model: ModelConfig, *, text_dim: int, resolution: int, contrastive_dim: int = 0,
-                         attribute_heads: bool = False) -> dict[str, Any]:
+                         attribute_heads: bool = False,
+                         term_heads: Mapping[str, HeadBuilder] | None = None) -> dict[str, Any]:
     """The D type's constructor arguments: the conditioner's, the heads the loss terms need, its own settings."""
     check_model_config(model)
     d = model.discriminator
     return dict(text_dim=text_dim, resolution=resolution, **dataclasses.asdict(model.conditioner),
                 attn_heads=d.attn_heads, contrastive_dim=contrastive_dim, attribute_heads=attribute_heads,
+                term_heads=term_heads,
                 **DISCRIMINATORS[d.type].config_kwargs(d))
 
 
 def build_discriminator(model: ModelConfig, *, schema: AttributeSchema, text_dim: int, resolution: int,
-                        contrastive_dim: int = 0, attribute_heads: bool = False) -> DiscriminatorBase:
-    """model.discriminator.type names the class (the registry); contrastive_dim and attribute_heads add the
-    auxiliary heads the loss terms read."""
+                        contrastive_dim: int = 0, attribute_heads: bool = False,
+                        term_heads: Mapping[str, HeadBuilder] | None = None) -> DiscriminatorBase:
+    """model.discriminator.type names the class (the registry); contrastive_dim, attribute_heads and
+    term_heads add the auxiliary heads the loss terms read (cgan/train/terms/ says which)."""
     kwargs = discriminator_kwargs(model, text_dim=text_dim, resolution=resolution, contrastive_dim=contrastive_dim,
-                                  attribute_heads=attribute_heads)
+                                  attribute_heads=attribute_heads, term_heads=term_heads)
     return DISCRIMINATORS[model.discriminator.type](schema=schema, **kwargs)

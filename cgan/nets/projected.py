@@ -13,7 +13,7 @@ losses average over them. It keeps the contract of cgan/nets/d_contract.py, so
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
@@ -24,7 +24,7 @@ from cgan.condition.attributes import AttributeSchema
 from cgan.condition.fusion import Condition, ConditionInput, Conditioner
 from cgan.core.config import DiscriminatorConfig
 from cgan.core.layers import EqualConv2d, EqualLinear, SpatialCrossAttention
-from cgan.nets.d_contract import DiscriminatorBase, DOutput, register_discriminator
+from cgan.nets.d_contract import DiscriminatorBase, DOutput, HeadBuilder, register_discriminator
 from cgan.nets.image_features import FEATURE_CHANNELS, EfficientNetLite0
 
 MIXING_SEED = 20211101  # the random channel and scale mixing is a fixed function of this seed
@@ -61,7 +61,8 @@ class ProjectedDiscriminator(DiscriminatorBase):
                  width: int = 64, attn_heads: int = 4, fusion: str = "cross_attention", num_cond_queries: int = 8,
                  fusion_layers: int = 2, fusion_heads: int = 4, fusion_zero_init: bool = True,
                  text_positions: bool = False, text_layers: int = 0, contrastive_dim: int = 0,
-                 attribute_heads: bool = False, feature_net: nn.Module | None = None):
+                 attribute_heads: bool = False, feature_net: nn.Module | None = None,
+                 term_heads: Mapping[str, HeadBuilder] | None = None):
         super().__init__()
         self.resolution = resolution
         self.input_size = min(max(2 * resolution, 64), 256)  # the frozen net sees at least 64 px
@@ -80,7 +81,8 @@ class ProjectedDiscriminator(DiscriminatorBase):
         self.heads = nn.ModuleList(ScaleHead(width, size, cond_dim, attn_heads, level == attn_level)
                                    for level, size in enumerate(sizes))
         # auxiliary heads on the stride-16 mixed features (unconditioned), pooled to 4 x 4
-        self.build_auxiliary_heads(schema, width * 16, width * 2, cond_dim, contrastive_dim, attribute_heads)
+        self.build_auxiliary_heads(schema, width * 16, width * 2, cond_dim, contrastive_dim, attribute_heads,
+                                   term_heads)
 
     def _apply(self, fn, recurse=True):  # .to(device) / .half() also move the frozen network
         self.__dict__["feature_net"] = self.__dict__["feature_net"]._apply(fn)

@@ -21,7 +21,6 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from cgan.condition.attributes import drop_attributes
 from cgan.train.augment import parse_policy
 from cgan.core.errors import CheckpointError
 from cgan.core.files import atomic_save
@@ -29,7 +28,6 @@ from cgan.core.images import describe_condition, image_grid, tensor_to_images
 from cgan.nets.export import export_model
 from cgan.nets.sampling import generate
 from cgan.train.checkpoint import remove_stale_temporaries, resolve_resume, save_training_state
-from cgan.condition.fusion import ConditionInput
 from cgan.core.config import Config, ConfigError, data_cache_dir, save_config
 from cgan.data import CaptionedDataset, StepSampler, build_dataset, stratified_records
 from cgan.train.ema import ema_beta, update_ema
@@ -38,7 +36,9 @@ from cgan.nets.factory import build_discriminator, build_generator, check_model_
 from cgan.train.model_card import run_model_card
 from cgan.train.recovery import (NonfiniteGuard, StopControl, check_free_space, check_output_dir, check_same_model,
                            restore_training_state, rng_state, roll_back)
-from cgan.train.steps import Batch, d_step, g_step, r1_step, run_phase
+from cgan.train.microbatch import to_device_batch
+from cgan.train.steps import d_step, g_step, r1_step, run_phase
+from cgan.train.terms import discriminator_heads, needs_negatives
 from cgan.condition.text_encoder import FrozenTextEncoder, TextEmbeddingCache
 
 
@@ -60,11 +60,6 @@ def build_models(config: Config, schema, text_dim: int) -> tuple[torch.nn.Module
     G_ema = build_generator(config.model, **sizes).eval().requires_grad_(False)
     G_ema.load_state_dict(G.state_dict())
     return G, D, G_ema
-
-
-def discriminator_heads(config: Config) -> dict[str, Any]:
-    return dict(contrastive_dim=config.model.conditioner.cond_dim if config.loss.contrastive > 0 else 0,
-                attribute_heads=config.loss.attributes > 0)
 
 
 def leave_stop_signals_to_the_main_process(worker_id: int) -> None:
@@ -105,27 +100,6 @@ def save_sample_grid(path: Path, G, text_cache, dataset, prompts, attrs, config:
     labels = [describe_condition(p, a) for p, a in zip(prompts, attrs)]
     grid = image_grid(tensor_to_images(images), num, labels)
     atomic_save(path, lambda tmp: grid.save(tmp, format="PNG"))
-
-
-def to_device_batch(raw: dict[str, Any], text_cache: TextEmbeddingCache, config: Config, device,
-                    memory_format) -> Batch:
-    t = config.train
-    images = raw["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
-    captions = list(raw["text"])
-    size = images.shape[0]
-    prompt_present = torch.rand(size, device=device) >= t.drop_prompt
-    attr_present_full = raw["attr_present"].to(device, non_blocking=True)
-    negative_text = negative_valid = None
-    if config.loss.hard_negative > 0 or config.loss.g_hard_negative > 0 or config.loss.contrastive_hard:
-        negatives = list(raw["negative"])
-        negative_text = text_cache(negatives, device=device)
-        negative_valid = torch.tensor([bool(n) for n in negatives]).to(device, non_blocking=True)
-    cond = ConditionInput(text_cache(captions, device=device), prompt_present,
-                          raw["attr_index"].to(device, non_blocking=True), raw["attr_value"].to(device, non_blocking=True),
-                          drop_attributes(attr_present_full, t.drop_attr))
-    return Batch(images=images, captions=captions, cond=cond, attr_present_full=attr_present_full,
-                 attr_host=(raw["attr_index"], raw["attr_value"], raw["attr_present"]), negative_text=negative_text,
-                 negative_valid=negative_valid)
 
 
 def check_run_settings(config: Config) -> list[str]:
@@ -272,10 +246,11 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
             progress.write(f"warning: step {at_step}: NaN or inf loss or gradient in {', '.join(skipped)}; "
                            f"optimizer step skipped ({streak} step(s) in a row, rollback at {t.nonfinite_patience})")
 
+    negatives = needs_negatives(config)
     stop_reason = None
     with stopper:  # SIGINT / SIGTERM end the loop cleanly while it runs
         while step < last_step:
-            batches = [to_device_batch(next(loader), text_cache, config, device, memory_format)
+            batches = [to_device_batch(next(loader), text_cache, config, device, memory_format, negatives)
                        for _ in range(t.grad_accum)]
             # The GAN phases as data: (what trains, what is frozen, its optimizer, the step function).
             phases = [(D, G, opt_D, d_step)]

@@ -22,6 +22,7 @@ import torch
 
 from cgan.train.checkpoint import list_checkpoints, load_training_state
 from cgan.core.config import Config, ConfigError
+from cgan.train.terms import terms_with_heads
 
 
 class TrainingDiverged(RuntimeError):
@@ -183,7 +184,7 @@ def check_same_model(out_dir: Path, config: Config) -> None:
                if saved.get(key) != value]
     # a loss term turned on or off adds or removes D's heads for it; its weight may change
     changed += [f"loss.{key}={getattr(saved_config.loss, key)!r} (now {getattr(config.loss, key)!r}; a term cannot "
-                "be turned on or off)" for key in ("contrastive", "attributes")
+                "be turned on or off)" for key in terms_with_heads()
                 if (getattr(saved_config.loss, key) > 0) != (getattr(config.loss, key) > 0)]
     if changed:
         raise ConfigError(f"{saved_path}: this run was trained with {', '.join(changed)}; the model cannot "

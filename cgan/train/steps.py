@@ -1,4 +1,5 @@
-"""One training step's phases: the discriminator (D), its R1 penalty, the generator (G).
+"""One training step's phases: the discriminator (D), its R1 penalty, the generator (G). The loss terms
+beside the adversarial one are objects in cgan/train/terms/; each phase adds the parts of those that are on.
 
 Each phase function takes the models, one micro-batch (`Batch`) and the config, and returns its loss
 statistics; `run_phase` runs one over the micro-batches of a step with one optimizer step. Gradients
@@ -8,77 +9,17 @@ which DDP handles poorly.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from cgan.train.augment import diff_augment
 from cgan.condition.fusion import ConditionInput
 from cgan.core.config import Config
-from cgan.train.losses import (attribute_loss, contrastive_loss, d_fake_term, d_real_term, g_loss, masked_mean,
-                         mismatched_attributes, mismatched_prompt_index, r1_penalty, same_condition)
+from cgan.train.losses import (d_fake_term, d_real_term, g_loss, masked_mean, mismatched_attributes,
+                               mismatched_prompt_index, r1_penalty)
+from cgan.train.terms import TERMS, DContext, GContext, active_terms, weighted_parts
+from cgan.train.microbatch import Batch
 from cgan.train.recovery import skip_if_nonfinite
-from cgan.condition.text_encoder import TextEncoding
-
-
-@dataclass
-class Batch:
-    """One micro-batch on the device; conditions after training-time dropout."""
-
-    images: torch.Tensor  # (B, 3, R, R) in [-1, 1]
-    captions: list[str]
-    cond: ConditionInput  # after prompt and attribute dropout
-    attr_present_full: torch.Tensor  # (B, A) before dropout (for matching-aware negatives)
-    # (attr_index, attr_value, attr_present_full) as loaded, on the CPU: the matching-aware negatives are
-    # drawn from these, so no device -> host copy (a host sync on a GPU) is needed in the step
-    attr_host: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-    # loss.hard_negative: per sample a caption that contradicts its image (B rows), and which samples have one
-    negative_text: TextEncoding | None = None
-    negative_valid: torch.Tensor | None = None  # (B,) bool
-
-    def full_cond(self) -> ConditionInput:
-        """The condition without dropout: what a real image shows (prompt and every attribute it has)."""
-        return self.cond.replace(prompt_present=torch.ones_like(self.cond.prompt_present),
-                                 attr_present=self.attr_present_full)
-
-    def same_condition(self) -> torch.Tensor:
-        """(B, B) bool: pairs that ask for the same thing (not contrastive negatives of each other)."""
-        c = self.cond
-        return same_condition(self.captions, c.prompt_present, c.attr_index, c.attr_value, c.attr_present)
-
-
-def auxiliary_losses(D, plain: torch.Tensor | None, cond, batch: Batch, config: Config,
-                     attr_present: torch.Tensor, hard=None) -> dict[str, torch.Tensor]:
-    """The loss terms of config.loss that are on, for images made or drawn for `batch`'s conditions:
-    D's unconditioned features `plain` (B, C) of them and D's condition `cond` (B rows). attr_present:
-    the attributes the images are known to have (real: all in the data; generated: those G was asked for).
-    hard: (D's condition of a contradicting caption, (B,) bool where there is one), for contrastive_hard."""
-    terms: dict[str, torch.Tensor] = {}
-    if config.loss.contrastive > 0:
-        image_embedding, cond_embedding = D.contrastive_embeddings(plain, cond)
-        hard_embedding, hard_valid = (D.contrastive_embeddings(plain, hard[0])[1], hard[1]) if hard else (None, None)
-        terms["contrastive"] = contrastive_loss(image_embedding, cond_embedding, batch.same_condition(),
-                                                config.loss.contrastive_temperature, hard_embedding, hard_valid)
-    if config.loss.attributes > 0:
-        terms["attributes"] = attribute_loss(D.attribute_logits(plain), D.attribute_categorical,
-                                             batch.cond.attr_index, batch.cond.attr_value, attr_present)
-    return terms
-
-
-def pad_condition(cond, rows: int):
-    """A Condition with zero rows appended up to `rows` (their entries are masked out by the caller)."""
-    from cgan.condition.fusion import Condition
-
-    extra = rows - cond.cond_vector.shape[0]
-    pad = lambda t: torch.cat([t, t.new_zeros((extra, *t.shape[1:]))])  # noqa: E731
-    words = (pad(cond.word_tokens), pad(cond.word_mask)) if cond.word_tokens is not None else (None, None)
-    return Condition(pad(cond.cond_vector), pad(cond.attn_tokens), pad(cond.attn_mask), None, *words)
-
-
-def weighted_sum(terms: dict[str, torch.Tensor], config: Config) -> torch.Tensor | float:
-    return sum(getattr(config.loss, name) * value for name, value in terms.items())
 
 
 def sync_gradients(module: torch.nn.Module, accelerator) -> None:
@@ -97,7 +38,8 @@ def sync_gradients(module: torch.nn.Module, accelerator) -> None:
 
 
 def d_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str]) -> dict[str, torch.Tensor]:
-    """D phase: real (matched) up; fake, real with another prompt, real with other attributes down."""
+    """D phase: real (matched) up; fake, real with another prompt, real with other attributes down; then
+    the D parts of the loss terms that are on (cgan/train/terms/)."""
     t = config.train
     size = batch.images.shape[0]
     num_mismatch = max(1, size // 2)
@@ -108,53 +50,46 @@ def d_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str]) 
     head = slice(0, num_mismatch)
     text_index, text_valid = mismatched_prompt_index(batch.captions)  # partners from the whole batch
     text_index, text_valid = text_index[head], text_valid[head]
-    num_values = D.attribute_num_values
-    mis_index, mis_value, attr_valid = mismatched_attributes(*(x[head] for x in batch.attr_host), num_values)
+    mis_index, mis_value, attr_valid = mismatched_attributes(*(x[head] for x in batch.attr_host),
+                                                             D.attribute_num_values)
     device = batch.images.device
     full = batch.full_cond().index(head)  # the first half's real images with all they show
     # D scores (image, condition) pairs in one forward: real, fake, real + another prompt, real + other
-    # attributes[, real + a caption that contradicts it (loss.hard_negative)]. The images are the batch's
-    # real and fake ones, each augmented once; image_index says which image each pair shows.
+    # attributes[, real + a caption that contradicts it (the data set's negatives)]. The images are the
+    # batch's real and fake ones, each augmented once; image_index says which image each pair shows.
     images = torch.cat([batch.images, fake])  # (2B, 3, R, R)
     reals, fakes, heads = (torch.arange(size, device=device), torch.arange(size, 2 * size, device=device),
                            torch.arange(num_mismatch, device=device))
-    chunks = [(reals, batch.cond), (fakes, batch.cond),
-              (heads, full.replace(text=batch.cond.text.index(text_index.to(device, non_blocking=True)))),
-              (heads, full.replace(attr_index=mis_index.to(device, non_blocking=True),
-                                   attr_value=mis_value.to(device, non_blocking=True)))]
-    hard = batch.negative_text is not None
-    if hard:
-        chunks.append((heads, full.replace(text=batch.negative_text.index(head))))
-    image_index = torch.cat([index for index, _ in chunks])
-    inputs = ConditionInput.cat([cond for _, cond in chunks])
+    chunks = {"real": (reals, batch.cond), "fake": (fakes, batch.cond),
+              "mismatch_text": (heads, full.replace(text=batch.cond.text.index(text_index.to(device, non_blocking=True)))),
+              "mismatch_attr": (heads, full.replace(attr_index=mis_index.to(device, non_blocking=True),
+                                                    attr_value=mis_value.to(device, non_blocking=True)))}
+    if batch.negative_text is not None:
+        chunks["hard"] = (heads, full.replace(text=batch.negative_text.index(head)))
+    image_index = torch.cat([index for index, _ in chunks.values()])
+    inputs = ConditionInput.cat([cond for _, cond in chunks.values()])
     if augment:
         images = diff_augment(images, augment)
+    lengths = [len(index) for index, _ in chunks.values()]
+    starts = [sum(lengths[:k]) for k in range(len(lengths))]
+    rows = {name: slice(start, start + n) for name, start, n in zip(chunks, starts, lengths)}
     with accelerator.autocast():
         out = D(images, inputs, image_index=image_index)
-        logits, plain, cond = out.scores().float(), out.plain, out.cond
-        # the auxiliary heads learn from real images with their own conditions: the batch's first rows
-        hard_pair = None
-        if hard and config.loss.contrastive_hard:  # the hard chunk's conditions, rows 0..num_mismatch-1
-            start = sum(len(index) for index, _ in chunks[:-1])
-            hard_cond = pad_condition(cond.slice(start, start + num_mismatch), size)
-            hard_pair = (hard_cond, torch.cat([batch.negative_valid[head],
-                                               batch.negative_valid.new_zeros(size - num_mismatch)]))
-        aux = auxiliary_losses(D, plain[:size] if plain is not None else None, cond.slice(0, size), batch, config,
-                               batch.attr_present_full, hard_pair)
-    real, fake_logits, mis_text, mis_attr, *hard_logits = logits.split([len(c[0]) for c in chunks])
-    loss_mismatch = (masked_mean(d_fake_term(mis_text, t.loss), text_valid.to(device, non_blocking=True))
-                     + masked_mean(d_fake_term(mis_attr, t.loss), attr_valid.to(device, non_blocking=True)))
-    loss = d_real_term(real, t.loss).mean() + d_fake_term(fake_logits, t.loss).mean() + t.mismatch_weight * loss_mismatch
-    stats = {}
-    if hard:
-        loss = loss + config.loss.hard_negative * masked_mean(d_fake_term(hard_logits[0], t.loss),
-                                                              batch.negative_valid[head])
-        stats["logits/hard_negative"] = masked_mean(hard_logits[0].detach(), batch.negative_valid[head])
-    loss = loss + weighted_sum(aux, config)
+        scores = out.scores().float()
+        ctx = DContext(D=D, batch=batch, config=config, out=out, rows=rows,
+                       logits=dict(zip(chunks, scores.split(lengths))))
+        parts = {term.name: part for term in active_terms(config) if (part := term.d_loss(ctx)) is not None}
+    logits = ctx.logits
+    loss_mismatch = (masked_mean(d_fake_term(logits["mismatch_text"], t.loss), text_valid.to(device, non_blocking=True))
+                     + masked_mean(d_fake_term(logits["mismatch_attr"], t.loss), attr_valid.to(device, non_blocking=True)))
+    loss = (d_real_term(logits["real"], t.loss).mean() + d_fake_term(logits["fake"], t.loss).mean()
+            + t.mismatch_weight * loss_mismatch) + weighted_parts(parts, config)
     accelerator.backward(loss / t.grad_accum)
-    return {"loss/D": loss.detach(), "logits/real": real.detach().mean(), "logits/fake": fake_logits.detach().mean(),
-            "logits/mismatch_text": mis_text.detach().mean(), "logits/mismatch_attr": mis_attr.detach().mean(),
-            **stats, **{f"loss/D_{name}": value.detach() for name, value in aux.items()}}
+    return {"loss/D": loss.detach(), "logits/real": logits["real"].detach().mean(),
+            "logits/fake": logits["fake"].detach().mean(),
+            "logits/mismatch_text": logits["mismatch_text"].detach().mean(),
+            "logits/mismatch_attr": logits["mismatch_attr"].detach().mean(), **ctx.stats,
+            **{f"loss/D_{TERMS[name].label or name}": value.detach() for name, value in parts.items()}}
 
 
 def r1_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str]) -> dict[str, torch.Tensor]:
@@ -171,32 +106,20 @@ def r1_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str])
 
 
 def g_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str]) -> dict[str, torch.Tensor]:
+    """G phase: the adversarial term on G's images, then the G parts of the loss terms that are on."""
     t = config.train
     z = torch.randn(batch.images.shape[0], G.z_dim, device=batch.images.device)
     with accelerator.autocast():
         fake = G(z, batch.cond)
         fake = diff_augment(fake, augment) if augment else fake
         out = D(fake, batch.cond)
-        logits, plain, cond = out.scores().float(), out.plain, out.cond
-        hard_pair = None
-        if config.loss.contrastive_hard and batch.negative_text is not None:  # only where the prompt was given
-            hard_cond = D.condition(batch.cond.replace(text=batch.negative_text))
-            hard_pair = (hard_cond, batch.negative_valid & batch.cond.prompt_present)
-        aux = auxiliary_losses(D, plain, cond, batch, config, batch.cond.attr_present, hard_pair)
-        ranking = None
-        if config.loss.g_hard_negative > 0 and batch.negative_text is not None:
-            # the same images with the captions that contradict them: D must rank their own caption higher
-            contradicted = D(fake, batch.cond.replace(text=batch.negative_text)).scores().float()
-            ranking = masked_mean(F.softplus(contradicted - logits), batch.negative_valid & batch.cond.prompt_present)
-    adversarial = g_loss(logits, t.loss)
-    loss = adversarial + weighted_sum(aux, config)
-    stats = {}
-    if ranking is not None:
-        loss = loss + config.loss.g_hard_negative * ranking
-        stats["loss/G_hard_negative"] = ranking.detach()
+        ctx = GContext(D=D, batch=batch, config=config, fake=fake, out=out, logits=out.scores().float())
+        parts = {term.name: part for term in active_terms(config) if (part := term.g_loss(ctx)) is not None}
+    adversarial = g_loss(ctx.logits, t.loss)
+    loss = adversarial + weighted_parts(parts, config)
     accelerator.backward(loss / t.grad_accum)
-    return {"loss/G": adversarial.detach(), **stats,
-            **{f"loss/G_{name}": value.detach() for name, value in aux.items()}}
+    return {"loss/G": adversarial.detach(), **ctx.stats,
+            **{f"loss/G_{TERMS[name].label or name}": value.detach() for name, value in parts.items()}}
 
 
 def run_phase(step_fn, trained, frozen, optimizer, batches: list[Batch], G, D, config: Config, accelerator,
