@@ -38,7 +38,7 @@ def train_main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             from cgan.core.config import config_json
             from cgan.data import build_dataset
-            from cgan.train.loop import check_run_settings
+            from cgan.train.build import check_run_settings
 
             check_run_settings(config)
             dataset = build_dataset(config.data)

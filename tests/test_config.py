@@ -86,7 +86,7 @@ def test_caches_default_to_the_user_cache_folder(monkeypatch, tmp_path):
                                            ("loss.hard_negative=-0.5", "loss.hard_negative"),
                                            ("loss.g_hard_negative=-1", "loss.g_hard_negative")])
 def test_recipe_switches_are_checked(override, key):
-    from cgan.train.loop import check_run_settings
+    from cgan.train.build import check_run_settings
 
     with pytest.raises(ConfigError, match=key):  # the D type is checked against the registry of D types
         check_run_settings(load_config(ROOT / "configs" / "tiny.yaml", [override]))

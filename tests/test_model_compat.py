@@ -17,7 +17,7 @@ from cgan.nets.export import read_exported, resolve_model_dir
 from cgan.nets.factory import generator_kwargs
 from cgan.nets.generator import Generator
 from cgan.pipeline import CGANPipeline
-from cgan.train.loop import build_models
+from cgan.train.build import build_models
 from conftest import ROOT, fake_text
 
 HASHES = json.loads((ROOT / "tests" / "data" / "model_hashes.json").read_text())

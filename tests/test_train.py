@@ -149,7 +149,7 @@ def test_init_from_grows_a_32px_run_to_64px(tiny_config, tmp_path, minilm, capsy
     from cgan.data import ShapesDataset
     from cgan.condition.text_encoder import TextEmbeddingCache
     from cgan.nets.sampling import generate
-    from cgan.train.loop import build_models
+    from cgan.train.build import build_models
     from cgan.train.warm_start import warm_start
 
     small = tmp_path / "small"
