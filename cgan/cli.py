@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cgan.condition.attributes import InvalidAttributeError
 from cgan.core.images import save_image
@@ -143,10 +145,7 @@ def check_sample_args(args) -> list[int] | None:
     return seeds
 
 
-def sample_main(argv: list[str] | None = None) -> int:
-    from cgan.core.errors import plain_warnings
-
-    plain_warnings()
+def sample_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Generate images from a prompt and style attributes.")
     parser.add_argument("--model", default="shapes64",
                         help="exported model folder (e.g. runs/NAME/model) or a shipped model name (default: shapes64)")
@@ -175,12 +174,18 @@ def sample_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list-attributes", action="store_true", help="print the model's attributes and exit")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow the text encoder's own code to run (off by default)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def sample_main(argv: list[str] | None = None) -> int:
+    from cgan.core.errors import plain_warnings
+
+    plain_warnings()
+    args = sample_parser().parse_args(argv)
     try:
         seeds = check_sample_args(args)
         import torch
 
-        from cgan.core.images import describe_condition, image_grid
         from cgan.pipeline import CGANPipeline
 
         pipe = CGANPipeline.from_pretrained(args.model, device=args.device, trust_remote_code=args.trust_remote_code,
@@ -199,40 +204,63 @@ def sample_main(argv: list[str] | None = None) -> int:
                   f"{args.out_dir}")
             return 0
         attributes = pipe.schema.validate(parse_attr(args.attr), source="--attr")
-        column_labels, maps = None, None
-        if args.interpolate:
-            prompt_a, prompt_b = args.interpolate
-            tensor = pipe.interpolate(prompt_a, prompt_b, attributes, steps=args.steps, num_seeds=args.num,
-                                      seed=args.seed, truncation=args.truncation)
-            num_columns = args.steps
-            row_labels = [f"seed {args.seed + s}: {describe_condition(prompt_a, attributes)} -> {prompt_b}"
-                          for s in range(args.num)]
-        elif args.sweep:
-            name, values = parse_sweep(args.sweep, pipe.schema)
-            tensor = pipe.sweep(args.prompt, attributes, name, values, num_seeds=args.num, seed=args.seed,
-                                truncation=args.truncation)
-            num_columns = len(values)
-            row_labels = [f"seed {args.seed + s}: {describe_condition(args.prompt, attributes)}"
-                          for s in range(args.num)]
-            column_labels = [f"{name}={v:.2g}" if isinstance(v, float) else f"{name}={v}" for v in values]
-        elif args.attention_maps:
-            tensor, maps = pipe.attention_maps(args.prompt, attributes, num_images=args.num, seed=args.seed,
-                                               truncation=args.truncation)
-        else:
-            seeds = seeds or [args.seed + k for k in range(args.num)]
-            tensor = pipe.generate_batch([args.prompt] * len(seeds), [attributes] * len(seeds), seeds, args.truncation)
-        if not (args.interpolate or args.sweep):
-            num_columns = min(len(tensor), 8)
-            row_labels = [f"{describe_condition(args.prompt, attributes)} | seeds "
-                          + (f"{seeds[r * num_columns]}+" if seeds else f"{args.seed + r * num_columns}+")
-                          for r in range(math.ceil(len(tensor) / num_columns))]
+        drawn = draw(args, pipe, attributes, seeds)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from cgan.nets.attention_maps import attention_figure
-    from cgan.core.images import tensor_to_images
+    write_drawn(args, drawn, attributes)
+    return 0
 
-    images = tensor_to_images(tensor)
+
+@dataclass
+class Drawn:
+    """What sample.py drew: images (B, 3, R, R) in [-1, 1], their grid's layout and labels, the attention maps."""
+
+    tensor: Any
+    num_columns: int
+    row_labels: list[str]
+    column_labels: list[str] | None = None
+    maps: list | None = None
+    seeds: list[int] | None = None
+
+
+def draw(args, pipe, attributes: dict[str, Any], seeds: list[int] | None) -> Drawn:
+    """--interpolate, --sweep, --attention-maps, or plain images of --prompt."""
+    from cgan.core.images import describe_condition
+
+    if args.interpolate:
+        prompt_a, prompt_b = args.interpolate
+        tensor = pipe.interpolate(prompt_a, prompt_b, attributes, steps=args.steps, num_seeds=args.num,
+                                  seed=args.seed, truncation=args.truncation)
+        return Drawn(tensor, args.steps, [f"seed {args.seed + s}: {describe_condition(prompt_a, attributes)} -> "
+                                          f"{prompt_b}" for s in range(args.num)])
+    if args.sweep:
+        name, values = parse_sweep(args.sweep, pipe.schema)
+        tensor = pipe.sweep(args.prompt, attributes, name, values, num_seeds=args.num, seed=args.seed,
+                            truncation=args.truncation)
+        return Drawn(tensor, len(values), [f"seed {args.seed + s}: {describe_condition(args.prompt, attributes)}"
+                                           for s in range(args.num)],
+                     [f"{name}={v:.2g}" if isinstance(v, float) else f"{name}={v}" for v in values])
+    maps = None
+    if args.attention_maps:
+        tensor, maps = pipe.attention_maps(args.prompt, attributes, num_images=args.num, seed=args.seed,
+                                           truncation=args.truncation)
+    else:
+        seeds = seeds or [args.seed + k for k in range(args.num)]
+        tensor = pipe.generate_batch([args.prompt] * len(seeds), [attributes] * len(seeds), seeds, args.truncation)
+    num_columns = min(len(tensor), 8)
+    row_labels = [f"{describe_condition(args.prompt, attributes)} | seeds "
+                  + (f"{seeds[r * num_columns]}+" if seeds else f"{args.seed + r * num_columns}+")
+                  for r in range(math.ceil(len(tensor) / num_columns))]
+    return Drawn(tensor, num_columns, row_labels, maps=maps, seeds=seeds)
+
+
+def write_drawn(args, drawn: Drawn, attributes: dict[str, Any]) -> None:
+    """One PNG per image into --out-dir, or a grid into --out; the attention figures beside them."""
+    from cgan.core.images import describe_condition, image_grid, tensor_to_images
+    from cgan.nets.attention_maps import attention_figure
+
+    images, seeds = tensor_to_images(drawn.tensor), drawn.seeds
     if args.out_dir:
         out_dir = Path(args.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -242,14 +270,14 @@ def sample_main(argv: list[str] | None = None) -> int:
         print(f"wrote {len(images)} images to {out_dir}")
     else:
         out_dir = Path(args.out).parent
-        save_image(Path(args.out), image_grid(images, num_columns, row_labels, column_labels=column_labels))
+        save_image(Path(args.out), image_grid(images, drawn.num_columns, drawn.row_labels,
+                                              column_labels=drawn.column_labels))
         print(f"wrote a grid of {len(images)} images to {args.out}")
-    if maps is not None:
+    if drawn.maps is not None:
         stem = Path(args.out).stem if not args.out_dir else "seed"
-        for k, token_maps in enumerate(maps):
+        for k, token_maps in enumerate(drawn.maps):
             title = f"{describe_condition(args.prompt, attributes)} | seed {args.seed + k}"
             path = out_dir / (f"seed{args.seed + k:06d}_attention.png" if args.out_dir
                               else f"{stem}_attention_seed{args.seed + k:06d}.png")
-            save_image(path, attention_figure(tensor[k], token_maps, title))
-        print(f"wrote {len(maps)} attention figures to {out_dir}")
-    return 0
+            save_image(path, attention_figure(drawn.tensor[k], token_maps, title))
+        print(f"wrote {len(drawn.maps)} attention figures to {out_dir}")

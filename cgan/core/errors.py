@@ -12,6 +12,10 @@ class CganError(Exception):
     """A problem with the user's input; the message names the file or argument and what was expected."""
 
 
+class ConfigError(CganError, ValueError):
+    """A config file or override names a key that does not exist or holds a bad value."""
+
+
 class CheckpointError(CganError, RuntimeError):
     """A model folder or training state is missing, incomplete, corrupt or incompatible."""
 

@@ -224,6 +224,31 @@ def find_metadata(folder: Path) -> Path:
                               "'file_name' and 'text' (see README, 'Your own data')")
 
 
+def _file_problem(folder: Path, file_name: Any, resolution: int, check_images: bool) -> str | None:
+    """What is wrong with a record's file_name and its image, or None."""
+    if not isinstance(file_name, str) or not file_name.strip():
+        return "missing or empty"
+    if Path(file_name).is_absolute() or ".." in Path(file_name).parts:
+        return f"'{file_name}': expected a path inside the data folder (relative, without '..')"
+    if not (folder / file_name).resolve().is_relative_to(folder.resolve()):
+        return (f"'{file_name}': a link that leads out of the data folder (to {(folder / file_name).resolve()}); "
+                "copy the file into the folder instead")
+    path = folder / file_name
+    if not path.is_file():
+        return f"'{file_name}': file not found"
+    if not check_images:
+        return None
+    try:
+        with Image.open(path) as img:
+            img.load()  # full decode: catches truncated and corrupt files
+            size = img.size
+    except Exception as err:  # noqa: BLE001 - any decoder failure is a bad file
+        return f"'{file_name}': unreadable image ({err})"
+    if min(size) < resolution:
+        return f"'{file_name}': image is {size[0]}x{size[1]}, smaller than the model's {resolution}x{resolution}"
+    return None
+
+
 def validate_folder(folder: str | Path, resolution: int, declared_schema: dict[str, Any] | list[str] | None = None,
                     check_images: bool = True, ignore: list[str] | tuple[str, ...] = ()) -> FolderReport:
     """Read and check every record; collect all problems instead of stopping at the first.
@@ -270,28 +295,9 @@ def validate_folder(folder: str | Path, resolution: int, declared_schema: dict[s
         where = f"{metadata.name}:{line_no}"
         before = len(problems)
         file_name = row.get("file_name")
-        if not isinstance(file_name, str) or not file_name.strip():
-            problems.append(Problem(where, "file_name", "missing or empty"))
-        elif Path(file_name).is_absolute() or ".." in Path(file_name).parts:
-            problems.append(Problem(where, "file_name", f"'{file_name}': expected a path inside the data folder "
-                                    "(relative, without '..')"))
-        elif not (folder / file_name).resolve().is_relative_to(folder.resolve()):
-            problems.append(Problem(where, "file_name", f"'{file_name}': a link that leads out of the data folder "
-                                    f"(to {(folder / file_name).resolve()}); copy the file into the folder instead"))
-        else:
-            path = folder / file_name
-            if not path.is_file():
-                problems.append(Problem(where, "file_name", f"'{file_name}': file not found"))
-            elif check_images:
-                try:
-                    with Image.open(path) as img:
-                        img.load()  # full decode: catches truncated and corrupt files
-                        size = img.size
-                    if min(size) < resolution:
-                        problems.append(Problem(where, "file_name", f"'{file_name}': image is {size[0]}x{size[1]}, "
-                                                f"smaller than the model's {resolution}x{resolution}"))
-                except Exception as err:  # noqa: BLE001 - any decoder failure is a bad file
-                    problems.append(Problem(where, "file_name", f"'{file_name}': unreadable image ({err})"))
+        problem = _file_problem(folder, file_name, resolution, check_images)
+        if problem:
+            problems.append(Problem(where, "file_name", problem))
         text = row.get("text")
         captions = text if isinstance(text, list) else [text]
         if not captions or any(not isinstance(c, str) or not c.strip() for c in captions):

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from cgan.condition.attributes import AttributeSchema
 from cgan.condition.fusion import Condition, ConditionInput, Conditioner
-from cgan.core.config import DiscriminatorConfig
+from cgan.core.model_config import DiscriminatorConfig
 from cgan.core.layers import EqualLinear
 
 

@@ -13,7 +13,8 @@ import dataclasses
 from typing import Any, Mapping
 
 from cgan.condition.attributes import AttributeSchema
-from cgan.core.config import ConfigError, ModelConfig
+from cgan.core.errors import ConfigError
+from cgan.core.model_config import ModelConfig
 from cgan.nets import discriminator as _residual  # noqa: F401 - registers "residual"
 from cgan.nets import projected as _projected  # noqa: F401 - registers "projected"
 from cgan.nets.d_contract import DISCRIMINATORS, DiscriminatorBase, HeadBuilder

@@ -22,7 +22,7 @@ from einops import rearrange
 
 from cgan.condition.attributes import AttributeSchema
 from cgan.condition.fusion import Condition, ConditionInput, Conditioner
-from cgan.core.config import DiscriminatorConfig
+from cgan.core.model_config import DiscriminatorConfig
 from cgan.core.layers import EqualConv2d, EqualLinear, SpatialCrossAttention
 from cgan.nets.d_contract import DiscriminatorBase, DOutput, HeadBuilder, register_discriminator
 from cgan.nets.image_features import FEATURE_CHANNELS, EfficientNetLite0

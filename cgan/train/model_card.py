@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-from cgan.core.config import LOSS_WEIGHTS, translate_flat_model
+from cgan.core.config import LOSS_WEIGHTS
+from cgan.core.model_config import translate_flat_model
 
 
 def hardware_summary(device: torch.device, num_processes: int) -> str:
