@@ -32,16 +32,16 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from cgan.core.files import load_weights
 from cgan.train.checkpoint import list_checkpoints  # noqa: E402
 from cgan.core.config import load_config  # noqa: E402
 from cgan.data import ShapesDataset, image_to_tensor  # noqa: E402
 from cgan.data import shapes as shapes_lib  # noqa: E402
-from cgan.pipeline import condition_input  # noqa: E402
+from cgan.nets.sampling import condition_input  # noqa: E402
 from cgan.condition.text_encoder import FrozenTextEncoder, TextEmbeddingCache  # noqa: E402
-from cgan.train.loop import build_discriminator, generator_kwargs  # noqa: E402
+from cgan.nets.factory import build_discriminator, build_generator  # noqa: E402
+from cgan.train.terms import discriminator_heads  # noqa: E402
 
 
 def probe_captions(scene_truth: dict) -> dict[str, str] | None:
@@ -70,7 +70,8 @@ def main() -> int:
     dataset = ShapesDataset(num_images=20 * args.num, resolution=config.data.resolution, split="train", seed=7)
     encoder = FrozenTextEncoder(config.text.encoder, max_length=config.text.max_length)
     cache = TextEmbeddingCache(encoder)
-    D = build_discriminator(config, dataset.schema, encoder.dim)
+    D = build_discriminator(config.model, schema=dataset.schema, text_dim=encoder.dim,
+                            resolution=config.data.resolution, **discriminator_heads(config))
     D.load_state_dict(load_weights(state / "D.safetensors"))
     D.eval()
     images, attributes, captions, objects = [], [], {}, []
@@ -91,11 +92,11 @@ def main() -> int:
     print(f"{'caption':<20}{'mean logit':>12}{'true wins':>11}{'cond cosine':>13}{'contrastive':>13}{'true wins':>11}")
     with torch.no_grad():
         conditions = {k: condition_input(cache, dataset.schema, c, attributes, "cpu") for k, c in captions.items()}
-        outputs = {k: D(images, c, return_features=True) for k, c in conditions.items()}
-        logits = {k: out[0] for k, out in outputs.items()}
-        vectors = {k: out[2].cond_vector for k, out in outputs.items()}
-        plain = outputs["true"][1]
-        similarity = {k: contrastive_cosines(D, plain, outputs["true"][2], out[2])[1] for k, out in outputs.items()}
+        outputs = {k: D(images, c) for k, c in conditions.items()}
+        logits = {k: out.scores() for k, out in outputs.items()}
+        vectors = {k: out.cond.cond_vector for k, out in outputs.items()}
+        plain = outputs["true"].plain
+        similarity = {k: contrastive_cosines(D, plain, outputs["true"].cond, out.cond)[1] for k, out in outputs.items()}
     for kind in captions:
         wins = (logits["true"] > logits[kind]).float().mean() if kind != "true" else float("nan")
         cosine = F.cosine_similarity(vectors["true"], vectors[kind]).mean()
@@ -113,20 +114,19 @@ def fake_probe(D, config, state: Path, cache, schema, captions: dict[str, list[s
                objects: list[list[dict]]) -> None:
     """objects: per caption, the two objects of its scene (their shape and colour)."""
     from cgan.eval.faithfulness import HEADS, FaithfulnessReader
-    from cgan.nets.generator import Generator
-    from cgan.pipeline import generate
+    from cgan.nets.sampling import generate
 
-    G = Generator(schema=schema, **generator_kwargs(config, cache.encoder.dim)).eval().requires_grad_(False)
+    G = build_generator(config.model, schema=schema, text_dim=cache.encoder.dim,
+                        resolution=config.data.resolution).eval().requires_grad_(False)
     G.load_state_dict(load_weights(state / "G_ema.safetensors"))
     true, exchanged = captions["true"], captions["colours exchanged"]
     with torch.no_grad():
         fakes = generate(G, cache, schema, true, attributes, list(range(len(true))))
         pred = FaithfulnessReader.load().predict(fakes)
-        logit_true, plain, cond_true = D(fakes, condition_input(cache, schema, true, attributes, "cpu"),
-                                         return_features=True)
-        logit_exchanged, _, cond_exchanged = D(fakes, condition_input(cache, schema, exchanged, attributes, "cpu"),
-                                               return_features=True)
-        sim_true, sim_exchanged = contrastive_cosines(D, plain, cond_true, cond_exchanged)
+        out_true = D(fakes, condition_input(cache, schema, true, attributes, "cpu"))
+        out_exchanged = D(fakes, condition_input(cache, schema, exchanged, attributes, "cpu"))
+        logit_true, logit_exchanged = out_true.scores(), out_exchanged.scores()
+        sim_true, sim_exchanged = contrastive_cosines(D, out_true.plain, out_true.cond, out_exchanged.cond)
     # what the reader saw and what each caption names, as sets of (shape, colour) pairs
     drawn = [{(HEADS["shape0"][pred["shape0"][i]], HEADS["color0"][pred["color0"][i]]),
               (HEADS["shape1"][pred["shape1"][i]], HEADS["color1"][pred["color1"][i]])} for i in range(len(true))]
@@ -177,7 +177,7 @@ def shape_probe(D, cache, dataset, resolution: int, num: int) -> None:
     with torch.no_grad():
         conditions = {s: condition_input(cache, dataset.schema, [shapes_lib.paraphrases([{**o, "shape": s}], None)[0]
                                                                  for o in objects], attributes, "cpu") for s in shapes}
-        logits = torch.stack([D(images, conditions[s]) for s in shapes], dim=1)  # (N, shapes)
+        logits = torch.stack([D(images, conditions[s]).scores() for s in shapes], dim=1)  # (N, shapes)
         vectors = {s: D.condition(conditions[s]).cond_vector for s in shapes}
     print(f"\none-object images ({len(images)}): mean logit of each shape's caption; 'right' = the true shape's "
           "caption scores highest")

@@ -26,15 +26,15 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_utils import cpu_flags  # noqa: E402
+from bench_utils import cpu_flags  # noqa: E402
 from cgan.core.config import load_config  # noqa: E402
 from cgan.data import ShapesDataset, image_to_tensor  # noqa: E402
 from cgan.data import shapes as shapes_lib  # noqa: E402
-from cgan.pipeline import condition_input  # noqa: E402
+from cgan.nets.sampling import condition_input  # noqa: E402
 from cgan.condition.text_encoder import FrozenTextEncoder, TextEmbeddingCache  # noqa: E402
-from cgan.train.loop import build_discriminator  # noqa: E402
+from cgan.nets.factory import build_discriminator  # noqa: E402
+from cgan.train.terms import discriminator_heads  # noqa: E402
 
 KINDS = ("swapped", "exchanged", "replaced")
 
@@ -75,7 +75,7 @@ def evaluate(D, cache, schema, images, scenes, attributes) -> dict[str, float]:
     sets = [captions_for(s, rng) for s in scenes]
     D.eval()
     with torch.no_grad():
-        logits = {k: D(images, condition_input(cache, schema, [c[k] for c in sets], attributes, "cpu"))
+        logits = {k: D(images, condition_input(cache, schema, [c[k] for c in sets], attributes, "cpu")).scores()
                   for k in ("true",) + KINDS}
     D.train()
     return {k: float((logits["true"] > logits[k]).float().mean()) for k in KINDS}
@@ -85,7 +85,8 @@ def run_variant(name: str, overrides: list[str], args, pools, cache, encoder_dim
     torch.manual_seed(args.seed)
     config = load_config(ROOT / "configs/shapes.yaml", [f"data.resolution={args.resolution}", *overrides])
     (train_images, train_scenes, train_attrs), (eval_images, eval_scenes, eval_attrs), schema = pools
-    D = build_discriminator(config, schema, encoder_dim)
+    D = build_discriminator(config.model, schema=schema, text_dim=encoder_dim, resolution=config.data.resolution,
+                            **discriminator_heads(config))
     optimizer = torch.optim.Adam(D.parameters(), lr=config.train.lr_d, betas=tuple(config.train.betas))
     rng = random.Random(args.seed)
     curve, start = [], time.perf_counter()
@@ -94,8 +95,8 @@ def run_variant(name: str, overrides: list[str], args, pools, cache, encoder_dim
         sets = [captions_for(train_scenes[i], rng) for i in rows]
         attrs = [train_attrs[i] for i in rows]
         images = train_images[rows]
-        positives = D(images, condition_input(cache, schema, [c["true"] for c in sets], attrs, "cpu"))
-        negatives = torch.stack([D(images, condition_input(cache, schema, [c[k] for c in sets], attrs, "cpu"))
+        positives = D(images, condition_input(cache, schema, [c["true"] for c in sets], attrs, "cpu")).scores()
+        negatives = torch.stack([D(images, condition_input(cache, schema, [c[k] for c in sets], attrs, "cpu")).scores()
                                  for k in KINDS])  # (kinds, B)
         loss = F.softplus(-positives).mean() + F.softplus(negatives).mean()
         optimizer.zero_grad(set_to_none=True)

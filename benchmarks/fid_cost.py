@@ -29,18 +29,18 @@ def random_model(config_path: str, out: Path) -> Path:
     """Export a randomly initialised generator with the model and resolution of a training config."""
     from cgan.nets.export import export_model
     from cgan.core.config import load_config
-    from cgan.nets.generator import Generator
     from cgan.condition.text_encoder import FrozenTextEncoder
-    from cgan.train.loop import generator_kwargs
+    from cgan.nets.factory import build_generator, generator_kwargs
     from cgan.condition.attributes import AttributeSchema
     from cgan.data.shapes import SCHEMA
 
-    config = load_config(config_path, ["model.color=rgb"])  # the shapes data is in colour
+    config = load_config(config_path, ["model.generator.color=rgb"])  # the shapes data is in colour
     encoder = FrozenTextEncoder(config.text.encoder, max_length=config.text.max_length)
     schema = AttributeSchema.from_dict(SCHEMA)
-    kwargs = generator_kwargs(config, encoder.dim)
+    sizes = dict(text_dim=encoder.dim, resolution=config.data.resolution)
     torch.manual_seed(0)
-    return export_model(out, G_ema=Generator(schema=schema, **kwargs).eval(), generator_kwargs=kwargs,
+    return export_model(out, G_ema=build_generator(config.model, schema=schema, **sizes).eval(),
+                        generator_kwargs=generator_kwargs(config.model, **sizes),
                         schema_dict=schema.to_dict(), text_encoder={"name": config.text.encoder,
                                                                     "max_length": config.text.max_length},
                         config_dict=config.to_dict(), step=0, images_seen=0)

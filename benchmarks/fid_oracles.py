@@ -27,9 +27,8 @@ import numpy as np
 from PIL import ImageFilter
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_utils import cpu_flags, set_threads  # noqa: E402
+from bench_utils import cpu_flags, set_threads  # noqa: E402
 from cgan.data import ShapesDataset  # noqa: E402
 from cgan.data import shapes as shapes_lib  # noqa: E402
 from cgan.eval.fid import DEFAULT_CACHE_DIR, SHAPES_REFERENCE_SEED, folder_features, load_feature_network  # noqa: E402

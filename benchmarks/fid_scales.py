@@ -28,9 +28,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_utils import cpu_flags, set_threads  # noqa: E402
+from bench_utils import cpu_flags, set_threads  # noqa: E402
 from cgan.eval.fid import DEFAULT_CACHE_DIR, folder_features, load_feature_network  # noqa: E402
 from cgan.eval.fid_data import write_generated  # noqa: E402
 from cgan.eval.fid_data import reference_statistics  # noqa: E402

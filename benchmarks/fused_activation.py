@@ -55,7 +55,7 @@ def modulated_forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:  
 @contextmanager
 def unfolded(on: bool = True) -> Iterator[None]:
     """Inside: cgan's EqualLinear, EqualConv2d and ModulatedConv2d use their previous (unfolded) forwards."""
-    from cgan.nets import layers
+    from cgan.core import layers
 
     classes = (layers.EqualLinear, layers.EqualConv2d, layers.ModulatedConv2d)
     originals = [cls.forward for cls in classes]
@@ -78,19 +78,17 @@ def check() -> None:
     from cgan.condition.attributes import AttributeSchema
     from cgan.core.config import load_config
     from cgan.data.shapes import SCHEMA
-    from cgan.nets.discriminator import Discriminator
-    from cgan.nets.generator import Generator
     from cgan.train.losses import r1_penalty
     from cgan.condition.text_encoder import TextEncoding
     from cgan.condition.fusion import ConditionInput
-    from cgan.train.loop import discriminator_kwargs, generator_kwargs
+    from cgan.nets.factory import build_discriminator, build_generator
 
     repo = Path(__file__).resolve().parents[1]
-    config = load_config(repo / "configs" / "shapes.yaml", ["model.color=rgb"])  # the shapes data is in colour
+    config = load_config(repo / "configs" / "shapes.yaml", ["model.generator.color=rgb"])  # the shapes data is in colour
     schema = AttributeSchema.from_dict(SCHEMA)
     torch.manual_seed(0)
-    G = Generator(schema=schema, **generator_kwargs(config, 384))
-    D = Discriminator(schema=schema, **discriminator_kwargs(config, 384))
+    sizes = dict(schema=schema, text_dim=384, resolution=config.data.resolution)
+    G, D = build_generator(config.model, **sizes), build_discriminator(config.model, **sizes)
     for module in (G, D):
         module.to(memory_format=torch.channels_last)
         for p in module.parameters():  # away from the zero-initialised start, so every path carries signal
@@ -106,7 +104,7 @@ def check() -> None:
             module.zero_grad(set_to_none=True)
         images = G(z, cond)
         real = images.detach().clone().requires_grad_(True)
-        logits = D(real, cond)
+        logits = D(real, cond).scores()
         penalty = r1_penalty(logits, real)
         (logits.sum() + penalty + images.square().mean()).backward()
         grads = {f"G.{n}": p.grad.clone() for n, p in G.named_parameters() if p.grad is not None}
@@ -122,9 +120,9 @@ def check() -> None:
         # float64 ground truth: is the difference float rounding (both fp32 versions equally far from it)?
         G.double(), D.double()
         z = z.double()
-        cond = (TextEncoding(*(t.double() if t.is_floating_point() else t for t in (text.text_tokens, text.text_mask,
-                                                                                   text.text_pooled))),
-                *(t.double() if t.is_floating_point() else t for t in cond[1:]))
+        double = lambda t: t.double() if t.is_floating_point() else t  # noqa: E731
+        cond = ConditionInput(TextEncoding(double(text.text_tokens), text.text_mask, double(text.text_pooled)),
+                              cond.prompt_present, cond.attr_index, double(cond.attr_value), cond.attr_present)
         exact = run()
 
     def worst(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[str, float]:

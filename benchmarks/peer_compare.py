@@ -49,7 +49,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_utils as bu  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -30,7 +30,6 @@ from statistics import median
 from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from cgan.core.config import load_config  # noqa: E402
 

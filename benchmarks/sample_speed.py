@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_utils as bu  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,18 +39,18 @@ def worker(args) -> dict[str, Any]:
     from cgan.data.shapes import SCHEMA
     from cgan.condition.attributes import AttributeSchema
     from cgan.data import ShapesDataset
-    from cgan.nets.generator import Generator
-    from cgan.pipeline import generate
     from cgan.condition.text_encoder import FrozenTextEncoder, TextEmbeddingCache
-    from cgan.train.loop import generator_kwargs
+    from cgan.nets.factory import build_generator
+    from cgan.nets.sampling import generate
 
     resolution = args.worker
-    config = load_config(REPO / "configs" / "shapes.yaml", [f"data.resolution={resolution}", "model.color=rgb"])
+    config = load_config(REPO / "configs" / "shapes.yaml", [f"data.resolution={resolution}", "model.generator.color=rgb"])
     encoder = FrozenTextEncoder(config.text.encoder, max_length=config.text.max_length)
     cache = TextEmbeddingCache(encoder)
     schema = AttributeSchema.from_dict(SCHEMA)
     torch.manual_seed(0)
-    G = Generator(schema=schema, **generator_kwargs(config, encoder.dim)).eval().requires_grad_(False)
+    G = build_generator(config.model, schema=schema, text_dim=encoder.dim,
+                        resolution=resolution).eval().requires_grad_(False)
     params = sum(p.numel() for p in G.parameters())
     data = ShapesDataset(num_images=max(args.batches), resolution=resolution)
     prompts = [data.record(i)["captions"][0] for i in range(max(args.batches))]

@@ -17,8 +17,8 @@ with --threads 1: then the CPU time is the cost of the work on a core of its own
 depend on how much of the machine the scheduler gave us (with 2 threads on oversubscribed cores,
 OpenMP workers wait at barriers for each other and small convolutions ran 20-50x slower).
 
-One step is what cgan.train.loop.train() runs: next(loader); to_device_batch (text embeddings from
-the caption cache); run_phase(d_step); run_phase(r1_step) every train.r1_every steps (timed once
+One step is what cgan.train.loop.train_step runs, after next(loader) and to_device_batch (text
+embeddings from the caption cache): run_phase(d_step); run_phase(r1_step) every train.r1_every steps (timed once
 per round, amortised); run_phase(g_step); update_ema; the loss bookkeeping and, every log_every
 steps, the host sync of the non-finite flags and the losses and the metrics line (amortised). Not
 counted: progress bar, TensorBoard, sample grids and checkpoints (every few hundred steps).
@@ -40,7 +40,6 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_utils as bu  # noqa: E402
 import fused_activation  # noqa: E402
 
@@ -99,16 +98,6 @@ def sub(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
     return a[0] - b[0], a[1] - b[1]
 
 
-def adam(params, lr: float, betas) -> torch.optim.Adam:
-    """Adam as train() builds it (fused where train() uses the fused kernel)."""
-    import inspect
-
-    from cgan.train import loop as training
-
-    fused = "fused=True" in inspect.getsource(training.train)
-    return torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=1e-8, **({"fused": True} if fused else {}))
-
-
 def process_cpu_seconds(pid: int) -> float:
     """user + system CPU seconds of another process (a DataLoader worker) from /proc."""
     try:
@@ -120,45 +109,26 @@ def process_cpu_seconds(pid: int) -> float:
 
 
 class TrainHarness:
-    """G, D, G_ema, optimizers, data loader and caption cache built exactly as train() builds them."""
+    """A run built by cgan's own build_run (cgan/train/build.py: data, caption cache, G, D, G_ema, their
+    optimizers and the per-process seed, as train() builds them), stepped here phase by phase with each
+    part timed. Its folder is a temporary one; no tracker."""
 
     def __init__(self, config):
-        from torch.utils.data import DataLoader
-
-        from cgan.train.augment import parse_policy
-        from cgan.data import StepSampler, build_dataset
-        from cgan.nets.discriminator import Discriminator
-        from cgan.nets.generator import Generator
+        from cgan.train.build import build_run, make_loader
         from cgan.train.recovery import NonfiniteGuard
-        from cgan.condition.text_encoder import FrozenTextEncoder, TextEmbeddingCache
-        from cgan.core.config import data_cache_dir
-        from cgan.train.loop import discriminator_kwargs, generator_kwargs, resolve_color
 
-        self.config = config
-        t = config.train
-        self.augment = parse_policy(t.augment)
-        self.dataset = build_dataset(config.data)
-        resolve_color(config, self.dataset)
-        self.encoder = FrozenTextEncoder(config.text.encoder, max_length=config.text.max_length)
-        self.cache = TextEmbeddingCache(self.encoder, data_cache_dir(config.data))
-        self.cache.precompute(self.dataset.all_captions())
-        torch.manual_seed(t.seed)
-        self.G = Generator(schema=self.dataset.schema, **generator_kwargs(config, self.encoder.dim))
-        self.D = Discriminator(schema=self.dataset.schema, **discriminator_kwargs(config, self.encoder.dim))
-        self.G_ema = Generator(schema=self.dataset.schema, **generator_kwargs(config, self.encoder.dim))
-        self.G_ema.eval().requires_grad_(False).load_state_dict(self.G.state_dict())
-        self.set_channels_last(t.channels_last)
-        self.opt_G = adam(self.G.parameters(), t.lr_g, t.betas)
-        self.opt_D = adam(self.D.parameters(), t.lr_d, t.betas)
-        torch.manual_seed(t.seed + 1)
-        sampler = StepSampler(len(self.dataset), batch_size=t.batch_size, seed=t.seed)
-        self.loader = iter(DataLoader(self.dataset, batch_size=t.batch_size, sampler=sampler,
-                                      num_workers=config.data.num_workers,
-                                      persistent_workers=config.data.num_workers > 0,
-                                      generator=torch.Generator().manual_seed(t.seed)))
+        config.train.tracker = "none"
+        self.scratch = tempfile.TemporaryDirectory(prefix="cgan-train-speed-")
+        self.config, self.run = config, build_run(config, self.scratch.name)
+        self.augment, self.dataset, self.cache = self.run.augment, self.run.dataset, self.run.text_cache
+        self.G, self.D, self.G_ema = self.run.G, self.run.D, self.run.G_ema
+        # the torch optimizers inside the run's Accelerate wrappers: accelerator() wraps them anew per precision
+        self.opt_G, self.opt_D = self.run.opt_G.optimizer, self.run.opt_D.optimizer
+        self.memory_format = self.run.memory_format
+        self.loader = make_loader(self.dataset, config, self.run.step, self.run.accelerator)
         self.images_seen = 0
         self.sums: dict[str, list[torch.Tensor]] = {}
-        self.guard = NonfiniteGuard(t.nonfinite_patience)
+        self.guard = NonfiniteGuard(config.train.nonfinite_patience)
         self.compiled: tuple | None = None
 
     def num_params(self) -> tuple[int, int]:
@@ -194,14 +164,16 @@ class TrainHarness:
         return self.compiled
 
     def next_batch(self, times: dict[str, tuple[float, float]]):
-        from cgan.train.loop import to_device_batch
+        from cgan.train.microbatch import to_device_batch
+        from cgan.train.terms import needs_negatives
 
         clock = bu.Clock()
         raw = next(self.loader)
         times["data"] = clock.read()
         cache = TimedCall(self.cache)
         clock = bu.Clock()
-        batch = to_device_batch(raw, cache, self.config, torch.device("cpu"), self.memory_format)
+        batch = to_device_batch(raw, cache, self.config, torch.device("cpu"), self.memory_format,
+                                needs_negatives(self.config))
         times["text"] = cache.seconds
         times["batch"] = sub(clock.read(), cache.seconds)
         return batch
