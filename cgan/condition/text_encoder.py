@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from cgan.core.files import atomic_save
+
 logger = logging.getLogger(__name__)
 
 BUILTIN_MINILM = "minilm"
@@ -182,8 +184,6 @@ class TextEmbeddingCache:
             tokens = torch.stack([self.memory[c][0] for c in unique]).contiguous()
             mask = torch.stack([self.memory[c][1] for c in unique]).contiguous()
             pooled = torch.stack([self.memory[c][2] for c in unique]).contiguous()
-            from cgan.core.files import atomic_save
-
             atomic_save(path, lambda tmp: save_file({"tokens": tokens, "mask": mask, "pooled": pooled}, str(tmp)))
 
     def _encode_missing(self, captions: list[str]) -> None:

@@ -17,6 +17,8 @@ from cgan.data import ShapesDataset
 from cgan.data import shapes as shapes_lib
 from cgan.data.folder import SCHEMA_FILE, format_problems, validate_folder
 from cgan.core.errors import run_cli
+from cgan.core.files import check_writable_folder
+from cgan.data.emoji import prepare_emoji
 
 
 def export_shapes(out: str | Path, num: int, split: str = "train", resolution: int = 64, seed: int = 0,
@@ -25,8 +27,6 @@ def export_shapes(out: str | Path, num: int, split: str = "train", resolution: i
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out}: exists and is not empty (pass --overwrite to replace it)")
-    from cgan.core.files import check_writable_folder
-
     check_writable_folder(out.parent, "--out")  # before any image is drawn
     dataset = ShapesDataset(num_images=num, resolution=resolution, split=split, seed=seed)
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
@@ -81,8 +81,6 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         print(f"wrote {args.num} shapes images ({args.split} split, {args.size} px) to {path}")
         return 0
     if args.command == "prepare":
-        from cgan.data.emoji import prepare_emoji
-
         counts = prepare_emoji(args.out, size=args.size, limit=args.limit, overwrite=args.overwrite)
         print(f"wrote the emoji data set to {args.out}")
         for attribute, values in counts.items():

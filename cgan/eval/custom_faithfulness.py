@@ -21,6 +21,7 @@ from einops import rearrange
 from cgan.eval.caption_match import CaptionMatcher, distractor_sets, fit_matcher, r_precision
 from cgan.eval.faithfulness import (READER_SIZE, GenerateFn, ShapesReader, as_exported_model, fit,
                                     pipeline_generate_fn, record_conditions, to_input)
+from cgan.data import FolderDataset
 
 CAPTION_HEAD = "caption"  # the head that reads the caption, where the captions are few enough to be classes
 CAPTION_RANK = "caption_r_precision"  # free-form captions: R-precision of the caption matcher
@@ -221,8 +222,6 @@ def evaluate_custom(model: Any, data_dir: Any, num: int = 500, seed: int = 0, tr
     """Faithfulness of a model on a custom folder (a path, or the FolderDataset itself, e.g. a training
     run's): generated from the held-out 20 % records' captions and attributes, judged by judges trained
     on the other 80 % (pass `classifier` to reuse ones trained on this dataset)."""
-    from cgan.data import FolderDataset
-
     pipe = as_exported_model(model, device)
     start = time.time()
     # the model's own attributes: columns it was trained without (data.ignore) are not checked

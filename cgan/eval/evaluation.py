@@ -6,6 +6,9 @@ import time
 from cgan.core.config import Config, data_cache_dir
 from cgan.data import CaptionedDataset
 from cgan.condition.text_encoder import FrozenTextEncoder, TextEmbeddingCache
+from cgan.eval import custom_faithfulness, faithfulness
+from cgan.eval.fid_data import fid_generator_vs_data
+from cgan.nets.export import ExportedModel
 
 
 class Evaluator:
@@ -22,13 +25,9 @@ class Evaluator:
         return any(every and step % every == 0 for every in (e.fid_every, e.faithfulness_every))
 
     def __call__(self, G_ema, step: int) -> dict[str, float]:
-        from cgan.nets.export import ExportedModel
-
         e, data = self.config.eval, self.config.data
         metrics: dict[str, float] = {}
         if e.fid_every and step % e.fid_every == 0:
-            from cgan.eval.fid import fid_generator_vs_data
-
             result = fid_generator_vs_data(
                 G_ema, self.text_cache, self.dataset.schema, "shapes" if data.name == "shapes" else data.path,
                 split=e.fid_split if data.name == "shapes" else None, num=e.fid_num, kid=e.fid_kid,
@@ -38,8 +37,6 @@ class Evaluator:
                 metrics["metric/kid"] = result.kid
             print(f"step {step}: {result.summary()} in {result.seconds:.0f} s")
         if e.faithfulness_every and step % e.faithfulness_every == 0:
-            from cgan.eval import faithfulness
-
             start = time.perf_counter()
             pipe = ExportedModel(G_ema, self.text_encoder, self.dataset.schema, {"step": step}, self.device)
             pipe.text_cache = self.text_cache  # the run's captions are encoded already
@@ -53,8 +50,6 @@ class Evaluator:
                         if value is not None:
                             metrics[f"metric/faithfulness/{part}/{key}"] = value
             else:
-                from cgan.eval import custom_faithfulness
-
                 if self.custom_classifier is None:
                     self.custom_classifier = custom_faithfulness.train_attribute_classifier(
                         self.dataset, text_cache=self.text_cache)

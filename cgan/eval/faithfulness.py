@@ -36,6 +36,8 @@ from safetensors.torch import safe_open, save_file
 from cgan.core.images import image_to_tensor
 from cgan.data import ShapesDataset
 from cgan.data import shapes as shapes_lib
+from cgan.nets.export import ExportedModel
+from cgan.nets.sampling import generate
 
 NONE = "none"
 HEADS: dict[str, tuple[str, ...]] = {
@@ -290,15 +292,11 @@ def train_reader(out: str | Path, steps: int = 3000, batch_size: int = 64, num_i
 
 
 def as_exported_model(model: Any, device: str | torch.device):
-    from cgan.nets.export import ExportedModel
-
     return model if isinstance(model, ExportedModel) else ExportedModel.from_pretrained(model, device=device)
 
 
 def pipeline_generate_fn(pipe, truncation: float = 1.0, batch_size: int = 50) -> GenerateFn:
     """(prompts, attribute dicts, seeds) -> images in [-1, 1], in batches, from a CGANPipeline."""
-    from cgan.nets.sampling import generate
-
     def run(prompts: list[str], attributes: list[dict[str, Any]], seeds: list[int]) -> torch.Tensor:
         attributes = [pipe.schema.validate({k: v for k, v in a.items() if k in pipe.schema.by_name})
                       for a in attributes]

@@ -21,20 +21,22 @@ import torch
 from cgan.eval.fid import (DEFAULT_CACHE_DIR, MODE, SHAPES_REFERENCE_SEED, FeatureNetwork, FIDError, FIDResult,
                            check_count, file_sha256, folder_features, kid_from_feats, load_feature_network,
                            warn_if_small)
+from cgan.core.images import tensor_to_images
+from cgan.data import FolderDataset, ShapesDataset
+from cgan.data import shapes as shapes_lib
+from cgan.data.folder import find_metadata
+from cgan.nets.export import ExportedModel
+from cgan.nets.sampling import generate
 
 
 def _open_data(data: str | Path, split: str | None, resolution: int, num: int) -> tuple[Any, str, str, dict]:
     """-> (data set, name, split, identity for the cache key)."""
-    from cgan.data import FolderDataset, ShapesDataset
-
     if str(data) == "shapes":
         split = split or "heldout"
         try:
             dataset = ShapesDataset(num_images=num, resolution=resolution, split=split, seed=SHAPES_REFERENCE_SEED)
         except ValueError as err:
             raise FIDError(str(err).replace("data.split", "--split")) from err
-        from cgan.data import shapes as shapes_lib
-
         # The renderer's source is part of the key, so a change to how shapes are drawn is a cache miss.
         ident = {"data": "shapes", "data_seed": SHAPES_REFERENCE_SEED,
                  "renderer": file_sha256(Path(shapes_lib.__file__))}
@@ -44,8 +46,6 @@ def _open_data(data: str | Path, split: str | None, resolution: int, num: int) -
         raise FIDError(f"--data {data}: expected 'shapes' or a data folder (with metadata.jsonl or metadata.csv)")
     if split not in (None, "all"):
         raise FIDError(f"--split {split}: a data folder has no splits; all its records are used")
-    from cgan.data.folder import find_metadata
-
     dataset = FolderDataset(folder, resolution=resolution)
     metadata = find_metadata(folder)
     stat = metadata.stat()
@@ -112,8 +112,6 @@ def write_generated(G: torch.nn.Module, text_cache: Any, schema: Any, dataset: A
     seed + i, its paraphrase fixed by the seed) as out_dir/NNNNNN.png."""
     from tqdm.auto import tqdm
 
-    from cgan.core.images import tensor_to_images
-    from cgan.nets.sampling import generate
 
     records = [dataset.record(i) for i in range(num)]
     rng = random.Random(f"fid/{seed}")  # which paraphrase each image is asked with: fixed by the seed
@@ -171,8 +169,6 @@ def fid_model_vs_data(model_dir: str | Path, data: str | Path, *, split: str | N
                       cache_dir: str | Path = DEFAULT_CACHE_DIR, batch_size: int = 32, num_workers: int = 0,
                       verbose: bool = False) -> FIDResult:
     """FID of an exported model against `shapes` (split default heldout) or a data folder."""
-    from cgan.nets.export import ExportedModel
-
     pipe = ExportedModel.from_pretrained(model_dir, device=device)
     return fid_generator_vs_data(pipe.G, pipe.text_cache, pipe.schema, data, split=split, num=num, seed=seed,
                                  truncation=truncation, kid=kid, device=device, inception_weights=inception_weights,

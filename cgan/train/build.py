@@ -25,6 +25,7 @@ from cgan.train.augment import parse_policy
 from cgan.train.checkpoint import remove_stale_temporaries, resolve_resume
 from cgan.train.recovery import check_output_dir, check_same_model, restore_training_state
 from cgan.train.terms import discriminator_heads
+from cgan.train.warm_start import warm_start
 
 
 @dataclass
@@ -217,8 +218,6 @@ def start_or_resume(run: Run, resume: str | None) -> None:
         if resume == "latest":
             accelerator.print(f"--resume latest: no checkpoint in {out_dir}/checkpoints yet, starting fresh")
         if config.train.init_from:
-            from cgan.train.warm_start import warm_start
-
             accelerator.print(warm_start(config.train.init_from, run.G, run.G_ema, run.D))
         torch.manual_seed(config.train.seed + 1 + accelerator.process_index)  # per-process noise, dropout, mismatches
         return

@@ -8,8 +8,10 @@ from typing import Any
 
 import torch
 
+from cgan.core import __version__
 from cgan.core.config import LOSS_WEIGHTS
 from cgan.core.model_config import translate_flat_model
+from cgan.train.warm_start import resolve_init_from
 
 
 def hardware_summary(device: torch.device, num_processes: int) -> str:
@@ -112,8 +114,6 @@ def describe_init_from(path: str) -> str | None:
 
     if not path:
         return None
-    from cgan.train.warm_start import resolve_init_from
-
     try:
         state_dir = resolve_init_from(path)
         if not (Path(state_dir) / "state.json").is_file():  # an exported model: its config.json says its run
@@ -133,8 +133,6 @@ def describe_init_from(path: str) -> str | None:
 def run_model_card(config, dataset, G_ema: torch.nn.Module, *, step: int, images_seen: int, out_dir, device,
                    num_processes: int, train_seconds: float) -> str:
     """The card of a training run's export (config: a Config; dataset: the run's CaptionedDataset)."""
-    from cgan.core import __version__
-
     d = config.data
     data = (f"`shapes`, {d.num_images:,} procedural images, split `{d.split}`" if d.name == "shapes"
             else f"folder `{d.path}`, {len(dataset):,} records")

@@ -23,6 +23,7 @@ import torch
 from cgan.train.checkpoint import list_checkpoints, load_training_state
 from cgan.core.config import Config, ConfigError
 from cgan.train.terms import terms_with_heads
+from cgan.core.config import load_config
 
 
 class TrainingDiverged(RuntimeError):
@@ -171,8 +172,6 @@ def check_same_model(out_dir: Path, config: Config) -> None:
     """At --resume: the model section must be the run's own. Some changes (model.discriminator.pool_first,
     the attention resolutions' heads) keep every weight's shape, so loading would succeed and quietly
     train another architecture. A run's config.yaml from before the nested model section is translated."""
-    from cgan.core.config import load_config
-
     saved_path = out_dir / "config.yaml"
     if not saved_path.is_file():
         return
