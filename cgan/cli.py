@@ -36,11 +36,13 @@ def train_main(argv: list[str] | None = None) -> int:
         if not args.out:
             raise ValueError("--out: required, the run folder (e.g. --out runs/mine)")
         if args.dry_run:
+            from cgan.batch import check_writable_folder
             from cgan.config import config_json
             from cgan.data import build_dataset
             from cgan.training import check_run_settings
 
             check_run_settings(config)
+            check_writable_folder(Path(args.out), "--out")  # what the run's first write would find
             dataset = build_dataset(config.data)
             print(config_json(config))
             print(f"data: {len(dataset)} records; attributes:\n{dataset.schema.describe()}")

@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import json
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -46,7 +47,8 @@ class DataConfig:
     seed: int = 0  # shapes: the data set's own seed (independent of the training seed)
     on_error: str = "fail"  # folder: fail | skip bad records (skip reports which)
     background: str = "white"  # folder: colour that transparent images are composited on
-    hflip: bool = False  # off by default: a mirrored image turns "left of" into a lie
+    # must stay false (true is refused): a mirrored image turns "left of" into a lie; kept so configs that say false load
+    hflip: bool = False
     # folder: a declared schema ({name: {type, values | range}}), or a list of the columns to use as
     # attributes (types inferred); None = every column besides file_name, text and truth
     attributes: dict[str, Any] | list[str] | None = None
@@ -239,6 +241,9 @@ class Config:
         for key, names in (("data.attributes", columns), ("data.ignore", self.data.ignore)):
             if not all(isinstance(name, str) and name for name in names):
                 raise ConfigError(f"{key}: expected a list of column names, got {names!r}")
+        if self.data.hflip:
+            raise ConfigError("data.hflip: true is refused: cgan never flips images, because a mirrored image "
+                              "turns a caption's 'left of' into a lie; leave data.hflip out (or false)")
         if self.data.name == "folder" and not self.data.path:
             raise ConfigError("data.path: required when data.name is 'folder' (a folder with metadata.jsonl)")
         if self.model.text_positions and self.model.fusion != "cross_attention":
@@ -415,6 +420,8 @@ def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
     elif hints in ("bool", "<class 'bool'>"):
         if isinstance(value, bool):
             return value
+        if isinstance(value, str) and value.lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[value.lower()]
     elif hints.startswith("str"):
         if isinstance(value, str):
             return value
@@ -447,6 +454,24 @@ def _apply(target: Any, values: dict[str, Any], source: str, prefix: str = "") -
             setattr(target, name, _coerce(value, type_hints[name], key, source))
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """YAML as 1.2 reads it: only true and false are booleans, so `train.mixed_precision=no` stays the
+    string "no" (YAML 1.1, PyYAML's default, reads no/yes/on/off as booleans)."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                    list("tTfF"))
+# A bool setting given in YAML 1.1's words still means what it said.
+_BOOL_WORDS = {"yes": True, "on": True, "y": True, "no": False, "off": False, "n": False}
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Build a Config from defaults, then a YAML file, then `section.key=value` overrides."""
     config = Config()
@@ -455,7 +480,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            values = yaml.safe_load(path.read_text()) or {}
+            values = _yaml_load(path.read_text()) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from err
         if not isinstance(values, dict):
@@ -470,7 +495,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         parts = key.strip().split(".")
         for part in parts[:-1]:
             cursor = cursor.setdefault(part, {})
-        cursor[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        cursor[parts[-1]] = _yaml_load(raw) if raw.strip() else ""
         _apply(config, nested, f"override '{item}'")
     config.validate()
     return config

@@ -87,6 +87,13 @@ def test_dry_run_checks_what_the_run_checks(tmp_path, capsys):
     assert "train.threads: expected 0" in capsys.readouterr().err
     assert train_main(["--config", tiny, "--out", str(tmp_path / "r"), "--dry-run", "train.threads=1"]) == 0
     assert '"threads": 1' in capsys.readouterr().out and not (tmp_path / "r").exists()
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert train_main(["--config", tiny, "--out", str(blocker / "run"), "--dry-run"]) == 2
+    assert f"--out: {str(blocker)!r} is a file" in capsys.readouterr().err
+    if os.path.isdir("/proc"):  # a place nobody may create files in, root included
+        assert train_main(["--config", tiny, "--out", "/proc/cgan-run", "--dry-run"]) == 2
+        assert "--out: cannot write in '/proc'" in capsys.readouterr().err
 
 
 @pytest.mark.slow
