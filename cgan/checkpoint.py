@@ -4,6 +4,8 @@ Exported model (what `sample.py` and `CGANPipeline` load), a folder:
     config.json       format version, G's constructor arguments, text encoder, step, full config
     attributes.json   the attribute schema
     G_ema.safetensors the generator's EMA weights (nothing else)
+    vocabulary.json   the words of the training captions (cgan/vocabulary.py; absent in older models)
+    MODEL_CARD.md     what it was trained on, how and what was measured (cgan/model_card.py)
 
 Training state, `RUN/checkpoints/step_XXXXXXXX/`:
     G.safetensors, D.safetensors, G_ema.safetensors
@@ -22,7 +24,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from safetensors import SafetensorError
@@ -107,19 +109,21 @@ def load_module_weights(module: torch.nn.Module, path: Path) -> None:
 def export_model(out_dir: str | Path, *, G_ema: torch.nn.Module, generator_kwargs: dict[str, Any],
                  schema_dict: dict[str, Any], text_encoder: dict[str, Any], config_dict: dict[str, Any],
                  step: int, images_seen: int, model_card: str | None = None,
-                 D: torch.nn.Module | None = None) -> Path:
+                 D: torch.nn.Module | None = None, vocabulary: list[str] | None = None) -> Path:
     from cgan import __version__
 
     meta = {"format_version": FORMAT_VERSION, "cgan_version": __version__, "generator": generator_kwargs,
             "text_encoder": text_encoder, "step": step, "images_seen": images_seen,
             "prompt_dropout": config_dict["train"]["drop_prompt"], "config": config_dict}
-    return write_exported(out_dir, meta, schema_dict, G_ema, model_card, D)
+    return write_exported(out_dir, meta, schema_dict, G_ema, model_card, D, vocabulary)
 
 
 def write_exported(out_dir: str | Path, meta: dict[str, Any], schema_dict: dict[str, Any],
-                   G_ema: torch.nn.Module, model_card: str | None = None, D: torch.nn.Module | None = None) -> Path:
+                   G_ema: torch.nn.Module, model_card: str | None = None, D: torch.nn.Module | None = None,
+                   vocabulary: Iterable[str] | None = None) -> Path:
     """Write a model folder (config.json, attributes.json, G_ema.safetensors; D.safetensors when D is given:
-    not needed to generate, but `train.init_from` the model then continues with a trained D) whole, or not at all."""
+    not needed to generate, but `train.init_from` the model then continues with a trained D; vocabulary.json
+    when the training captions' words are given) whole, or not at all."""
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -131,6 +135,10 @@ def write_exported(out_dir: str | Path, meta: dict[str, Any], schema_dict: dict[
         save_file(_state_dict(D), str(tmp / "D.safetensors"), metadata={"format": "pt"})
     if model_card is not None:
         (tmp / "MODEL_CARD.md").write_text(model_card)
+    if vocabulary is not None:
+        from cgan.vocabulary import write_vocabulary
+
+        write_vocabulary(tmp, vocabulary, source="the words of the training captions")
     _publish_folder(tmp, out_dir)
     return out_dir
 

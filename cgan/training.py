@@ -38,6 +38,7 @@ from cgan.recovery import (NonfiniteGuard, StopControl, check_free_space, check_
                            restore_training_state, rng_state, roll_back)
 from cgan.steps import Batch, d_step, g_step, r1_step, run_phase
 from cgan.text_encoder import FrozenTextEncoder, TextEmbeddingCache
+from cgan.vocabulary import build_vocabulary
 
 
 def resolve_color(config: Config, dataset) -> str | None:
@@ -216,6 +217,7 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
             accelerator.print(line)
     with accelerator.main_process_first():  # main encodes and writes the disk cache, the others read it
         text_cache.precompute(dataset.all_captions() + grid_prompts)
+    vocabulary = build_vocabulary(dataset.all_captions())  # exported beside the model: prompts' unknown words
     opt_G, opt_D = accelerator.prepare(opt_G, opt_D)  # device placement and the fp16 grad scaler
     modules = {"G": G, "D": D, "G_ema": G_ema}
     optimizers = {"opt_G": opt_G, "opt_D": opt_D}
@@ -271,7 +273,7 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
                          schema_dict=dataset.schema.to_dict(),
                          text_encoder={"name": text_encoder.name, "max_length": text_encoder.max_length},
                          config_dict=config.to_dict(), step=at_step, images_seen=images_seen, model_card=card,
-                         D=D if t.export_d else None)
+                         D=D if t.export_d else None, vocabulary=vocabulary)
         accelerator.wait_for_everyone()
 
     evaluator = Evaluator(config, dataset, text_encoder, text_cache, device)
