@@ -35,6 +35,12 @@ def test_train_writes_state_model_samples_and_resumes(tiny_config, tmp_path, min
     card = (model / "MODEL_CARD.md").read_text()
     assert "4 steps, 32 images, batch 8" in card and "`shapes`, 512 procedural images" in card
     assert "style: one of flat, outline, shaded" in card and "min of training" in card and "no GPU" in card
+    assert card.startswith("---\nlicense: apache-2.0\n") and "base_model: sentence-transformers/all-MiniLM" in card
+    from cgan.data.shapes import all_captions
+    from cgan.vocabulary import build_vocabulary
+
+    words = json.loads((model / "vocabulary.json").read_text())["words"]  # the training captions' words
+    assert words == build_vocabulary(all_captions(tiny_config.data.split)) and "circle" in words
     assert json.loads((run / "checkpoints" / "step_00000004" / "state.json").read_text())["train_seconds"] > 0
 
 
