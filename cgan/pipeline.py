@@ -121,13 +121,16 @@ def resolve_model_dir(model: str | Path) -> Path:
     path = Path(model)
     if not path.exists() and str(model) in PRETRAINED:
         return Path(__file__).resolve().parent / PRETRAINED[str(model)]
-    if not path.exists():
-        hub = (f"; it does not download from the Hugging Face Hub: fetch the folder first (e.g. `huggingface-cli "
-               f"download {model} --local-dir DIR`) and pass DIR") if str(model).count("/") == 1 else ""
-        raise CheckpointError(f"{model}: model folder not found; cgan loads a local model folder (config.json, "
-                              f"attributes.json, G_ema.safetensors) or a shipped model's name "
-                              f"({', '.join(PRETRAINED)}){hub}")
     return path
+
+
+def missing_model_error(model: str | Path) -> CheckpointError:
+    """What from_pretrained says when `model` is neither a folder nor a shipped name (a hub id, say)."""
+    hub = (f"; it does not download from the Hugging Face Hub: fetch the folder first (e.g. `huggingface-cli "
+           f"download {model} --local-dir DIR`) and pass DIR") if str(model).count("/") == 1 else ""
+    return CheckpointError(f"{model}: model folder not found; cgan loads a local model folder (config.json, "
+                           f"attributes.json, G_ema.safetensors) or a shipped model's name "
+                           f"({', '.join(PRETRAINED)}){hub}")
 
 
 class UnknownWordsError(CganError, ValueError):
@@ -239,6 +242,8 @@ class CGANPipeline:
                             "device, dtype (or torch_dtype), trust_remote_code and strict")
         dtype = torch_dtype if torch_dtype is not None else dtype
         model_dir = resolve_model_dir(model_dir)
+        if not model_dir.exists():
+            raise missing_model_error(model_dir)
         meta, schema_dict, weights = read_exported(model_dir)
         schema = AttributeSchema.from_dict(schema_dict, f"{model_dir}/attributes.json")
         try:
