@@ -66,3 +66,19 @@ def test_gpu_math_switches_are_left_alone_on_the_cpu():
     before = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32)
     assert fast_gpu_math(torch.device("cpu")) is False
     assert (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32) == before
+
+
+@pytest.mark.parametrize("policy", ["color", "translation", "cutout", "color,translation,cutout"])
+def test_diff_augment_keeps_channels_last_and_its_values(policy):
+    from cgan.augment import diff_augment, parse_policy
+
+    images = torch.rand(4, 3, 16, 16) * 2 - 1
+    torch.manual_seed(0)
+    plain = diff_augment(images, parse_policy(policy))
+    torch.manual_seed(0)
+    nhwc = diff_augment(images.contiguous(memory_format=torch.channels_last), parse_policy(policy))
+    assert nhwc.is_contiguous(memory_format=torch.channels_last) and plain.is_contiguous()
+    if "color" in policy:  # its means over channels add in another order in NHWC: equal to rounding
+        torch.testing.assert_close(plain, nhwc, rtol=0, atol=1e-6)
+    else:
+        assert torch.equal(plain, nhwc)
