@@ -216,7 +216,7 @@ class ArrayBatches:
         index        (B,) long record indices
 
     The draws (a seeded random.Random per visit, ~6 us each) are most of a batch's cost: for a data set of
-    `background_from` records or more, one helper process draws the current epoch and two ahead, and
+    `background_from` records or more, one helper process draws the current epoch and the next, and
     batches use its result once it is ready (drawing inline until then). Where processes cannot be forked,
     every draw is inline.
     """
@@ -260,13 +260,13 @@ class ArrayBatches:
         return out
 
     def _epoch_draws(self, salt: str, epoch: int) -> np.ndarray | None:
-        """The helper's draws of a whole epoch if ready (asking for it and the two after it), else None."""
+        """The helper's draws of a whole epoch if ready (asking for it and the next), else None."""
         if self.pool is None:  # forked, as DataLoader workers are: spawn would re-run an unguarded __main__
             self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"),
                                             initializer=_draw_process_start, initargs=(self.tables,))
         for old in [e for e in self.ahead if e < epoch]:
             del self.ahead[old]
-        for e in range(epoch, epoch + 3):
+        for e in range(epoch, epoch + 2):
             if e not in self.ahead:
                 self.ahead[e] = self.pool.submit(_draw_epoch, e)
         future = self.ahead[epoch]
