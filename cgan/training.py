@@ -22,8 +22,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from cgan.attributes import drop_attributes
-from cgan.caption_table import CaptionTable
 from cgan.augment import parse_policy
+from cgan.caption_table import CaptionTable
 from cgan.checkpoint import (CheckpointError, atomic_save, export_model, remove_stale_temporaries, resolve_resume,
                              save_training_state)
 from cgan.conditioning import ConditionInput
