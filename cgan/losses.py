@@ -60,6 +60,8 @@ def mismatched_attributes(attr_index: torch.Tensor, attr_value: torch.Tensor, at
     batch, num_attrs = attr_index.shape
     sizes = torch.tensor(num_values, dtype=torch.long).reshape(1, num_attrs)  # (1, A): 0 = continuous
     rand = torch.rand(batch, 3, generator=generator)
+    if num_attrs == 0:  # a data set without attributes: nothing to change
+        return attr_index.clone(), attr_value.clone(), torch.zeros(batch, dtype=torch.bool)
     options = attr_present.bool() & (sizes != 1)  # (B, A) attributes that can be changed
     count = options.sum(dim=1)  # (B,)
     valid = count > 0

@@ -61,3 +61,10 @@ def test_attribute_changes_are_the_loops(seed):
     assert not expected[2].all() and expected[2].any()
     for g, e in zip(got, expected):
         assert g.dtype == e.dtype and torch.equal(g, e)
+
+
+def test_no_attributes_means_no_attribute_negatives():
+    empty = torch.zeros(5, 0)
+    for got, expected in zip(mismatched_attributes(empty.long(), empty, empty.bool(), [], torch.Generator()),
+                             loop_attributes(empty.long(), empty, empty.bool(), [], torch.Generator())):
+        assert got.shape == expected.shape and torch.equal(got, expected)
