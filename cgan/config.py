@@ -53,8 +53,12 @@ class DataConfig:
     # attributes (types inferred); None = every column besides file_name, text and truth
     attributes: dict[str, Any] | list[str] | None = None
     ignore: list[str] = field(default_factory=list)  # folder: columns that are not attributes (ids, splits, ...)
-    num_workers: int = 1  # DataLoader worker processes
-    cache_dir: str = ""  # text-embedding and FID caches; "" = the user cache folder (user_cache_dir())
+    num_workers: int = 1  # DataLoader worker processes (data.image_cache=false only)
+    # render (shapes) or decode (folder) the images once into a uint8 array in the cache folder, memory-mapped,
+    # and read batches from it in the training process (cgan/data/cache.py); false: draw or decode every
+    # image at every visit, in data.num_workers processes (no disk space used)
+    image_cache: bool = True
+    cache_dir: str = ""  # text-embedding, image and FID caches; "" = the user cache folder (user_cache_dir())
 
 
 @dataclass

@@ -23,19 +23,22 @@ from torch.utils.data import DataLoader
 
 from cgan.attributes import drop_attributes
 from cgan.augment import parse_policy
+from cgan.caption_table import CaptionTable
 from cgan.checkpoint import (CheckpointError, atomic_save, export_model, remove_stale_temporaries, resolve_resume,
                              save_training_state)
 from cgan.conditioning import ConditionInput
 from cgan.config import Config, ConfigError, data_cache_dir, save_config
 from cgan.data import CaptionedDataset, StepSampler, build_dataset, stratified_records, tensor_to_images
+from cgan.data.cache import ArrayBatches, cached_arrays
 from cgan.discriminator import Discriminator
 from cgan.ema import ema_beta, update_ema
 from cgan.evaluation import Evaluator
 from cgan.generator import Generator
 from cgan.model_card import run_model_card
 from cgan.pipeline import describe_condition, generate, image_grid
-from cgan.recovery import (NonfiniteGuard, StopControl, check_free_space, check_output_dir, check_same_model,
-                           restore_training_state, rng_state, roll_back)
+from cgan.precision import fast_gpu_math, phase_scalers, resolve_mixed_precision, use_scaler
+from cgan.recovery import (PHASES, NonfiniteGuard, StopControl, check_free_space, check_output_dir,
+                           check_same_model, restore_training_state, rng_state, roll_back)
 from cgan.steps import Batch, d_step, g_step, r1_step, run_phase
 from cgan.text_encoder import FrozenTextEncoder, TextEmbeddingCache
 from cgan.vocabulary import build_vocabulary
@@ -93,9 +96,14 @@ def leave_stop_signals_to_the_main_process(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def make_loader(dataset: CaptionedDataset, config: Config, step: int, accelerator):
-    """An endless iterator of this process's micro-batches, from `step` on (the same order after a resume)."""
+def make_loader(dataset: CaptionedDataset, config: Config, step: int, accelerator, arrays=None):
+    """An endless iterator of this process's micro-batches, from `step` on (the same order after a resume);
+    from the image cache's arrays when given (data.image_cache), else a DataLoader over the data set."""
     t = config.train
+    if arrays is not None:
+        return ArrayBatches(arrays, batch_size=t.batch_size, seed=t.seed, start_step=step * t.grad_accum,
+                            num_processes=accelerator.num_processes, process_index=accelerator.process_index,
+                            pin=accelerator.device.type == "cuda", negatives=uses_negatives(config))
     sampler = StepSampler(len(dataset), batch_size=t.batch_size, seed=t.seed, start_step=step * t.grad_accum,
                           num_processes=accelerator.num_processes, process_index=accelerator.process_index)
     return iter(DataLoader(dataset, batch_size=t.batch_size, sampler=sampler, num_workers=config.data.num_workers,
@@ -125,20 +133,37 @@ def save_sample_grid(path: Path, G, text_cache, dataset, prompts, attrs, config:
     atomic_save(path, lambda tmp: grid.save(tmp, format="PNG"))
 
 
+def uses_negatives(config: Config) -> bool:
+    """Whether the loss terms read each image's contradicting caption (the data set's `negatives`)."""
+    return config.loss.hard_negative > 0 or config.loss.g_hard_negative > 0 or config.loss.contrastive_hard
+
+
 def to_device_batch(raw: dict[str, Any], text_cache: TextEmbeddingCache, config: Config, device,
-                    memory_format) -> Batch:
+                    memory_format, table: CaptionTable | None = None) -> Batch:
+    """A loader's micro-batch on the device. From the image cache (ArrayBatches): uint8 images, made [-1, 1]
+    on the device, and caption ids looked up in `table`; from a DataLoader: images in [-1, 1] and captions."""
     t = config.train
-    images = raw["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
-    captions = list(raw["text"])
+    images = raw["image"].to(device, non_blocking=True)
+    if images.dtype == torch.uint8:
+        images = images.float().div_(127.5).sub_(1.0)  # as cgan.data.image_to_tensor; in place: one allocation
+    images = images.contiguous(memory_format=memory_format)
+    by_id = "caption_id" in raw
+    captions = table.strings(raw["caption_id"]) if by_id else list(raw["text"])
     size = images.shape[0]
     prompt_present = torch.rand(size, device=device) >= t.drop_prompt
     attr_present_full = raw["attr_present"].to(device, non_blocking=True)
     negative_text = negative_valid = None
-    if config.loss.hard_negative > 0 or config.loss.g_hard_negative > 0 or config.loss.contrastive_hard:
-        negatives = list(raw["negative"])
-        negative_text = text_cache(negatives, device=device)
-        negative_valid = torch.tensor([bool(n) for n in negatives]).to(device, non_blocking=True)
-    cond = ConditionInput(text_cache(captions, device=device), prompt_present,
+    if uses_negatives(config):
+        if by_id:
+            negative_ids = raw["negative_id"].to(device, non_blocking=True)
+            negative_text = table(negative_ids)
+            negative_valid = negative_ids != (-1 if table.empty_id is None else table.empty_id)
+        else:
+            negatives = list(raw["negative"])
+            negative_text = text_cache(negatives, device=device)
+            negative_valid = torch.tensor([bool(n) for n in negatives]).to(device, non_blocking=True)
+    text = table(raw["caption_id"].to(device, non_blocking=True)) if by_id else text_cache(captions, device=device)
+    cond = ConditionInput(text, prompt_present,
                           raw["attr_index"].to(device, non_blocking=True), raw["attr_value"].to(device, non_blocking=True),
                           drop_attributes(attr_present_full, t.drop_attr))
     return Batch(images=images, captions=captions, cond=cond, attr_present_full=attr_present_full,
@@ -173,6 +198,7 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs, gather_object
 
+    precision_note = resolve_mixed_precision(config)  # before the checks: they check what will run
     augment = check_run_settings(config)
     t = config.train
     if t.threads:
@@ -183,6 +209,9 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
                               log_with=None if t.tracker == "none" else t.tracker,  # metrics go through its trackers
                               kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=t.dist_timeout_s))])
     device, is_main = accelerator.device, accelerator.is_main_process
+    if precision_note:
+        accelerator.print(precision_note)
+    fast_gpu_math(device)
 
     # Everything that can fail on bad input fails here, before the first step.
     dataset = build_dataset(config.data)
@@ -215,14 +244,16 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
         check_output_dir(out_dir, bytes_needed=checkpoint_bytes)
         for line in remove_stale_temporaries(out_dir):  # before anything of this run is written
             accelerator.print(line)
-    with accelerator.main_process_first():  # main encodes and writes the disk cache, the others read it
+    with accelerator.main_process_first():  # main encodes and writes the disk caches, the others read them
         text_cache.precompute(dataset.all_captions() + grid_prompts)
+        arrays = cached_arrays(dataset, data_cache_dir(config.data)) if config.data.image_cache else None
+    table = CaptionTable(arrays.captions, text_cache, device) if arrays is not None else None
     vocabulary = build_vocabulary(dataset.all_captions())  # exported beside the model: prompts' unknown words
     opt_G, opt_D = accelerator.prepare(opt_G, opt_D)  # device placement and the fp16 grad scaler
     modules = {"G": G, "D": D, "G_ema": G_ema}
     optimizers = {"opt_G": opt_G, "opt_D": opt_D}
-    if accelerator.scaler is not None:
-        optimizers["scaler"] = accelerator.scaler
+    scalers = phase_scalers(accelerator, PHASES)  # fp16: one grad scaler per phase
+    optimizers.update({f"scaler_{name}": scaler for name, scaler in scalers.items()})
 
     step, images_seen, lr_scale, seconds_before = 0, 0, 1.0, 0.0
     resume_path = resolve_resume(out_dir, resume)
@@ -246,7 +277,7 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
 
             accelerator.print(warm_start(t.init_from, G, G_ema, D))
         torch.manual_seed(t.seed + 1 + accelerator.process_index)  # per-process noise, dropout and mismatches
-    loader = make_loader(dataset, config, step, accelerator)
+    loader = make_loader(dataset, config, step, accelerator, arrays)
 
     accelerator.init_trackers("logs")  # TensorBoard: OUT/logs; W&B and MLflow: their own runs (main process)
     if is_main:
@@ -295,7 +326,7 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
     stop_reason = None
     with stopper:  # SIGINT / SIGTERM end the loop cleanly while it runs
         while step < last_step:
-            batches = [to_device_batch(next(loader), text_cache, config, device, memory_format)
+            batches = [to_device_batch(next(loader), text_cache, config, device, memory_format, table)
                        for _ in range(t.grad_accum)]
             # The GAN phases as data: (what trains, what is frozen, its optimizer, the step function).
             phases = [(D, G, opt_D, d_step)]
@@ -307,6 +338,7 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
             stats: dict[str, torch.Tensor] = {}
             flags: dict[str, torch.Tensor] = {}  # phase name -> 1.0 if skipped as non-finite, on the device
             for trained, frozen, optimizer, step_fn in phases:
+                use_scaler(accelerator, optimizer, scalers.get(step_fn.__name__))
                 phase_stats, flags[step_fn.__name__] = run_phase(step_fn, trained, frozen, optimizer, batches, G_run,
                                                                  D if step_fn is r1_step else D_run, config,
                                                                  accelerator, augment)
@@ -338,7 +370,7 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
                     rollbacks += 1
                     guard.reset()
                     step, images_seen, lr_scale = state["step"], state["images_seen"], state["lr_scale"]
-                    loader = make_loader(dataset, config, step, accelerator)
+                    loader = make_loader(dataset, config, step, accelerator, arrays)
                     progress.n = step
                     progress.refresh()
                     if is_main:
