@@ -49,6 +49,18 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def format_seeds(seeds: list[int]) -> str:
+    """[0, 1, 2, 3, 40, 42] -> '0-3,40,42', the form --seeds takes (parse_seeds reads it back)."""
+    runs: list[list[int]] = []
+    for seed in seeds:
+        if runs and seed == runs[-1][1] + 1:
+            runs[-1][1] = seed
+        else:
+            runs.append([seed, seed])
+    return ",".join(f"{low}" if low == high else f"{low},{high}" if high == low + 1 else f"{low}-{high}"
+                    for low, high in runs)
+
+
 def check_seed_range(seed: int, count: int) -> None:
     if not 0 <= seed <= MAX_SEED - max(count - 1, 0):
         raise ValueError(f"--seed: expected a number from 0 to 2**64 - 1 - (--num - 1), got {seed}")
@@ -126,7 +138,7 @@ def write_generated_set(pipe, rows: list[tuple[str, dict[str, Any]]], seeds: lis
         tensor = pipe.generate_batch([rows[r][0] for r, _ in chunk], [rows[r][1] for r, _ in chunk],
                                      [seed for _, seed in chunk], truncation)
         for (r, seed), image in zip(chunk, tensor_to_images(tensor)):
-            name = f"{r:05d}_seed{seed}.png"
+            name = f"{r:05d}_seed{seed:06d}.png"  # zero-padded as --out-dir's seedNNNNNN.png: sorts by seed
             save_image(out_dir / name, image)
             records.append({"file_name": name, "text": rows[r][0], **rows[r][1]})
         bar.update(len(chunk))
@@ -139,4 +151,4 @@ def write_generated_set(pipe, rows: list[tuple[str, dict[str, Any]]], seeds: lis
     return len(records)
 
 
-__all__ = ["PromptsFileError", "parse_seeds", "read_prompts", "write_generated_set"]
+__all__ = ["PromptsFileError", "format_seeds", "parse_seeds", "read_prompts", "write_generated_set"]

@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cgan.batch import format_seeds
 from cgan.condition.attributes import InvalidAttributeError
-from cgan.core.images import save_image
 from cgan.core.config import load_config
 from cgan.core.errors import USER_ERRORS
+from cgan.core.images import save_image
 
 
 def train_main(argv: list[str] | None = None) -> int:
@@ -39,10 +39,12 @@ def train_main(argv: list[str] | None = None) -> int:
             raise ValueError("--out: required, the run folder (e.g. --out runs/mine)")
         if args.dry_run:
             from cgan.core.config import config_json
+            from cgan.core.files import check_writable_folder
             from cgan.data import build_dataset
             from cgan.train.build import check_run_settings
 
             check_run_settings(config)
+            check_writable_folder(Path(args.out), "--out")  # what the run's first write would find
             dataset = build_dataset(config.data)
             print(config_json(config))
             print(f"data: {len(dataset)} records; attributes:\n{dataset.schema.describe()}")
@@ -95,6 +97,12 @@ def parse_sweep(spec: str, schema) -> tuple[str, list]:
             raise ValueError(f"--sweep {spec!r}: count must be at least 2")
         return name, [low + (high - low) * k / (count - 1) for k in range(count)]
     return name, [v.strip() for v in values.split(",")] if values else list(attr.values)
+
+
+def grid_row_labels(condition: str, seeds: list[int], num_columns: int) -> list[str]:
+    """A grid row's label: its condition and every seed in it ('... | seeds 0-7', '... | seeds 40,42')."""
+    return [f"{condition} | seeds {format_seeds(seeds[start:start + num_columns])}"
+            for start in range(0, len(seeds), num_columns)]
 
 
 def check_sample_args(args) -> list[int] | None:
@@ -158,7 +166,8 @@ def sample_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompts", metavar="FILE",
                         help="a .txt (a prompt a line), .jsonl or .csv (text plus a column per attribute) file: "
                              "--num images per row into --out-dir, with a metadata.jsonl training can read")
-    parser.add_argument("--truncation", type=float, default=1.0, help="psi in (0, 1]: lower = closer to typical")
+    parser.add_argument("--truncation", "--trunc", type=float, default=1.0,
+                        help="psi in (0, 1]: lower = closer to typical (--trunc, as StyleGAN's generate.py names it)")
     parser.add_argument("--interpolate", nargs=2, metavar=("PROMPT_A", "PROMPT_B"),
                         help="a row per seed moving from PROMPT_A to PROMPT_B (same z); see --steps")
     parser.add_argument("--steps", type=int, default=8, help="images per interpolation row")
@@ -172,6 +181,9 @@ def sample_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                         help="compute precision of the generator (bfloat16/float16 under autocast; float16 on a GPU)")
     parser.add_argument("--list-attributes", action="store_true", help="print the model's attributes and exit")
+    parser.add_argument("--strict", action="store_true",
+                        help="a prompt with a word the model never saw in its training captions is an error, "
+                             "not a warning")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow the text encoder's own code to run (off by default)")
     return parser
@@ -189,7 +201,7 @@ def sample_main(argv: list[str] | None = None) -> int:
         from cgan.pipeline import CGANPipeline
 
         pipe = CGANPipeline.from_pretrained(args.model, device=args.device, trust_remote_code=args.trust_remote_code,
-                                            dtype=getattr(torch, args.dtype))
+                                            dtype=getattr(torch, args.dtype), strict=args.strict)
         if args.list_attributes:
             print(pipe.schema.describe())
             return 0
@@ -249,9 +261,8 @@ def draw(args, pipe, attributes: dict[str, Any], seeds: list[int] | None) -> Dra
         seeds = seeds or [args.seed + k for k in range(args.num)]
         tensor = pipe.generate_batch([args.prompt] * len(seeds), [attributes] * len(seeds), seeds, args.truncation)
     num_columns = min(len(tensor), 8)
-    row_labels = [f"{describe_condition(args.prompt, attributes)} | seeds "
-                  + (f"{seeds[r * num_columns]}+" if seeds else f"{args.seed + r * num_columns}+")
-                  for r in range(math.ceil(len(tensor) / num_columns))]
+    row_labels = grid_row_labels(describe_condition(args.prompt, attributes),
+                                 seeds or [args.seed + k for k in range(len(tensor))], num_columns)
     return Drawn(tensor, num_columns, row_labels, maps=maps, seeds=seeds)
 
 

@@ -10,7 +10,9 @@ Gradio); Gradio's analytics are off, and the page loads nothing from the interne
 from __future__ import annotations
 
 import argparse
+import keyword
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -40,6 +42,43 @@ def attributes_from_widgets(schema, values: list[Any]) -> dict[str, Any]:
     return attributes
 
 
+class DemoInputError(ValueError):
+    """A request the demo cannot draw; the message says which input and what was expected."""
+
+
+def api_parameter_names(schema) -> list[str]:
+    """The names of the generate endpoint's inputs, in order: prompt, seed, num_images, truncation, then one
+    per categorical attribute (its name) and two per continuous one (set_NAME, NAME), so an API client
+    reads `style` and `size`, not param_4 and param_7."""
+    names = ["prompt", "seed", "num_images", "truncation"]
+    for spec in schema.specs:
+        base = re.sub(r"\W", "_", spec.name)
+        base = base if base.isidentifier() and not keyword.iskeyword(base) else f"attr_{base}"
+        for name in ([base] if spec.kind == "categorical" else [f"set_{base}", base]):
+            while name in names:
+                name = f"attr_{name}"
+            names.append(name)
+    return names
+
+
+def named_handler(runner: "DemoRunner", schema):
+    """The runner as Gradio's click function: its signature names every input (api_parameter_names), and
+    bad input raises gr.Error, which the page shows and an API client receives as an error."""
+    import inspect
+
+    import gradio as gr
+
+    def generate(*values):
+        try:
+            return runner(*values)
+        except DemoInputError as err:
+            raise gr.Error(str(err)) from None
+
+    generate.__signature__ = inspect.Signature(
+        [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in api_parameter_names(schema)])
+    return generate
+
+
 class DemoRunner:
     """What one press of Generate does, apart from the page: images, attention figures, the grid."""
 
@@ -51,11 +90,11 @@ class DemoRunner:
         self.out_dir = Path(out_dir or tempfile.mkdtemp(prefix="cgan-demo-"))
 
     def __call__(self, prompt: str, seed: float, num_images: float, truncation: float, *widget_values):
-        """-> (images, attention figures, grid file or None, message)."""
-        from cgan.nets.attention_maps import attention_figure
-        from cgan.condition.attributes import InvalidAttributeError
+        """-> (images, attention figures, grid file, message); bad input raises DemoInputError."""
         from cgan.batch import MAX_SEED
+        from cgan.condition.attributes import InvalidAttributeError
         from cgan.core.images import describe_condition, image_grid, save_image, tensor_to_images
+        from cgan.nets.attention_maps import attention_figure
 
         try:
             if seed is None or not 0 <= int(seed) <= MAX_SEED - MAX_IMAGES or int(seed) != seed:
@@ -74,14 +113,20 @@ class DemoRunner:
                 tensor, maps = self.pipe.generate_tensor(prompt or "", attributes, count, int(seed),
                                                          float(truncation)), None
         except (ValueError, InvalidAttributeError) as err:
-            return [], [], None, f"**Error:** {err}"
+            raise DemoInputError(str(err)) from None
         label = describe_condition(prompt or "", attributes)
         images = tensor_to_images(tensor)
         figures = [attention_figure(tensor[k], maps[k], f"seed {int(seed) + k}") for k in range(count)] if maps else []
         grid_path = self.out_dir / f"grid-seed{int(seed)}-{abs(hash((prompt, str(attributes)))) % 10**8}.png"
         save_image(grid_path, image_grid(images, min(count, 8), [label] * ((count + 7) // 8)))
         captions = [f"seed {int(seed) + k}" for k in range(count)]
-        return list(zip(images, captions)), figures, str(grid_path), f"{label}: {count} image(s)"
+        message = f"{label}: {count} image(s)"
+        unknown = self.pipe.unknown_words(prompt or "")
+        if unknown:
+            message += (f"\n\n**Warning:** {', '.join(repr(w) for w in unknown)} never appeared in this model's "
+                        "training captions, so the images will not follow "
+                        + ("it." if len(unknown) == 1 else "them."))
+        return list(zip(images, captions)), figures, str(grid_path), message
 
 
 def build_demo(pipe, title: str = "cgan"):
@@ -115,7 +160,7 @@ def build_demo(pipe, title: str = "cgan"):
                 attention = gr.Gallery(label="Attention maps (where each word and attribute was attended to)",
                                        columns=1, format="png", visible=runner.has_attention, elem_id="attention")
                 grid = gr.File(label="Download the grid", elem_id="grid")
-        button.click(runner, inputs=[prompt, seed, num_images, truncation, *widgets],
+        button.click(named_handler(runner, pipe.schema), inputs=[prompt, seed, num_images, truncation, *widgets],
                      outputs=[gallery, attention, grid, message], api_name="generate", concurrency_limit=1)
     demo.queue(max_size=256, default_concurrency_limit=1)
     return demo
@@ -131,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines too")
     parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse prompts with words the model never saw in its training captions (else a warning)")
     args = parser.parse_args(argv)
     import importlib.util
 
@@ -146,11 +193,12 @@ def main(argv: list[str] | None = None) -> int:
 
             if not torch.cuda.is_available():
                 raise ValueError(f"--device {args.device}: no CUDA GPU is available here; use --device cpu")
-        pipe = CGANPipeline.from_pretrained(args.model, device=args.device)
+        pipe = CGANPipeline.from_pretrained(args.model, device=args.device, strict=args.strict)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    build_demo(pipe, title=Path(str(args.model)).name).launch(server_name=args.host, server_port=args.port)
+    build_demo(pipe, title=Path(str(args.model)).name).launch(server_name=args.host, server_port=args.port,
+                                                               show_error=True)
     return 0
 
 

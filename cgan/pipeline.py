@@ -1,22 +1,80 @@
 """Generation from an exported model: `CGANPipeline.from_pretrained(DIR)(prompt, attributes, ...)`."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
-from PIL import Image
 
 from cgan.condition.attributes import InvalidAttributeError
 from cgan.condition.fusion import Condition
-from cgan.core.images import describe_condition, image_grid, tensor_to_images
+from cgan.condition.vocabulary import unknown_words
+from cgan.core.errors import CganError
+from cgan.core.images import describe_condition, image_grid, images_as
 from cgan.nets.attention_maps import TokenAttention, token_attention
-from cgan.nets.export import ExportedModel, resolve_model_dir
+from cgan.nets.export import PIPELINE_CACHE_ENTRIES, ExportedModel, resolve_model_dir, write_exported
 from cgan.nets.sampling import condition_input, generate, make_latents
+from cgan.train.model_card import pipeline_model_card, with_card_header
+
+OUTPUT_TYPES = ("pil", "pt", "np")
+
+
+class UnknownWordsError(CganError, ValueError):
+    """A prompt holds words the model never saw in its training captions, and the pipeline is strict."""
+
+
+@dataclass
+class CGANPipelineOutput(Sequence):
+    """What a pipeline call returns, as in diffusers: `.images` (a list of PIL images for output_type="pil";
+    an (N, 3, R, R) float tensor for "pt" or an (N, R, R, 3) float32 array for "np", both in [0, 1]) and
+    `.seeds`, the seed of each image. It is also the sequence of its images (len, index, iterate), as the
+    list that calls returned before."""
+
+    images: Any
+    seeds: list[int]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index):
+        return self.images[index]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.images)
+
+
+def seeds_from_generator(generator: torch.Generator | list[torch.Generator], count: int) -> list[int]:
+    """One seed per image drawn from a torch.Generator (or one generator per image, as diffusers takes
+    a list): the same generator state gives the same images."""
+    generators = generator if isinstance(generator, (list, tuple)) else [generator] * count
+    if len(generators) != count:
+        raise ValueError(f"generator: expected one torch.Generator or a list of {count} (one per image), "
+                         f"got a list of {len(generators)}")
+    for g in generators:
+        if not isinstance(g, torch.Generator):
+            raise ValueError(f"generator: expected a torch.Generator, got {type(g).__name__}")
+    return [int(torch.randint(0, 2 ** 63 - 1, (1,), generator=g, device=g.device)) for g in generators]
 
 
 class CGANPipeline(ExportedModel):
     """An exported model ready to generate: prompt + attributes + seed -> PIL images.
     (Loading, devices and dtypes: ExportedModel, cgan/nets/export.py.)"""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._warned_prompts: set[str] = set()  # each prompt's unknown words are named once
+
+    def save_pretrained(self, model_dir: str | Path) -> Path:
+        """Write this model as an exported model folder that from_pretrained (and sample.py --model) reads:
+        config.json, attributes.json, G_ema.safetensors, its vocabulary.json (when it has one) and MODEL_CARD.md."""
+        encoder = self.meta.get("text_encoder", {}).get("name", "")
+        card = (with_card_header(self.model_card, encoder) if self.model_card else
+                pipeline_model_card(Path(model_dir).name, self.meta, self.schema.describe(),
+                                    sum(p.numel() for p in self.G.parameters())))
+        return write_exported(model_dir, self.meta, self.schema.to_dict(), self.G, model_card=card,
+                              vocabulary=self.vocabulary)
 
     def check_inputs(self, prompt: str, attributes: Mapping[str, Any] | None, num_images: int) -> dict[str, Any]:
         if num_images < 1:
@@ -26,7 +84,29 @@ class CGANPipeline(ExportedModel):
         if not prompt.strip() and self.prompt_dropout <= 0:
             raise ValueError("prompt: empty, but this model was trained without prompt dropout "
                              "(train.drop_prompt=0), so it cannot generate without a prompt")
-        return self.schema.validate(dict(attributes or {}), source="attributes")
+        clean = self.schema.validate(dict(attributes or {}), source="attributes")
+        self.check_words(prompt)
+        return clean
+
+    def unknown_words(self, prompt: str) -> list[str]:
+        """The prompt's words that never appeared in the training captions ([] when the model has no vocabulary)."""
+        return [] if self.vocabulary is None else unknown_words(prompt, self.vocabulary)
+
+    def check_words(self, prompt: str) -> None:
+        """Warn (or, when strict, raise UnknownWordsError) naming the prompt's words the model never saw."""
+        unknown = self.unknown_words(prompt)
+        if not unknown:
+            return
+        message = (f"prompt {prompt!r}: {', '.join(repr(w) for w in unknown)} never appeared in this model's "
+                   f"training captions ({len(self.vocabulary or ())} words), so the images will not follow "
+                   f"{'it' if len(unknown) == 1 else 'them'}")
+        if self.strict:
+            raise UnknownWordsError(message)
+        if prompt not in self._warned_prompts:
+            if len(self._warned_prompts) >= PIPELINE_CACHE_ENTRIES:  # a server sees new prompts forever
+                self._warned_prompts.clear()
+            self._warned_prompts.add(prompt)
+            warnings.warn(message + " (strict mode, --strict, makes this an error)", stacklevel=3)
 
     def generate_tensor(self, prompt: str, attributes: Mapping[str, Any] | None = None, num_images: int = 1,
                         seed: int = 0, truncation: float = 1.0, return_attention: bool = False):
@@ -102,26 +182,37 @@ class CGANPipeline(ExportedModel):
         return images, per_image
 
     def __call__(self, prompt: str | list[str], attributes: Mapping[str, Any] | list[Mapping[str, Any]] | None = None,
-                 num_images: int = 1, seed: int = 0, truncation: float = 1.0,
-                 num_images_per_prompt: int | None = None) -> list[Image.Image]:
-        """PIL images: num_images (or num_images_per_prompt) per prompt, image k of every prompt with seed + k.
-        A list of prompts takes one attribute dict for all of them or a list with one per prompt; the
-        images come prompt by prompt."""
+                 num_images: int = 1, seed: int | None = None, truncation: float = 1.0,
+                 num_images_per_prompt: int | None = None, *, generator: torch.Generator | list[torch.Generator]
+                 | None = None, output_type: str = "pil") -> CGANPipelineOutput:
+        """num_images (or num_images_per_prompt) per prompt, as a CGANPipelineOutput (`.images`, also a
+        list-like of them). Image k of every prompt uses seed + k (seed 0 when neither seed nor generator is
+        given); with `generator` (a torch.Generator, or one per image) each image's seed is drawn from it.
+        A list of prompts takes one attribute dict for all of them or a list with one per prompt; the images
+        come prompt by prompt. output_type: "pil", "pt" or "np" (the last two in [0, 1])."""
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type: expected one of {', '.join(map(repr, OUTPUT_TYPES))}, got {output_type!r}")
+        if seed is not None and generator is not None:
+            raise ValueError("seed and generator: give one (the generator draws each image's seed)")
         per_prompt = num_images if num_images_per_prompt is None else num_images_per_prompt
-        if isinstance(prompt, str):
-            return tensor_to_images(self.generate_tensor(prompt, attributes, per_prompt, seed, truncation))
-        prompts = list(prompt)
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         settings = list(attributes) if isinstance(attributes, (list, tuple)) else [attributes] * len(prompts)
         if len(settings) != len(prompts):
             raise ValueError(f"attributes: expected one dict for all prompts or a list of {len(prompts)}, "
                              f"got a list of {len(settings)}")
         if per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt: expected at least 1, got {per_prompt}")
-        seeds = [seed + k for _ in prompts for k in range(per_prompt)]
-        return tensor_to_images(self.generate_batch([p for p in prompts for _ in range(per_prompt)],
-                                                    [a or {} for a in settings for _ in range(per_prompt)],
-                                                    seeds, truncation))
+            name = "num_images" if num_images_per_prompt is None else "num_images_per_prompt"
+            raise ValueError(f"{name}: expected at least 1, got {per_prompt}")
+        for p, a in zip(prompts, settings):
+            self.check_inputs(p, a, per_prompt)
+        if generator is not None:
+            seeds = seeds_from_generator(generator, len(prompts) * per_prompt)
+        else:
+            seeds = [(seed or 0) + k for _ in prompts for k in range(per_prompt)]
+        tensor = self.generate_batch([p for p in prompts for _ in range(per_prompt)],
+                                     [a or {} for a in settings for _ in range(per_prompt)], seeds, truncation)
+        return CGANPipelineOutput(images_as(tensor, output_type), seeds)
 
 
-__all__ = ["CGANPipeline", "InvalidAttributeError", "condition_input", "describe_condition", "generate", "image_grid",
-           "make_latents", "resolve_model_dir"]
+__all__ = ["CGANPipeline", "CGANPipelineOutput", "InvalidAttributeError", "UnknownWordsError", "condition_input",
+           "describe_condition", "generate", "image_grid", "make_latents", "resolve_model_dir"]

@@ -62,7 +62,15 @@ def export_tiny_model(folder: Path, schema, step: int = 0, seed: int = 0) -> Pat
     return export_model(folder, G_ema=G, generator_kwargs=kwargs, schema_dict=schema.to_dict(),
                         text_encoder={"name": "minilm", "max_length": 16},
                         config_dict=load_config(ROOT / "configs" / "tiny.yaml").to_dict(), step=step,
-                        images_seen=8 * step)
+                        images_seen=8 * step, vocabulary=shapes_vocabulary())
+
+
+def shapes_vocabulary() -> list[str]:
+    """The words of every shapes caption, as a run on shapes exports them."""
+    from cgan.condition.vocabulary import build_vocabulary
+    from cgan.data.shapes import all_captions
+
+    return build_vocabulary(all_captions("all"))
 
 
 def fake_text(batch: int, tokens: int = 8, dim: int = 384, seed: int = 0):

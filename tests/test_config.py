@@ -59,6 +59,8 @@ def test_unknown_key_in_file_names_the_file(tmp_path):
     ("model.discriminator.word_match=true model.conditioner.fusion=concat",
      "model.discriminator.word_match: the residual discriminator of the cross"),
     ("data.path=my_folder", "data.path=my_folder: given, but data.name is 'shapes'.*set data.name=folder"),
+    ("data.hflip=true", "data.hflip: true is refused: cgan never flips images.*'left of'"),
+    ("train.mixed_precision=none", "train.mixed_precision: expected one of no, bf16, fp16, got 'none'"),
 ])
 def test_bad_values_are_named(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -120,3 +122,13 @@ def test_print_config_lists_every_setting_with_help(capsys):
     assert [line.split(" = ")[0] for line in lines] == keys
     assert all("  # " in line for line in lines)  # every setting has its line of help
     assert "train.lr_g = 0.001  # generator learning rate (Adam)" in lines
+
+
+def test_yaml_1_1_words_keep_their_meaning(tmp_path):
+    # "no" is the documented value of train.mixed_precision; YAML 1.1 would read it as False
+    assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  mixed_precision: no\n  channels_last: off\n  compile: yes\n")
+    config = load_config(path)
+    assert (config.train.mixed_precision, config.train.channels_last, config.train.compile) == ("no", False, True)
+    assert load_config(None, ["train.export_d=true"]).train.export_d is True

@@ -25,13 +25,11 @@ def _need(ok: bool, what: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory, shapes_schema):
-    _need(CHROMIUM is not None and DRIVER is not None, "chromium and chromium-driver (apt-get install)")
+def served(tmp_path_factory, shapes_schema):
+    """The demo of a tiny model served on a local port (the API tests need nothing more)."""
     import importlib.util
 
-    _need(importlib.util.find_spec("gradio") is not None and importlib.util.find_spec("selenium") is not None,
-          'gradio and selenium (pip install -e ".[test]")')
-    from selenium import webdriver
+    _need(importlib.util.find_spec("gradio") is not None, 'gradio (pip install -e ".[demo]")')
     from cgan.demo import build_demo
 
     pipe = CGANPipeline.from_pretrained(export_tiny_model(tmp_path_factory.mktemp("demo") / "model", shapes_schema))
@@ -40,6 +38,21 @@ def page(tmp_path_factory, shapes_schema):
         port = probe.getsockname()[1]
     demo = build_demo(pipe, "tiny")
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/", pipe
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(served):
+    _need(CHROMIUM is not None and DRIVER is not None, "chromium and chromium-driver (apt-get install)")
+    import importlib.util
+
+    _need(importlib.util.find_spec("selenium") is not None, 'selenium (pip install -e ".[test]")')
+    from selenium import webdriver
+
+    url, pipe = served
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -47,10 +60,9 @@ def page(tmp_path_factory, shapes_schema):
         options.add_argument(argument)
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=DRIVER))
     try:
-        yield driver, f"http://127.0.0.1:{port}/", pipe
+        yield driver, url, pipe
     finally:
         driver.quit()
-        demo.close()
 
 
 def _set_number(driver, css: str, value: str) -> None:
@@ -115,6 +127,28 @@ def test_bad_input_shows_the_message_not_a_traceback(page):
 
     driver, url, _ = page
     _generate(driver, url, "a red circle", "-3", "1")
-    message = WebDriverWait(driver, 60).until(
-        lambda d: (text := d.find_element(By.CSS_SELECTOR, "#message").text) and "Error" in text and text)
-    assert "seed: expected a whole number from 0" in message and "Traceback" not in driver.page_source
+    expected = "seed: expected a whole number from 0"
+    # the error is raised as gr.Error: Gradio shows it in an error toast on the page
+    message = WebDriverWait(driver, 60).until(lambda d: next(
+        (e.text for e in d.find_elements(By.CSS_SELECTOR, '[data-testid="toast-body"], #message')
+         if expected in e.text), None))
+    assert expected in message and "Traceback" not in driver.page_source
+
+
+def test_api_names_its_inputs_raises_errors_and_warns_of_unknown_words(served):
+    from gradio_client import Client
+
+    url, pipe = served
+    client = Client(url, verbose=False)
+    api = client.view_api(print_info=False, return_format="dict")
+    names = [p["parameter_name"] for p in api["named_endpoints"]["/generate"]["parameters"]]
+    assert names == ["prompt", "seed", "num_images", "truncation", "style", "background", "set_size", "size"]
+    images, _, _, message = client.predict(prompt="a red circle", seed=3, num_images=1, truncation=1.0,
+                                           style="outline", background="(unset)", set_size=True, size=0.7,
+                                           api_name="/generate")
+    assert len(images) == 1 and "style=outline" in message and "Warning" not in message
+    with pytest.raises(Exception, match="seed: expected a whole number from 0"):  # an error, not an empty answer
+        client.predict("a red circle", -3, 1, 1.0, "(unset)", "(unset)", False, 0.5, api_name="/generate")
+    _, _, _, message = client.predict("a pink hexagon", 0, 1, 1.0, "(unset)", "(unset)", False, 0.5,
+                                      api_name="/generate")
+    assert "**Warning:** 'pink', 'hexagon' never appeared in this model's training captions" in message

@@ -11,7 +11,7 @@ from cgan.nets.export import export_model
 from cgan.cli import sample_main
 from cgan.nets.generator import Generator
 from cgan.pipeline import CGANPipeline
-from conftest import tiny_model_kwargs
+from conftest import shapes_vocabulary, tiny_model_kwargs
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def model_dir(tmp_path, shapes_schema, tiny_config):
     G = Generator(schema=shapes_schema, **kwargs)
     return export_model(tmp_path / "model", G_ema=G, generator_kwargs=kwargs, schema_dict=shapes_schema.to_dict(),
                         text_encoder={"name": "minilm", "max_length": 16}, config_dict=tiny_config.to_dict(),
-                        step=0, images_seen=0)
+                        step=0, images_seen=0, vocabulary=shapes_vocabulary())
 
 
 def test_same_seed_same_images_and_round_trip(model_dir, shapes_schema):
@@ -182,3 +182,105 @@ def test_sample_cli_interpolate_and_sweep_grids(model_dir, tmp_path, capsys):
     assert "choose one" in capsys.readouterr().err
     assert sample_main(["--model", str(model_dir), "--prompt", "x", "--truncation", "0"]) == 2
     assert "--truncation" in capsys.readouterr().err
+
+
+def test_diffusers_call_conventions_and_the_old_list(model_dir):
+    import numpy as np
+    from PIL import Image
+
+    from cgan.pipeline import CGANPipelineOutput
+
+    pipe = CGANPipeline.from_pretrained(model_dir)
+    out = pipe("a red circle", {"style": "flat"}, num_images=3, seed=2)
+    assert isinstance(out, CGANPipelineOutput) and out.seeds == [2, 3, 4]
+    # what callers did with the old list still works: len, index, iterate
+    assert len(out) == 3 and out[0] is out.images[0] and [im.size for im in out] == [(32, 32)] * 3
+    assert all(isinstance(im, Image.Image) for im in out.images)
+    expected = pipe.generate_batch(["a red circle"] * 3, [{"style": "flat"}] * 3, [2, 3, 4])  # in [-1, 1]
+    pt = pipe("a red circle", {"style": "flat"}, num_images=3, seed=2, output_type="pt").images
+    assert pt.shape == (3, 3, 32, 32) and 0 <= float(pt.min()) and float(pt.max()) <= 1
+    torch.testing.assert_close(pt, (expected.clamp(-1, 1) + 1) / 2)
+    arr = pipe("a red circle", {"style": "flat"}, num_images=3, seed=2, output_type="np").images
+    assert isinstance(arr, np.ndarray) and arr.shape == (3, 32, 32, 3) and arr.dtype == np.float32
+    np.testing.assert_allclose(arr, pt.permute(0, 2, 3, 1).numpy())
+    assert np.array_equal(np.asarray(out[1]), np.asarray(Image.fromarray((arr[1] * 255).round().astype(np.uint8))))
+    # generator=: the same generator state gives the same images, and the seeds say which they were
+    a = pipe("a red circle", num_images=2, generator=torch.Generator().manual_seed(7), output_type="pt")
+    b = pipe("a red circle", num_images=2, generator=torch.Generator().manual_seed(7), output_type="pt")
+    c = pipe("a red circle", num_images=2, generator=torch.Generator().manual_seed(8), output_type="pt")
+    assert a.seeds == b.seeds != c.seeds and torch.equal(a.images, b.images) and not torch.equal(a.images, c.images)
+    single = pipe("a red circle", num_images=1, seed=a.seeds[1], output_type="pt").images
+    torch.testing.assert_close(a.images[1:], single, atol=1e-5, rtol=1e-4)  # image k is its seed's image
+    per_image = pipe(["a red circle", "a blue square"], generator=[torch.Generator().manual_seed(k) for k in (1, 2)])
+    assert len(per_image) == 2
+    with pytest.raises(ValueError, match="output_type: expected one of 'pil', 'pt', 'np', got 'latent'"):
+        pipe("a red circle", output_type="latent")
+    with pytest.raises(ValueError, match="seed and generator: give one"):
+        pipe("a red circle", seed=1, generator=torch.Generator())
+    with pytest.raises(ValueError, match="generator: expected one torch.Generator or a list of 2"):
+        pipe("a red circle", num_images=2, generator=[torch.Generator()])
+
+
+def test_save_pretrained_writes_the_card_and_vocabulary(model_dir, tmp_path):
+    pipe = CGANPipeline.from_pretrained(model_dir)  # exported without a card: one is made from config.json
+    saved = pipe.save_pretrained(tmp_path / "saved")
+    card = (saved / "MODEL_CARD.md").read_text()
+    assert card.startswith("---\nlicense: apache-2.0\nlibrary_name: cgan\n")
+    assert "base_model: sentence-transformers/all-MiniLM-L6-v2" in card and "## Licence" in card
+    assert "| attributes | style: one of flat, outline, shaded" in card
+    assert json.loads((saved / "vocabulary.json").read_text())["words"] == sorted(pipe.vocabulary)
+    again = CGANPipeline.from_pretrained(saved)
+    assert again.model_card == card and again.vocabulary == pipe.vocabulary
+    again.model_card = "# an old card\n"  # a card from before the metadata header gets one
+    assert (again.save_pretrained(tmp_path / "third") / "MODEL_CARD.md").read_text().startswith("---\nlicense:")
+
+
+def test_from_pretrained_says_what_it_accepts(tmp_path):
+    with pytest.raises(CheckpointError, match=r"org/model: model folder not found; cgan loads a local model folder"
+                                              r".*shipped model's name \(shapes64\); it does not download from the"
+                                              r" Hugging Face Hub"):
+        CGANPipeline.from_pretrained("org/model")
+    with pytest.raises(TypeError, match=r"unsupported argument\(s\) revision, variant; it takes model_dir \(a local "
+                                        r"model folder or a shipped name: shapes64\), device, dtype"):
+        CGANPipeline.from_pretrained("shapes64", variant="fp16", revision="main")
+
+
+def test_unknown_words_warn_once_and_strict_refuses(model_dir, tmp_path, capsys, recwarn):
+    import warnings
+
+    from cgan.pipeline import UnknownWordsError
+
+    pipe = CGANPipeline.from_pretrained(model_dir)
+    assert pipe.unknown_words("A red cirle, left of a pink hexagon") == ["cirle", "pink", "hexagon"]
+    assert pipe.unknown_words("a red circle to the left of a blue square") == []
+    with pytest.warns(UserWarning, match=r"prompt 'a pink hexagon': 'pink', 'hexagon' never appeared in this "
+                                         r"model's training captions \(23 words\)"):
+        pipe("a pink hexagon", num_images=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipe("a pink hexagon")  # named once per prompt
+        pipe("a red circle")
+    pipe.strict = True
+    with pytest.raises(UnknownWordsError, match="'cirle' never appeared"):
+        pipe("a red cirle")
+    # the command line: a warning by default, an error (exit 2, before any image) with --strict
+    out = tmp_path / "g.png"
+    assert sample_main(["--model", str(model_dir), "--prompt", "a red cirle", "--num", "1", "--out", str(out)]) == 0
+    assert out.is_file()
+    assert sample_main(["--model", str(model_dir), "--prompt", "a red cirle", "--num", "1", "--strict",
+                        "--out", str(tmp_path / "strict.png")]) == 2
+    assert "error: prompt 'a red cirle': 'cirle' never appeared" in capsys.readouterr().err
+    assert not (tmp_path / "strict.png").exists()
+    # a model exported without vocabulary.json still loads; it says once that prompts go unchecked
+    (model_dir / "vocabulary.json").unlink()
+    with pytest.warns(UserWarning, match="no vocabulary.json .* prompts cannot be checked"):
+        old = CGANPipeline.from_pretrained(model_dir, strict=True)
+    assert old.vocabulary is None and old.unknown_words("a pink hexagon") == []
+    assert len(old("a pink hexagon")) == 1
+
+
+def test_the_shipped_model_knows_its_words():
+    pipe = CGANPipeline.from_pretrained("shapes64")
+    assert pipe.vocabulary is not None and {"red", "circle", "left", "under", "diamond"} <= pipe.vocabulary
+    assert pipe.unknown_words("a pink hexagon") == ["pink", "hexagon"]
+    assert pipe.unknown_words("a red circle left of a blue square") == []

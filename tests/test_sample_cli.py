@@ -29,16 +29,16 @@ def test_prompts_file_writes_a_data_folder_that_training_reads(model_dir, tmp_pa
     assert sample_main(["--model", str(model_dir), "--prompts", str(prompts), "--num", "2", "--out-dir", str(out)]) == 0
     assert "wrote 12 images (6 prompts x 2 seeds)" in capsys.readouterr().out
     records = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
-    assert len(records) == 12 and records[0] == {"file_name": "00000_seed0.png", "text": "a red circle 0",
+    assert len(records) == 12 and records[0] == {"file_name": "00000_seed000000.png", "text": "a red circle 0",
                                                  "style": "outline", "size": 0.0}
-    assert records[5] == {"file_name": "00002_seed1.png", "text": "a blue square"}
+    assert records[5] == {"file_name": "00002_seed000001.png", "text": "a blue square"}
     assert data_main(["check", str(out), "--resolution", "32"]) == 0
     dataset = FolderDataset(out, resolution=32)
     assert len(dataset) == 12 and dataset.schema.names == ["style", "background", "size"]  # the model's schema
     # the same pixels as the pipeline gives for that row and seed
     pipe = CGANPipeline.from_pretrained(model_dir)
     expected = pipe("a red circle 1", {"style": "outline", "size": 0.25}, num_images=1, seed=1)[0]
-    written = torch.from_numpy(np.array(Image.open(out / "00001_seed1.png"))).int()
+    written = torch.from_numpy(np.array(Image.open(out / "00001_seed000001.png"))).int()
     torch.testing.assert_close(written, torch.from_numpy(np.asarray(expected)).int(), atol=1, rtol=0)
 
 
@@ -47,17 +47,36 @@ def test_txt_and_csv_prompts_and_seed_ranges(model_dir, tmp_path):
     assert sample_main(["--model", str(model_dir), "--prompts", str(tmp_path / "p.txt"), "--seeds", "3,7-8",
                         "--out-dir", str(tmp_path / "txt")]) == 0
     assert sorted(p.name for p in (tmp_path / "txt").glob("*.png")) == [
-        "00000_seed3.png", "00000_seed7.png", "00000_seed8.png", "00001_seed3.png", "00001_seed7.png",
-        "00001_seed8.png"]
+        "00000_seed000003.png", "00000_seed000007.png", "00000_seed000008.png", "00001_seed000003.png",
+        "00001_seed000007.png", "00001_seed000008.png"]
     (tmp_path / "p.csv").write_text("text,style,size\na red circle,flat,0.5\na green diamond,,\n")
     assert sample_main(["--model", str(model_dir), "--prompts", str(tmp_path / "p.csv"), "--num", "1",
                         "--out-dir", str(tmp_path / "csv")]) == 0
     records = [json.loads(line) for line in (tmp_path / "csv" / "metadata.jsonl").read_text().splitlines()]
-    assert records[0]["size"] == 0.5 and records[1] == {"file_name": "00001_seed0.png", "text": "a green diamond"}
+    assert records[0]["size"] == 0.5 and records[1] == {"file_name": "00001_seed000000.png", "text": "a green diamond"}
     assert parse_seeds("0-3, 9,4") == [0, 1, 2, 3, 9, 4]
     assert sample_main(["--model", str(model_dir), "--prompt", "a red circle", "--seeds", "5,9", "--out-dir",
                         str(tmp_path / "single")]) == 0
     assert sorted(p.name for p in (tmp_path / "single").iterdir()) == ["seed000005.png", "seed000009.png"]
+
+
+def test_stylegan_names_trunc_and_grid_labels_that_list_the_seeds(model_dir, tmp_path):
+    from cgan.batch import format_seeds
+    from cgan.cli import grid_row_labels
+
+    assert format_seeds([0, 1, 2, 3, 40, 42]) == "0-3,40,42" and format_seeds([40, 41]) == "40,41"
+    assert parse_seeds(format_seeds([5, 6, 7, 9, 12, 13, 14])) == [5, 6, 7, 9, 12, 13, 14]
+    # --seeds 0-7,40,42 in rows of 8: the second row is seeds 40 and 42, not "40+"
+    assert grid_row_labels("a red circle", [*range(8), 40, 42], 8) == ["a red circle | seeds 0-7",
+                                                                        "a red circle | seeds 40,42"]
+    for flag in ("--trunc", "--truncation"):
+        assert sample_main(["--model", str(model_dir), "--prompt", "a red circle", "--num", "2", flag, "0.5",
+                            "--out-dir", str(tmp_path / flag)]) == 0
+    for name in ("seed000000.png", "seed000001.png"):
+        assert (tmp_path / "--trunc" / name).read_bytes() == (tmp_path / "--truncation" / name).read_bytes()
+    assert sample_main(["--model", str(model_dir), "--prompt", "a red circle", "--num", "2",
+                        "--out-dir", str(tmp_path / "psi1")]) == 0
+    assert (tmp_path / "psi1" / "seed000001.png").read_bytes() != (tmp_path / "--trunc" / "seed000001.png").read_bytes()
 
 
 def test_bad_prompts_files_name_the_line_and_field(model_dir, tmp_path, capsys):

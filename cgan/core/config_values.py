@@ -1,11 +1,33 @@
-"""Reading config values: a YAML value checked against a dataclass field's type."""
+"""Reading config values: YAML read as YAML 1.2 (`yaml_load`), a value checked against a dataclass field's type."""
 from __future__ import annotations
 
+import re
 import types
 import typing
 from typing import Any
 
+import yaml
+
 from cgan.core.errors import ConfigError
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """YAML as 1.2 reads it: only true and false are booleans, so `train.mixed_precision=no` stays the
+    string "no" (YAML 1.1, PyYAML's default, reads no/yes/on/off as booleans)."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                    list("tTfF"))
+# A bool setting given in YAML 1.1's words still means what it said.
+_BOOL_WORDS = {"yes": True, "on": True, "y": True, "no": False, "off": False, "n": False}
+
+
+def yaml_load(text: str) -> Any:
+    """A YAML document (a config file or an override's value) as YAML 1.2 reads it."""
+    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 def coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
@@ -37,6 +59,8 @@ def coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
     elif hints in ("bool", "<class 'bool'>"):
         if isinstance(value, bool):
             return value
+        if isinstance(value, str) and value.lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[value.lower()]
     elif hints.startswith("str"):
         if isinstance(value, str):
             return value

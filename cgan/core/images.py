@@ -34,6 +34,14 @@ def tensor_to_images(images: torch.Tensor) -> list:
     return [Image.fromarray(a, "RGB") for a in array]
 
 
+def images_as(tensor: torch.Tensor, output_type: str) -> Any:
+    """Images (N, 3, R, R) in [-1, 1] -> PIL images ("pil"), or a tensor ("pt") / array ("np") in [0, 1]."""
+    if output_type == "pil":
+        return tensor_to_images(tensor)
+    unit = ((tensor.detach().float().clamp(-1, 1) + 1) / 2).cpu()  # (N, 3, R, R)
+    return unit if output_type == "pt" else unit.permute(0, 2, 3, 1).numpy()  # (N, R, R, 3)
+
+
 def image_format(path: Path, argument: str = "--out") -> tuple[str, dict[str, Any]]:
     try:
         return IMAGE_FORMATS[path.suffix.lower()]

@@ -50,7 +50,7 @@ def token_attention(generator_attention: dict[int, torch.Tensor], fusion_attenti
                          "whose generator attends to a single pooled condition token")
     keep = [False] * (1 + num_queries) + list(text_keep) + list(attr_keep)  # queries and null slot hidden
     labels = [lab for lab, k in zip([""] * (1 + num_queries) + text_labels + attr_labels, keep) if k]
-    chosen = torch.tensor([i for i, k in enumerate(keep) if k], dtype=torch.long)
+    chosen = torch.tensor([i for i, k in enumerate(keep) if k], dtype=torch.long, device=maps.device)
     token_maps = maps[chosen]
     mass = token_maps.mean(dim=(1, 2))
     token_maps = token_maps / token_maps.amax(dim=(1, 2), keepdim=True).clamp(min=1e-12)
@@ -63,7 +63,8 @@ def token_attention(generator_attention: dict[int, torch.Tensor], fusion_attenti
 
 def _heat(values: torch.Tensor) -> torch.Tensor:
     """(H, W) in [0, 1] -> (3, H, W) RGB in [0, 1]: black-blue-red-yellow."""
-    anchors = torch.tensor([[0.0, 0.0, 0.0], [0.1, 0.1, 0.8], [0.9, 0.1, 0.1], [1.0, 0.95, 0.2]])
+    anchors = torch.tensor([[0.0, 0.0, 0.0], [0.1, 0.1, 0.8], [0.9, 0.1, 0.1], [1.0, 0.95, 0.2]],
+                           device=values.device)  # indexed by values' positions: on their device
     pos = values.clamp(0, 1) * (len(anchors) - 1)
     low = pos.floor().long().clamp(max=len(anchors) - 2)
     frac = (pos - low)[..., None]
@@ -84,7 +85,7 @@ def attention_figure(image: torch.Tensor, attention: TokenAttention, title: str)
 
     panels = [(panel(base), "image", "")]
     for k, label in enumerate(attention.labels):
-        overlay = 0.35 * grey + 0.65 * _heat(attention.maps[k])
+        overlay = 0.35 * grey + 0.65 * _heat(attention.maps[k].cpu())
         detail = f"G {attention.mass[k]:.3f}"
         if attention.fusion is not None:
             detail += f" | fusion {100 * attention.fusion[k]:.0f}%"

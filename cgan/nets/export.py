@@ -3,7 +3,8 @@
     attributes.json   the attribute schema
     G_ema.safetensors the generator's EMA weights (nothing else)
     D.safetensors     the discriminator, only with train.export_d
-    MODEL_CARD.md     what it was trained on and how well it does
+    vocabulary.json   the words of the training captions (cgan/condition/vocabulary.py; absent in older models)
+    MODEL_CARD.md     what it was trained on, how and what was measured (cgan/train/model_card.py)
 written whole or not at all (cgan/core/files.py), read with clear errors.
 """
 from __future__ import annotations
@@ -11,13 +12,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
 from cgan.condition.attributes import AttributeSchema
 from cgan.condition.text_encoder import FrozenTextEncoder, TextEmbeddingCache
+from cgan.condition.vocabulary import VOCABULARY_FILE, read_vocabulary, write_vocabulary
 from cgan.core import __version__
 from cgan.core.errors import CheckpointError
 from cgan.core.files import load_weights, publish_folder, save_weights
@@ -36,6 +39,15 @@ def resolve_model_dir(model: str | Path) -> Path:
     return path
 
 
+def missing_model_error(model: str | Path) -> CheckpointError:
+    """What from_pretrained says when `model` is neither a folder nor a shipped name (a hub id, say)."""
+    hub = (f"; it does not download from the Hugging Face Hub: fetch the folder first (e.g. `huggingface-cli "
+           f"download {model} --local-dir DIR`) and pass DIR") if str(model).count("/") == 1 else ""
+    return CheckpointError(f"{model}: model folder not found; cgan loads a local model folder (config.json, "
+                           f"attributes.json, G_ema.safetensors) or a shipped model's name "
+                           f"({', '.join(PRETRAINED)}){hub}")
+
+
 # Prompts whose text embeddings a pipeline keeps (least recently used go first): ~25 KB each, so a
 # server that sees new prompts forever stays within ~50 MB for them.
 PIPELINE_CACHE_ENTRIES = 2048
@@ -44,17 +56,19 @@ PIPELINE_CACHE_ENTRIES = 2048
 def export_model(out_dir: str | Path, *, G_ema: torch.nn.Module, generator_kwargs: dict[str, Any],
                  schema_dict: dict[str, Any], text_encoder: dict[str, Any], config_dict: dict[str, Any],
                  step: int, images_seen: int, model_card: str | None = None,
-                 D: torch.nn.Module | None = None) -> Path:
+                 D: torch.nn.Module | None = None, vocabulary: list[str] | None = None) -> Path:
     meta = {"format_version": FORMAT_VERSION, "cgan_version": __version__, "generator": generator_kwargs,
             "text_encoder": text_encoder, "step": step, "images_seen": images_seen,
             "prompt_dropout": config_dict["train"]["drop_prompt"], "config": config_dict}
-    return write_exported(out_dir, meta, schema_dict, G_ema, model_card, D)
+    return write_exported(out_dir, meta, schema_dict, G_ema, model_card, D, vocabulary)
 
 
 def write_exported(out_dir: str | Path, meta: dict[str, Any], schema_dict: dict[str, Any],
-                   G_ema: torch.nn.Module, model_card: str | None = None, D: torch.nn.Module | None = None) -> Path:
+                   G_ema: torch.nn.Module, model_card: str | None = None, D: torch.nn.Module | None = None,
+                   vocabulary: Iterable[str] | None = None) -> Path:
     """Write a model folder (config.json, attributes.json, G_ema.safetensors; D.safetensors when D is given:
-    not needed to generate, but `train.init_from` the model then continues with a trained D) whole, or not at all."""
+    not needed to generate, but `train.init_from` the model then continues with a trained D; vocabulary.json
+    when the training captions' words are given) whole, or not at all."""
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -66,6 +80,8 @@ def write_exported(out_dir: str | Path, meta: dict[str, Any], schema_dict: dict[
         save_weights(D, tmp / "D.safetensors")
     if model_card is not None:
         (tmp / "MODEL_CARD.md").write_text(model_card)
+    if vocabulary is not None:
+        write_vocabulary(tmp, vocabulary, source="the words of the training captions")
     publish_folder(tmp, out_dir)
     return out_dir
 
@@ -93,12 +109,18 @@ def read_exported(model_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]
 
 class ExportedModel:
     """An exported model in memory: G (eval mode), its frozen text encoder with a prompt cache, the
-    attribute schema and config.json's contents, on a device with a compute dtype. What evaluation
-    reads; CGANPipeline (cgan/pipeline.py) adds generation from prompts and attribute dicts."""
+    attribute schema and config.json's contents (with its vocabulary and model card, when the folder has
+    them), on a device with a compute dtype. What evaluation reads; CGANPipeline (cgan/pipeline.py) adds
+    generation from prompts and attribute dicts, the prompt's word checks and save_pretrained."""
 
     def __init__(self, G: Generator, text_encoder: FrozenTextEncoder, schema: AttributeSchema, meta: dict[str, Any],
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 vocabulary: frozenset[str] | None = None, strict: bool = False, model_card: str | None = None):
+        """vocabulary: the words of the training captions (None: prompts go unchecked); strict: a prompt with
+        a word outside it raises UnknownWordsError instead of warning (cgan/pipeline.py); model_card: the card
+        save_pretrained writes (None: one is made from meta)."""
         self.G, self.text_encoder, self.schema, self.meta = G.eval(), text_encoder, schema, meta
+        self.vocabulary, self.strict, self.model_card = vocabulary, strict, model_card
         self.text_cache = TextEmbeddingCache(text_encoder, max_entries=PIPELINE_CACHE_ENTRIES)
         self.prompt_dropout = float(meta.get("prompt_dropout", 0.0))
         self.dtype = dtype
@@ -126,14 +148,20 @@ class ExportedModel:
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
 
-    def save_pretrained(self, model_dir: str | Path) -> Path:
-        """Write this model as an exported model folder that from_pretrained (and sample.py --model) reads."""
-        return write_exported(model_dir, self.meta, self.schema.to_dict(), self.G)
-
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, device: str | torch.device = "cpu",
-                        trust_remote_code: bool = False, dtype: torch.dtype = torch.float32) -> "ExportedModel":
+                        trust_remote_code: bool = False, dtype: torch.dtype = torch.float32, *, strict: bool = False,
+                        torch_dtype: torch.dtype | None = None, **unsupported: Any) -> "ExportedModel":
+        """Load an exported model folder, or a shipped model by name (PRETRAINED). dtype (or diffusers'
+        torch_dtype) sets the compute precision; strict: refuse prompts with words the model never saw."""
+        if unsupported:
+            raise TypeError(f"from_pretrained: unsupported argument(s) {', '.join(sorted(unsupported))}; it takes "
+                            "model_dir (a local model folder or a shipped name: " + ", ".join(PRETRAINED) + "), "
+                            "device, dtype (or torch_dtype), trust_remote_code and strict")
+        dtype = torch_dtype if torch_dtype is not None else dtype
         model_dir = resolve_model_dir(model_dir)
+        if not model_dir.exists():
+            raise missing_model_error(model_dir)
         meta, schema_dict, weights = read_exported(model_dir)
         schema = AttributeSchema.from_dict(schema_dict, f"{model_dir}/attributes.json")
         try:
@@ -148,7 +176,13 @@ class ExportedModel:
         encoder_info = meta["text_encoder"]
         text_encoder = FrozenTextEncoder(encoder_info["name"], max_length=encoder_info["max_length"],
                                          trust_remote_code=trust_remote_code)
-        return cls(G, text_encoder, schema, meta, device, dtype)
+        vocabulary = read_vocabulary(model_dir)
+        if vocabulary is None:
+            warnings.warn(f"{model_dir}: no {VOCABULARY_FILE} (exported before cgan kept its training words), so "
+                          "prompts cannot be checked for words the model never saw", stacklevel=2)
+        card_path = model_dir / "MODEL_CARD.md"
+        card = card_path.read_text() if card_path.is_file() else None
+        return cls(G, text_encoder, schema, meta, device, dtype, vocabulary=vocabulary, strict=strict, model_card=card)
 
     @property
     def resolution(self) -> int:

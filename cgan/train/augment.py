@@ -28,7 +28,10 @@ def _translation(x: torch.Tensor, ratio: float = 0.125) -> torch.Tensor:
     grid_y = (grid_y + dy + 1).clamp(0, height + 1)
     grid_x = (grid_x + dx + 1).clamp(0, width + 1)
     padded = F.pad(x, [1, 1, 1, 1])  # zero border: what slides in is empty
-    return padded.permute(0, 2, 3, 1)[grid_b, grid_y, grid_x].permute(0, 3, 1, 2).contiguous()
+    shifted = padded.permute(0, 2, 3, 1)[grid_b, grid_y, grid_x].permute(0, 3, 1, 2)  # NHWC in memory
+    # keep the input's layout: channels_last (train.channels_last) stays channels_last for D's convolutions
+    keep = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    return shifted.contiguous(memory_format=keep)
 
 
 def _cutout(x: torch.Tensor, ratio: float = 0.5) -> torch.Tensor:

@@ -17,14 +17,18 @@ import torch
 from torch.utils.data import DataLoader
 
 from cgan.condition.text_encoder import FrozenTextEncoder, TextEmbeddingCache
+from cgan.condition.vocabulary import build_vocabulary
 from cgan.core.config import Config, ConfigError, data_cache_dir, save_config
 from cgan.core.errors import CheckpointError
 from cgan.data import CaptionedDataset, StepSampler, build_dataset, stratified_records
+from cgan.data.cache import ArrayBatches, DatasetArrays, cached_arrays
 from cgan.nets.factory import build_discriminator, build_generator, check_model_config
 from cgan.train.augment import parse_policy
+from cgan.train.caption_table import CaptionTable
 from cgan.train.checkpoint import remove_stale_temporaries, resolve_resume
-from cgan.train.recovery import check_output_dir, check_same_model, restore_training_state
-from cgan.train.terms import discriminator_heads
+from cgan.train.precision import fast_gpu_math, phase_scalers, resolve_mixed_precision
+from cgan.train.recovery import PHASES, check_output_dir, check_same_model, restore_training_state
+from cgan.train.terms import discriminator_heads, needs_negatives
 from cgan.train.warm_start import warm_start
 
 
@@ -49,6 +53,10 @@ class Run:
     checkpoint_bytes: int  # what one training state needs on disk
     G_run: torch.nn.Module | None = None
     D_run: torch.nn.Module | None = None
+    arrays: DatasetArrays | None = None  # data.image_cache: the data set's images, memory-mapped (cgan/data/cache.py)
+    table: CaptionTable | None = None  # with the image cache: every caption's embedding on the device, by id
+    vocabulary: list[str] | None = None  # the training captions' words, exported beside the model
+    scalers: dict[str, Any] | None = None  # fp16: one grad scaler per phase (cgan/train/precision.py)
     step: int = 0
     images_seen: int = 0
     lr_scale: float = 1.0  # both learning rates' factor after rollbacks
@@ -61,8 +69,7 @@ class Run:
     @property
     def optimizers(self) -> dict[str, Any]:
         optimizers = {"opt_G": self.opt_G, "opt_D": self.opt_D}
-        if self.accelerator.scaler is not None:
-            optimizers["scaler"] = self.accelerator.scaler
+        optimizers.update({f"scaler_{name}": scaler for name, scaler in (self.scalers or {}).items()})
         return optimizers
 
     @property
@@ -103,9 +110,15 @@ def leave_stop_signals_to_the_main_process(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def make_loader(dataset: CaptionedDataset, config: Config, step: int, accelerator):
-    """An endless iterator of this process's micro-batches, from `step` on (the same order after a resume)."""
+def make_loader(dataset: CaptionedDataset, config: Config, step: int, accelerator,
+                arrays: DatasetArrays | None = None):
+    """An endless iterator of this process's micro-batches, from `step` on (the same order after a resume);
+    from the image cache's arrays when given (data.image_cache), else a DataLoader over the data set."""
     t = config.train
+    if arrays is not None:
+        return ArrayBatches(arrays, batch_size=t.batch_size, seed=t.seed, start_step=step * t.grad_accum,
+                            num_processes=accelerator.num_processes, process_index=accelerator.process_index,
+                            pin=accelerator.device.type == "cuda", negatives=needs_negatives(config))
     sampler = StepSampler(len(dataset), batch_size=t.batch_size, seed=t.seed, start_step=step * t.grad_accum,
                           num_processes=accelerator.num_processes, process_index=accelerator.process_index)
     return iter(DataLoader(dataset, batch_size=t.batch_size, sampler=sampler, num_workers=config.data.num_workers,
@@ -156,11 +169,15 @@ def make_accelerator(config: Config, out_dir: Path):
 def build_run(config: Config, out_dir: str | Path, resume: str | None = None,
               text_encoder: FrozenTextEncoder | None = None, accelerator: Any = None) -> Run:
     """Everything a run needs, checked, placed, and resumed or warm-started; also writes OUT/config.yaml."""
+    precision_note = resolve_mixed_precision(config)  # before the checks: they check what will run
     augment = check_run_settings(config)
     t, out_dir = config.train, Path(out_dir)
     if t.threads:
         torch.set_num_threads(t.threads)
     accelerator = accelerator or make_accelerator(config, out_dir)
+    if precision_note:
+        accelerator.print(precision_note)
+    fast_gpu_math(accelerator.device)
     dataset = build_dataset(config.data)  # everything that can fail on bad input fails before the first step
     if resolve_color(config, dataset) == "grayscale":
         accelerator.print("model.generator.color=auto: every image checked is grey, so the generator draws grey images")
@@ -197,15 +214,21 @@ def build_run(config: Config, out_dir: str | Path, resume: str | None = None,
 
 
 def prepare_output(run: Run) -> None:
-    """The output folder (space, leftovers of a killed run), the caption cache, the optimizers' placement."""
-    accelerator = run.accelerator
+    """The output folder (space, leftovers of a killed run), the caption and image caches, the vocabulary,
+    the optimizers' placement and the phases' grad scalers."""
+    accelerator, data = run.accelerator, run.config.data
     if accelerator.is_main_process:
         check_output_dir(run.out_dir, bytes_needed=run.checkpoint_bytes)
         for line in remove_stale_temporaries(run.out_dir):  # before anything of this run is written
             accelerator.print(line)
-    with accelerator.main_process_first():  # main encodes and writes the disk cache, the others read it
+    with accelerator.main_process_first():  # main encodes and writes the disk caches, the others read them
         run.text_cache.precompute(run.dataset.all_captions() + run.grid[0])
+        run.arrays = cached_arrays(run.dataset, data_cache_dir(data)) if data.image_cache else None
+    if run.arrays is not None:
+        run.table = CaptionTable(run.arrays.captions, run.text_cache, accelerator.device)
+    run.vocabulary = build_vocabulary(run.dataset.all_captions())  # exported beside the model: prompts' unknown words
     run.opt_G, run.opt_D = accelerator.prepare(run.opt_G, run.opt_D)  # device placement and the fp16 grad scaler
+    run.scalers = phase_scalers(accelerator, PHASES)  # fp16: one grad scaler per phase
 
 
 def start_or_resume(run: Run, resume: str | None) -> None:

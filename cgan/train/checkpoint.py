@@ -123,7 +123,7 @@ def load_training_state(path: Path, *, modules: dict[str, torch.nn.Module], opti
     for name, opt in optimizers.items():
         if name in optimizer_states:
             opt.load_state_dict(optimizer_states[name])
-        elif name != "scaler":  # states from before the fp16 scaler was saved: it recalibrates in a few steps
+        elif not name.startswith("scaler"):  # states from before the fp16 scalers were saved: they recalibrate
             raise CheckpointError(f"{path / 'optimizers.pt'}: has no {name} state")
     return state, rng
 

@@ -97,7 +97,7 @@ def save_checkpoint(run: Run, started: float) -> None:
                      schema_dict=run.dataset.schema.to_dict(),
                      text_encoder={"name": encoder.name, "max_length": encoder.max_length},
                      config_dict=config.to_dict(), step=run.step, images_seen=run.images_seen, model_card=card,
-                     D=run.D if t.export_d else None)
+                     D=run.D if t.export_d else None, vocabulary=run.vocabulary)
     accelerator.wait_for_everyone()
 
 

@@ -3,7 +3,8 @@ functions of cgan/train/steps.py) and hands metrics, evaluation, grids and check
 (cgan/train/hooks.py).
 
 Multi-process: Accelerate launches the processes, places the models, runs mixed precision
-and the fp16 grad scaler. Gradients are averaged across processes by `steps.sync_gradients`.
+and the fp16 grad scalers (one per phase, cgan/train/precision.py). Gradients are averaged across
+processes by `steps.sync_gradients`.
 All processes start from the same seed, so weights stay identical; only the main process writes.
 
 Reliability (cgan/train/recovery.py): a phase whose loss or gradient is NaN or inf skips its optimizer
@@ -23,6 +24,7 @@ from cgan.train.build import Run, build_run, make_loader
 from cgan.train.ema import ema_beta, update_ema
 from cgan.train.hooks import Hooks
 from cgan.train.microbatch import Batch, to_device_batch
+from cgan.train.precision import use_scaler
 from cgan.train.steps import d_step, g_step, r1_step, run_phase
 from cgan.train.terms import needs_negatives
 
@@ -36,15 +38,15 @@ def train(config: Config, out_dir: str | Path, resume: str | None = None, max_st
     run = build_run(config, out_dir, resume, text_encoder)
     t = config.train
     hooks = Hooks(run, t.total_steps if max_steps is None else min(t.total_steps, run.step + max_steps))
-    loader = make_loader(run.dataset, config, run.step, run.accelerator)
+    loader = make_loader(run.dataset, config, run.step, run.accelerator, run.arrays)
     negatives = needs_negatives(config)
     with hooks.stopper:  # SIGINT / SIGTERM end the loop cleanly while it runs
         while run.step < hooks.last_step:
             batches = [to_device_batch(next(loader), run.text_cache, config, run.accelerator.device,
-                                       run.memory_format, negatives) for _ in range(t.grad_accum)]
+                                       run.memory_format, negatives, run.table) for _ in range(t.grad_accum)]
             stats, flags = train_step(run, batches)
             if hooks.after_step(stats, flags):  # rolled back to a checkpoint: the data order follows
-                loader = make_loader(run.dataset, config, run.step, run.accelerator)
+                loader = make_loader(run.dataset, config, run.step, run.accelerator, run.arrays)
     hooks.close()
     finish(run, hooks.stop_reason)
     return run.out_dir / "model"
@@ -66,6 +68,7 @@ def train_step(run: Run, batches: list[Batch]) -> tuple[dict[str, torch.Tensor],
     stats: dict[str, torch.Tensor] = {}
     flags: dict[str, torch.Tensor] = {}
     for trained, frozen, optimizer, step_fn in phases:
+        use_scaler(run.accelerator, optimizer, (run.scalers or {}).get(step_fn.__name__))  # fp16: the phase's own
         D = run.D if step_fn is r1_step else run.D_run  # R1's double backward needs the eager D
         phase_stats, flags[step_fn.__name__] = run_phase(step_fn, trained, frozen, optimizer, batches, run.G_run, D,
                                                          run.config, run.accelerator, run.augment)

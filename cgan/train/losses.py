@@ -36,14 +36,15 @@ def mismatched_prompt_index(captions: list[str], generator: torch.Generator | No
     itself or with an identical caption (a shifted batch would do exactly that on duplicates).
     """
     batch = len(captions)
-    index = torch.zeros(batch, dtype=torch.long)
-    valid = torch.zeros(batch, dtype=torch.bool)
-    order = torch.randperm(batch, generator=generator).tolist()
-    for i in range(batch):
-        for j in order[i:] + order[:i]:  # a random start, so partners differ from step to step
-            if captions[j] != captions[i]:
-                index[i], valid[i] = j, True
-                break
+    order = torch.randperm(batch, generator=generator)
+    ids: dict[str, int] = {}
+    caption_id = torch.tensor([ids.setdefault(c, len(ids)) for c in captions], dtype=torch.long)  # (B,)
+    # row i scans order[i], order[i + 1], ... (wrapping): a random start, so partners differ from step to step
+    candidates = order[(torch.arange(batch)[:, None] + torch.arange(batch)[None]) % batch]  # (B, B)
+    differs = caption_id[candidates] != caption_id[:, None]  # (B, B)
+    valid = differs.any(dim=1)
+    first = differs.int().argmax(dim=1)  # the first True of each row (0 where there is none)
+    index = torch.where(valid, candidates.gather(1, first[:, None])[:, 0], torch.zeros_like(first))
     return index, valid
 
 
@@ -57,23 +58,26 @@ def mismatched_attributes(attr_index: torch.Tensor, attr_value: torch.Tensor, at
     changed are marked invalid. Returns (attr_index, attr_value, valid (B,) bool).
     """
     batch, num_attrs = attr_index.shape
-    new_index, new_value = attr_index.clone(), attr_value.clone()
-    valid = torch.zeros(batch, dtype=torch.bool)
-    changeable = [a for a in range(num_attrs) if num_values[a] != 1]
+    sizes = torch.tensor(num_values, dtype=torch.long).reshape(1, num_attrs)  # (1, A): 0 = continuous
     rand = torch.rand(batch, 3, generator=generator)
-    for i in range(batch):
-        options = [a for a in changeable if bool(attr_present[i, a])]
-        if not options:
-            continue
-        a = options[int(rand[i, 0] * len(options)) % len(options)]
-        if num_values[a] >= 2:  # categorical: a uniformly chosen different value
-            shift = 1 + int(rand[i, 1] * (num_values[a] - 1)) % (num_values[a] - 1)
-            new_index[i, a] = (attr_index[i, a] + shift) % num_values[a]
-        else:  # continuous, normalised to [0, 1]: move 0.25..0.75 of the range, wrapping inside it
-            v = float(attr_value[i, a])
-            target = (v + 0.25 + 0.5 * float(rand[i, 2])) % 1.0
-            new_value[i, a] = target
-        valid[i] = True
+    if num_attrs == 0:  # a data set without attributes: nothing to change
+        return attr_index.clone(), attr_value.clone(), torch.zeros(batch, dtype=torch.bool)
+    options = attr_present.bool() & (sizes != 1)  # (B, A) attributes that can be changed
+    count = options.sum(dim=1)  # (B,)
+    valid = count > 0
+    # the k-th option in attribute order, k = int(rand * count) % count
+    k = (rand[:, 0] * count.float()).floor().long() % count.clamp(min=1)
+    a = (options.long().cumsum(dim=1) > k[:, None]).int().argmax(dim=1)  # (B,)
+    rows = torch.arange(batch)
+    n = sizes[0, a]  # (B,) values of the chosen attribute
+    categorical = valid & (n >= 2)
+    steps = (n - 1).clamp(min=1)
+    shift = 1 + (rand[:, 1] * steps.float()).floor().long() % steps
+    new_index, new_value = attr_index.clone(), attr_value.clone()
+    new_index[rows[categorical], a[categorical]] = ((attr_index[rows, a] + shift) % n.clamp(min=1))[categorical]
+    continuous = valid & (n < 2)  # normalised to [0, 1]: move 0.25..0.75 of the range, wrapping inside it
+    target = (attr_value[rows, a].double() + 0.25 + 0.5 * rand[:, 2].double()) % 1.0  # in float64, as it was
+    new_value[rows[continuous], a[continuous]] = target[continuous].to(attr_value.dtype)
     return new_index, new_value, valid
 
 

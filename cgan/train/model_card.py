@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import platform
+import re
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,7 +43,6 @@ def hardware_summary(device: torch.device, num_processes: int) -> str:
 def last_metrics(metrics_file) -> dict[str, tuple[int, float]]:
     """{metric/...: (step, value)}, the last of each in a run's metrics.jsonl ({} if there is none)."""
     import json
-    from pathlib import Path
 
     found: dict[str, tuple[int, float]] = {}
     path = Path(metrics_file)
@@ -56,12 +57,44 @@ def last_metrics(metrics_file) -> dict[str, tuple[int, float]]:
     return found
 
 
+# The licence of cgan's code (LICENSE) and of the weights it exports; the shipped text encoder
+# (all-MiniLM-L6-v2) and the projected D's EfficientNet-Lite0 are Apache-2.0 too.
+LICENSE = "apache-2.0"
+# Hub ids of the text encoders cgan names by a short name (cgan/condition/text_encoder.py)
+ENCODER_HUB_IDS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def card_header(text_encoder: str) -> str:
+    """The YAML metadata block that opens a Hugging Face model card: licence, library, tags and, when the
+    text encoder is a hub model, that model as base_model (it is used frozen, never fine-tuned)."""
+    base = ENCODER_HUB_IDS.get(text_encoder) or (text_encoder if _HUB_ID.match(text_encoder)
+                                                 and not Path(text_encoder).exists() else None)
+    lines = ["---", f"license: {LICENSE}", "library_name: cgan", "pipeline_tag: text-to-image", "tags:"]
+    lines += [f"- {tag}" for tag in ("cgan", "gan", "text-to-image", "conditional-image-generation")]
+    if base:
+        lines.append(f"base_model: {base}")
+    return "\n".join(lines + ["---", ""])
+
+
+def with_card_header(card: str, text_encoder: str) -> str:
+    """A card with its metadata block: an existing one is kept, a missing one added."""
+    return card if card.startswith("---\n") else card_header(text_encoder) + "\n" + card
+
+
+LICENSE_LINES = [
+    "## Licence", "",
+    "These weights are released under the Apache License 2.0, as cgan's code is (its `LICENSE` file). The frozen "
+    "text encoder they read is not in this folder; all-MiniLM-L6-v2 is Apache-2.0 too. A model trained on your "
+    "own images may be bound by their licence as well: set `license` above to match.", ""]
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def render_model_card(*, name: str, config: dict[str, Any], schema_description: str, data_summary: str,
-                      num_params: int, step: int, images_seen: int, hardware: str, train_seconds: float,
+                      num_params: int, step: int, images_seen: int, hardware: str, train_seconds: float | None,
                       metrics: dict[str, tuple[int, float]], cgan_version: str, model_path: str = "MODEL_DIR",
                       started_from: str | None = None) -> str:
     """The card as Markdown. metrics: {name: (step measured, value)}, the last of each; started_from:
@@ -69,7 +102,7 @@ def render_model_card(*, name: str, config: dict[str, Any], schema_description: 
     model, train, loss = translate_flat_model(config["model"]), config["train"], config["loss"]
     g, d = model["generator"], model.get("discriminator", {})
     terms = [f"{k}={v:g}" for k, v in loss.items() if k in LOSS_WEIGHTS and v]
-    hours, minutes = divmod(round(train_seconds / 60), 60)
+    hours, minutes = divmod(round((train_seconds or 0) / 60), 60)
     rows = [
         ("data", data_summary),
         ("attributes", schema_description.replace("\n", "; ") or "none"),
@@ -84,14 +117,15 @@ def render_model_card(*, name: str, config: dict[str, Any], schema_description: 
                      f"{', '.join(terms) or 'adversarial only'}, `train.mixed_precision={train['mixed_precision']}`, "
                      f"seed {train['seed']}"),
         ("hardware", hardware),
-        ("wall time", f"{hours} h {minutes:02d} min of training (evaluations included, over every resume)"),
+        ("wall time", f"{hours} h {minutes:02d} min of training (evaluations included, over every resume)"
+                      if train_seconds is not None else "not recorded"),
         ("weights", "`G_ema.safetensors` (the exponential moving average of G)"
                     + (", `D.safetensors` (the discriminator, for `train.init_from` this model)"
                        if train.get("export_d") else "")),
     ]
     if started_from:
         rows.insert(5, ("started from", started_from))
-    lines = [f"# {name}: a cgan model", "",
+    lines = [card_header(config["text"]["encoder"]), f"# {name}: a cgan model", "",
              f"Written by cgan {cgan_version} when this model was exported at step {step:,}. `config.json` "
              "holds every setting; `attributes.json` the attribute schema.", "",
              "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
@@ -104,13 +138,30 @@ def render_model_card(*, name: str, config: dict[str, Any], schema_description: 
                      "`python -m cgan.faithfulness --model DIR` or `python -m cgan.fid --model DIR --data ...`.")
     lines += ["", "## Use", "", "```bash",
               f"python sample.py --model {model_path} --prompt \"...\" --num 8 --out samples.png", "```", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + LICENSE_LINES)
+
+
+def pipeline_model_card(name: str, meta: dict[str, Any], schema_description: str, num_params: int) -> str:
+    """The card `CGANPipeline.save_pretrained` writes for a model that came without one, from its config.json."""
+    config = meta.get("config")
+    if not config:
+        encoder = meta.get("text_encoder", {}).get("name", "")
+        return "\n".join([card_header(encoder), f"# {name}: a cgan model", "",
+                          f"Saved by cgan {__version__} (`CGANPipeline.save_pretrained`). `config.json` holds G's "
+                          "arguments; `attributes.json` the attribute schema.", ""] + LICENSE_LINES)
+    d = config["data"]
+    data = (f"`shapes`, {d['num_images']:,} procedural images, split `{d['split']}`" if d["name"] == "shapes"
+            else f"folder `{d['path']}`")
+    return render_model_card(name=name, config=config, schema_description=schema_description, data_summary=data,
+                             num_params=num_params, step=int(meta.get("step", 0)),
+                             images_seen=int(meta.get("images_seen", 0)),
+                             hardware="not recorded (saved by `CGANPipeline.save_pretrained`)", train_seconds=None,
+                             metrics={}, cgan_version=__version__, model_path=name)
 
 
 def describe_init_from(path: str) -> str | None:
     """train.init_from as a card line: the state it named, and its steps, images and training time."""
     import json
-    from pathlib import Path
 
     if not path:
         return None
