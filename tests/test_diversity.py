@@ -1,0 +1,98 @@
+"""Diversity measures (cgan.diversity) and unset attributes drawn from the data (cgan.attribute_prior)."""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from cgan.attribute_prior import build_prior, fill_unset
+from cgan.attributes import AttributeSchema
+from cgan.data import image_to_tensor
+from cgan.data import shapes as shapes_lib
+from cgan.diversity import object_extent, precision_recall, total_variation
+
+
+def test_precision_recall_tells_fidelity_from_coverage():
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(300, 8))
+    assert precision_recall(real, real.copy()) == (1.0, 1.0)
+    far = rng.normal(size=(300, 8)) + 100.0
+    assert precision_recall(real, far) == (0.0, 0.0)
+    # a collapsed model: every sample near one real point is faithful but covers almost nothing
+    collapsed = real[:1] + 0.01 * rng.normal(size=(300, 8))
+    precision, recall = precision_recall(real, collapsed)
+    assert precision == 1.0 and recall < 0.05
+    with pytest.raises(ValueError, match="more than 3 rows"):
+        precision_recall(real[:3], real)
+
+
+def test_total_variation():
+    assert total_variation(Counter(a=5, b=5), Counter(a=1, b=1)) == 0.0
+    assert total_variation(Counter(a=10), Counter(b=3)) == 1.0
+    assert total_variation(Counter(a=3, b=1), Counter(a=1, b=1)) == 0.25
+
+
+def test_object_extent_reads_place_and_size_of_rendered_shapes():
+    for seed in range(5):
+        scene = shapes_lib.sample_scene(__import__("random").Random(seed))
+        if len(scene.objects) != 1:
+            continue
+        extent = object_extent(image_to_tensor(shapes_lib.render(scene, 64))[None])[0]
+        obj = scene.objects[0]
+        assert abs(float(extent[0]) - obj["x"]) < 0.05 and abs(float(extent[1]) - obj["y"]) < 0.05
+    blank = torch.zeros(1, 3, 32, 32)
+    assert object_extent(blank).isnan().all()  # nothing differs from the background
+
+
+SCHEMA = AttributeSchema.from_dict({"tone": ["warm", "cold"], "kind": ["a", "b"], "level": {"type": "continuous"}})
+
+
+def _records(n: int = 400) -> list[dict]:
+    rng = np.random.default_rng(1)
+    records = []
+    for i in range(n):
+        caption = f"thing {i % 4}"
+        records.append({"captions": [caption], "attributes": {
+            "tone": "warm" if rng.random() < 0.5 else "cold",  # independent of the caption
+            "kind": "a" if i % 4 < 2 else "b",  # a function of the caption
+            "level": float(rng.random())}})
+    return records
+
+
+def test_prior_draws_independent_attributes_from_the_data_and_dependent_ones_by_caption():
+    prior = build_prior(_records(), SCHEMA)
+    assert "by_caption" not in prior["attributes"]["tone"]
+    assert "by_caption" in prior["attributes"]["kind"]
+    draws = [fill_unset(prior, "thing 3", {}, seed) for seed in range(200)]
+    assert {d["kind"] for d in draws} == {"b"}  # the records of that caption are all "b"
+    assert 0.35 < sum(d["tone"] == "warm" for d in draws) / len(draws) < 0.65
+    assert all(0.0 <= d["level"] <= 1.0 for d in draws)
+    # deterministic in the seed; a given value is kept; an unknown caption leaves the dependent one unset
+    assert fill_unset(prior, "thing 3", {}, 7) == fill_unset(prior, "thing 3", {}, 7)
+    assert fill_unset(prior, "thing 3", {"tone": "cold"}, 7)["tone"] == "cold"
+    assert "kind" not in fill_unset(prior, "something new", {}, 0)
+    assert fill_unset(None, "thing 3", {}, 0) == {}
+
+
+def test_shipped_model_draws_unset_attributes_as_the_data_has_them():
+    from cgan.pipeline import CGANPipeline
+
+    pipe = CGANPipeline.from_pretrained("shapes64")
+    assert set(pipe.meta["attribute_prior"]["attributes"]) == {"style", "background", "size"}
+    drawn = [pipe.fill_unset("a red circle", {}, seed) for seed in range(60)]
+    assert {d["background"] for d in drawn} == {"light", "dark"}
+    assert {d["style"] for d in drawn} == {"flat", "outline", "shaded"}
+    images = pipe.generate_batch(["a red circle"] * 2, [{}, {}], [3, 3])
+    assert torch.allclose(images[0], images[1], atol=1e-4)  # the draw follows the seed
+    pipe.unset_attributes = "null"
+    try:
+        null = pipe.generate_batch(["a red circle"], [{"style": "flat"}], [3])
+        assert pipe.fill_unset("a red circle", {"style": "flat"}, 3) == {"style": "flat"}
+    finally:
+        pipe.unset_attributes = "sample"
+    full = {"style": "flat", "background": "light", "size": 0.5}
+    assert torch.equal(pipe.generate_batch(["a red circle"], [full], [3]),
+                       pipe.generate_batch(["a red circle"], [full], [3]))  # nothing drawn when all are given
+    assert null.shape == images[:1].shape
