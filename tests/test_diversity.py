@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from cgan.attribute_prior import build_prior, fill_unset
-from cgan.attributes import AttributeSchema
-from cgan.data import image_to_tensor
+from cgan.condition.attribute_prior import build_prior, fill_unset
+from cgan.condition.attributes import AttributeSchema
+from cgan.core.images import image_to_tensor
 from cgan.data import shapes as shapes_lib
-from cgan.diversity import object_extent, precision_recall, total_variation
+from cgan.eval.diversity import object_extent, precision_recall, total_variation
 
 
 def test_precision_recall_tells_fidelity_from_coverage():
@@ -96,3 +96,38 @@ def test_shipped_model_draws_unset_attributes_as_the_data_has_them():
     assert torch.equal(pipe.generate_batch(["a red circle"], [full], [3]),
                        pipe.generate_batch(["a red circle"], [full], [3]))  # nothing drawn when all are given
     assert null.shape == images[:1].shape
+
+
+def test_diversity_term_is_zero_for_varied_images_and_tau_for_identical_ones():
+    from cgan.train.terms.diversity import diversity_loss
+
+    z_a, z_b = torch.zeros(4, 8), torch.ones(4, 8)  # latent distance 1 per row
+    same = torch.zeros(4, 3, 8, 8)
+    assert float(diversity_loss(same, same, z_a, z_b, tau=0.5)) == pytest.approx(0.5)
+    apart = torch.ones(4, 3, 8, 8)  # image distance 1 > tau: nothing to push
+    assert float(diversity_loss(same, apart, z_a, z_b, tau=0.5)) == 0.0
+
+
+def test_minibatch_stddev_adds_one_map_per_group():
+    from cgan.nets.discriminator import minibatch_stddev
+
+    x = torch.zeros(6, 5, 4, 4)
+    x[3:] = torch.arange(3.0)[:, None, None, None]  # the second group of 3 varies, the first does not
+    out = minibatch_stddev(x, group=4)  # 6 rows: groups of 3, the largest divisor of 6 up to 4
+    assert out.shape == (6, 6, 4, 4)
+    assert float(out[:3, -1].max()) < 1e-3 and float(out[3:, -1].min()) > 0.5
+
+
+def test_training_with_the_diversity_term_and_mbstd(tmp_path):
+    import json
+
+    from cgan.core.config import load_config
+    from cgan.train.loop import train
+
+    config = load_config("configs/tiny.yaml", ["loss.diversity=1", "model.discriminator.mbstd_group=4",
+                                               "train.total_steps=2", "train.tracker=none"])
+    train(config, tmp_path / "run")
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "loss/G_diversity" in last and np.isfinite(last["loss/G_diversity"])
+    meta = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert set(meta["attribute_prior"]["attributes"]) == {"style", "background", "size"}

@@ -11,20 +11,21 @@
 
 Each reports its real-data reference beside it.
 
-    python -m cgan.diversity --model shapes64 [--num 500]
-    python -m cgan.diversity --model DIR --data FOLDER [--requests 50] [--per-request 6]
+The command line is cgan/diversity.py (`python -m cgan.diversity`).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import random
-import sys
 from collections import Counter, defaultdict
 from typing import Any, Callable
 
 import numpy as np
 import torch
+
+from cgan.core.images import image_to_tensor
+from cgan.data import ShapesDataset
+from cgan.data import shapes as shapes_lib
+from cgan.eval.faithfulness import FaithfulnessReader
 
 PR_NEIGHBOURS = 3  # k of the k-NN balls (the paper's choice)
 FOREGROUND_THRESHOLD = 0.25  # |pixel - background| in [-1, 1] units (32 of 255) that counts as an object
@@ -119,10 +120,6 @@ def shapes_coverage(generate_fn: Callable, reader: Any = None, num: int = 500, s
     attributes), and their total-variation distance; the same distance for the real images of those
     records read by the reader (the reader's own error: the floor); and, on the one-object records, the
     spread of place and size of generated against real images."""
-    from cgan.data import ShapesDataset, image_to_tensor
-    from cgan.data import shapes as shapes_lib
-    from cgan.faithfulness import FaithfulnessReader
-
     reader = reader or FaithfulnessReader.load()
     dataset = ShapesDataset(num_images=num, split="train", seed=data_seed)
     records = [dataset.record(i) for i in range(num)]
@@ -200,8 +197,6 @@ def request_diversity(generate_fn: Callable, dataset: Any, classifier: Any, num_
 
 
 def _real_image(dataset: Any, index: int) -> torch.Tensor:
-    from cgan.data import image_to_tensor
-
     return image_to_tensor(dataset.image(index))
 
 
@@ -221,47 +216,3 @@ def format_coverage(result: dict[str, Any]) -> str:
                  f"size spread {s['size']:.4f} (real {r['size']:.4f}, ratio {q['size']:.2f}) "
                  f"over {result['one_object']} images")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from cgan.errors import USER_ERRORS, plain_warnings
-    from cgan.faithfulness import _as_pipeline, pipeline_generate_fn
-
-    plain_warnings()
-    parser = argparse.ArgumentParser(prog="python -m cgan.diversity", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="an exported model folder or a shipped name (shapes64)")
-    parser.add_argument("--data", help="a custom data folder (default: shapes coverage)")
-    parser.add_argument("--num", type=int, default=500, help="shapes: captions asked (default 500)")
-    parser.add_argument("--requests", type=int, default=50, help="folder: requests measured (default 50)")
-    parser.add_argument("--per-request", type=int, default=6, help="folder: seeds per request (default 6)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--truncation", type=float, default=1.0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--json", action="store_true", help="print the full JSON record")
-    args = parser.parse_args(argv)
-    try:
-        pipe = _as_pipeline(args.model, args.device)
-        generate_fn = pipeline_generate_fn(pipe, args.truncation)
-        if args.data:
-            from cgan.custom_faithfulness import train_attribute_classifier
-            from cgan.data import FolderDataset
-
-            dataset = FolderDataset(args.data, resolution=pipe.resolution, attributes=pipe.schema.to_dict())
-            classifier = train_attribute_classifier(dataset, text_cache=pipe.text_cache)
-            result = request_diversity(generate_fn, dataset, classifier, args.requests, args.per_request, args.seed)
-            text = (f"per-request diversity: {result['generated']:.4f} generated vs {result['real']:.4f} real "
-                    f"(mean pairwise judge-feature distance, {result['requests']} requests x {result['per_request']}), "
-                    f"ratio {result['ratio']:.3f} (1.0 = as varied as the data)")
-        else:
-            result = shapes_coverage(generate_fn, num=args.num, seed=args.seed)
-            text = format_coverage(result)
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=2) if args.json else text)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
