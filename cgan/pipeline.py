@@ -113,8 +113,9 @@ class CGANPipeline(ExportedModel):
         clean = self.check_inputs(prompt, attributes, num_images)
         seeds = [seed + i for i in range(num_images)]
         with self._autocast():
-            out = generate(self.G, self.text_cache, self.schema, [prompt] * num_images, [clean] * num_images, seeds,
-                           truncation, self.device, return_attention)
+            out = generate(self.G, self.text_cache, self.schema, [prompt] * num_images,
+                           [self.fill_unset(prompt, clean, s) for s in seeds], seeds, truncation, self.device,
+                           return_attention)
         return (out[0].float(), out[1]) if return_attention else out.float()
 
     def generate_batch(self, prompts: list[str], attributes: list[Mapping[str, Any]] | None, seeds: list[int],
@@ -124,7 +125,7 @@ class CGANPipeline(ExportedModel):
         if not len(prompts) == len(attributes) == len(seeds):
             raise ValueError(f"prompts, attributes and seeds: expected lists of one length, got {len(prompts)}, "
                              f"{len(attributes)} and {len(seeds)}")
-        clean = [self.check_inputs(p, a, 1) for p, a in zip(prompts, attributes)]
+        clean = [self.fill_unset(p, self.check_inputs(p, a, 1), s) for p, a, s in zip(prompts, attributes, seeds)]
         with self._autocast():
             return generate(self.G, self.text_cache, self.schema, list(prompts), clean, list(seeds), truncation,
                             self.device).float()
@@ -155,7 +156,7 @@ class CGANPipeline(ExportedModel):
         """Images (num_seeds * len(values), 3, R, R), row per seed, one column per value of attribute `name`."""
         base = self.check_inputs(prompt, attributes, num_seeds)
         settings = [self.schema.validate({**base, name: value}, source="--sweep") for value in values]
-        conditions = [(s, a) for s in range(num_seeds) for a in settings]
+        conditions = [(s, self.fill_unset(prompt, a, seed + s)) for s in range(num_seeds) for a in settings]
         with self._autocast():
             return generate(self.G, self.text_cache, self.schema, [prompt] * len(conditions),
                             [a for _, a in conditions], [seed + s for s, _ in conditions], truncation,

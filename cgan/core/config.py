@@ -141,6 +141,10 @@ class LossConfig:
     # contradicts it (softplus of the difference of D's two logits): the part of D's logit that tells
     # the two captions apart, without its realism part (issue 12's binding); 0 = off
     g_hard_negative: float = weight()
+    # G: two latents for one condition must give images at least diversity_tau apart per unit of latent
+    # distance (DSGAN / MSGAN's mode-seeking term, bounded): a conditional G cannot ignore z
+    diversity: float = weight()
+    diversity_tau: float = 0.5  # the bound: image distance (mean |a - b| at half resolution) / latent distance
 
 
 # the weights in LossConfig, in its order (a term is on when its weight is above 0)

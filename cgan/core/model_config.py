@@ -78,6 +78,9 @@ class DiscriminatorConfig:
     # D adds a word-region matching score to its logit (AttnGAN's DAMSM idea): each prompt word attends
     # over D's 8 x 8 features, which know where they are, and scores what it found (cross_attention only)
     word_match: bool = False
+    # minibatch standard deviation (ProGAN, StyleGAN2): D sees, as one extra 4 x 4 feature map, how much
+    # groups of this many samples differ, so a batch of look-alikes is easy to reject (0 = off; residual only)
+    mbstd_group: int = 0
 
 
 @dataclass

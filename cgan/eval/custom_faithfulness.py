@@ -79,6 +79,14 @@ class AttributeClassifier:
         parts = [self.net(to_input(chunk, self.size)) for chunk in images.split(256)]
         return {n: torch.cat([p[n] for p in parts]).argmax(1) for n in self.names}
 
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """images (N, 3, R, R) in [-1, 1] -> (N, 128): the features the judges' heads read."""
+        if self.net is None:
+            raise ValueError("this folder's judges have no image classifier (free-form captions only)")
+        self.net.eval()
+        return torch.cat([self.net.features(to_input(chunk, self.size)) for chunk in images.split(256)])
+
 
 def caption_classes(dataset) -> list[str]:
     """The data set's captions as classes (each record's first caption), or [] if they are too many."""

@@ -7,6 +7,7 @@ from cgan.core.config import Config, data_cache_dir
 from cgan.data import CaptionedDataset
 from cgan.condition.text_encoder import FrozenTextEncoder, TextEmbeddingCache
 from cgan.eval import custom_faithfulness, faithfulness
+from cgan.eval.diversity import request_diversity, shapes_coverage
 from cgan.eval.fid_data import fid_generator_vs_data
 from cgan.nets.export import ExportedModel
 
@@ -35,6 +36,8 @@ class Evaluator:
             metrics["metric/fid"] = result.fid
             if result.kid is not None:
                 metrics["metric/kid"] = result.kid
+            if result.precision is not None:
+                metrics["metric/precision"], metrics["metric/recall"] = result.precision, result.recall
             print(f"step {step}: {result.summary()} in {result.seconds:.0f} s")
         if e.faithfulness_every and step % e.faithfulness_every == 0:
             start = time.perf_counter()
@@ -49,6 +52,7 @@ class Evaluator:
                     for key, value in values.items():
                         if value is not None:
                             metrics[f"metric/faithfulness/{part}/{key}"] = value
+                metrics.update(self.coverage(pipe))
             else:
                 if self.custom_classifier is None:
                     self.custom_classifier = custom_faithfulness.train_attribute_classifier(
@@ -58,5 +62,27 @@ class Evaluator:
                 for name, value in result["accuracy"].items():
                     if value is not None:
                         metrics[f"metric/faithfulness/{name}"] = value
+                metrics.update(self.request_diversity(pipe))
             print(f"step {step}: faithfulness {metrics} in {time.perf_counter() - start:.0f} s")
         return metrics
+
+    def coverage(self, pipe: ExportedModel) -> dict[str, float]:
+        """G_ema's own coverage of open choices (shapes captions without attributes, the null token: no
+        prior is drawn, so this is what the recipe taught G) as metric/coverage/*."""
+        pipe.unset_attributes = "null"
+        result = shapes_coverage(faithfulness.pipeline_generate_fn(pipe), num=self.config.eval.faithfulness_num)
+        return {**{f"metric/coverage/{name}_tv": f["tv"] for name, f in result["fields"].items()},
+                **{f"metric/coverage/{key}_spread_ratio": v for key, v in result["spread_ratio"].items()}}
+
+    def request_diversity(self, pipe: ExportedModel) -> dict[str, float]:
+        """Per-request diversity of G_ema on the folder (metric/diversity/ratio; 1.0 = as varied as the data);
+        nothing where no request has enough real images or the judges have no classifier."""
+        if self.custom_classifier.net is None:
+            return {}
+        try:
+            result = request_diversity(faithfulness.pipeline_generate_fn(pipe), self.dataset, self.custom_classifier)
+        except ValueError as err:  # no request with enough real images
+            print(f"per-request diversity not measured: {err}")
+            return {}
+        return {"metric/diversity/ratio": result["ratio"], "metric/diversity/generated": result["generated"],
+                "metric/diversity/real": result["real"]}

@@ -95,9 +95,12 @@ class ShapesReader(nn.Module):
         self.hidden = nn.Sequential(nn.Linear(32 * 16, 128), nn.ReLU(inplace=True), nn.Dropout(0.1))
         self.out = nn.Linear(128, sum(self.heads.values()))
 
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, S, S) -> (B, 128): what the heads read."""
+        return self.hidden(rearrange(self.trunk(images), "b c h w -> b (c h w)"))  # (B, 32 * 4 * 4) -> (B, 128)
+
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = rearrange(self.trunk(images), "b c h w -> b (c h w)")  # (B, 32 * 4 * 4)
-        logits = self.out(self.hidden(features))  # (B, sum of class counts)
+        logits = self.out(self.features(images))  # (B, sum of class counts)
         return dict(zip(self.heads, logits.split(list(self.heads.values()), dim=1)))
 
 
@@ -298,8 +301,8 @@ def as_exported_model(model: Any, device: str | torch.device):
 def pipeline_generate_fn(pipe, truncation: float = 1.0, batch_size: int = 50) -> GenerateFn:
     """(prompts, attribute dicts, seeds) -> images in [-1, 1], in batches, from a CGANPipeline."""
     def run(prompts: list[str], attributes: list[dict[str, Any]], seeds: list[int]) -> torch.Tensor:
-        attributes = [pipe.schema.validate({k: v for k, v in a.items() if k in pipe.schema.by_name})
-                      for a in attributes]
+        attributes = [pipe.fill_unset(p, pipe.schema.validate({k: v for k, v in a.items() if k in pipe.schema.by_name}),
+                                      s) for p, a, s in zip(prompts, attributes, seeds)]
         return torch.cat([generate(pipe.G, pipe.text_cache, pipe.schema, prompts[s:s + batch_size],
                                    attributes[s:s + batch_size], seeds[s:s + batch_size], truncation,
                                    pipe.device).float().cpu() for s in range(0, len(prompts), batch_size)])

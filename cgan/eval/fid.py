@@ -26,6 +26,7 @@ import torch
 
 from cgan.core.config import user_cache_dir
 from cgan.core.errors import CganError
+from cgan.eval.diversity import PR_NEIGHBOURS, precision_recall
 
 DEFAULT_CACHE_DIR = user_cache_dir() / "fid"
 MODE = "clean"
@@ -73,6 +74,12 @@ class FIDResult:
     model_step: int | None = None
     folder_a: str | None = None
     reference_cache: str | None = None  # "hit" or "miss" for model-vs-data runs
+    # improved precision / recall (k = 3) on the same Inception features, and the same between two real sets
+    # of the same size (the reference: what a perfect model would score at this N)
+    precision: float | None = None
+    recall: float | None = None
+    precision_real: float | None = None
+    recall_real: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         from importlib.metadata import PackageNotFoundError, version
@@ -91,7 +98,13 @@ class FIDResult:
             where = f"{self.num_generated} generated vs {self.num_real} real, {self.data}/{self.split}"
         else:
             where = f"{self.num_generated} in {self.folder_a} vs {self.num_real} in {self.data}"
-        return f"{scores}  ({where}, clean-fid {MODE}, inception sha256:{self.feature_network_sha256}…)"
+        line = f"{scores}  ({where}, clean-fid {MODE}, inception sha256:{self.feature_network_sha256}…)"
+        if self.precision is not None:
+            reference = (f"{self.precision_real:.3f} / {self.recall_real:.3f}" if self.precision_real is not None
+                         else "too few real images")
+            line += (f"\nprecision {self.precision:.3f}  recall {self.recall:.3f}  (k = {PR_NEIGHBOURS}; "
+                     f"two real sets of this size: {reference})")
+        return line
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,6 +265,16 @@ def kid_from_feats(feats_a: np.ndarray, feats_b: np.ndarray, seed: int = 0) -> f
         np.random.set_state(state)
 
 
+def precision_recall_fields(real: np.ndarray, generated: np.ndarray, real_a: np.ndarray,
+                            real_b: np.ndarray) -> dict[str, float | None]:
+    """FIDResult's precision / recall of `generated` against `real`, and of real_b against real_a (the
+    real-vs-real reference; None where there are too few rows)."""
+    precision, recall = precision_recall(real, generated)
+    enough = min(len(real_a), len(real_b)) > PR_NEIGHBOURS
+    precision_real, recall_real = precision_recall(real_a, real_b) if enough else (None, None)
+    return {"precision": precision, "recall": recall, "precision_real": precision_real, "recall_real": recall_real}
+
+
 def compute_fid(folder_a: str | Path, folder_b: str | Path, *, kid: bool = False, device: str | torch.device = "cpu",
                 inception_weights: str | Path | None = None, batch_size: int = 32, num_workers: int = 0,
                 cache_dir: str | Path = DEFAULT_CACHE_DIR, allow_download: bool = False,
@@ -276,7 +299,9 @@ def compute_fid(folder_a: str | Path, folder_b: str | Path, *, kid: bool = False
     warn_if_sizes_differ(folder_a, folder_b)
     feats_a, feats_b = (folder_features(f, network, device=device, batch_size=batch_size, num_workers=num_workers,
                                         verbose=verbose) for f in (folder_a, folder_b))
+    half = len(feats_b) // 2  # the reference: B's two halves against each other (at N / 2)
     return FIDResult(fid=float(fid_from_feats(feats_a, feats_b)), kid=kid_from_feats(feats_a, feats_b) if kid else None,
+                     **precision_recall_fields(feats_b, feats_a, feats_b[:half], feats_b[half:2 * half]),
                      num_generated=counts[0], num_real=counts[1], feature_network=network.name,
                      feature_network_path=network.path, feature_network_sha256=network.sha256, device=str(device),
                      seconds=round(time.perf_counter() - start, 2), data=str(folder_b), folder_a=str(folder_a))

@@ -20,7 +20,7 @@ import torch
 
 from cgan.eval.fid import (DEFAULT_CACHE_DIR, MODE, SHAPES_REFERENCE_SEED, FeatureNetwork, FIDError, FIDResult,
                            check_count, file_sha256, folder_features, kid_from_feats, load_feature_network,
-                           warn_if_small)
+                           precision_recall_fields, warn_if_small)
 from cgan.core.images import tensor_to_images
 from cgan.data import FolderDataset, ShapesDataset
 from cgan.data import shapes as shapes_lib
@@ -79,15 +79,18 @@ def _save_reference(path: Path, key: str, feats: np.ndarray) -> dict[str, np.nda
 
 
 def reference_statistics(data: str | Path, split: str | None, resolution: int, num: int, network: FeatureNetwork,
-                         cache_dir: str | Path, **features: Any) -> tuple[Any, str, str, dict[str, np.ndarray], str]:
+                         cache_dir: str | Path, quiet: bool = False,
+                         **features: Any) -> tuple[Any, str, str, dict[str, np.ndarray], str]:
     """The Inception statistics of the first `num` real records of `data` (shapes: its `split`), from the
-    cache or computed and cached -> (data set, name, split, {"mu", "sigma", "feats"}, "hit" | "miss")."""
+    cache or computed and cached -> (data set, name, split, {"mu", "sigma", "feats"}, "hit" | "miss").
+    quiet: the caller uses part of the records and speaks of its own count."""
     dataset, name, split, ident = _open_data(data, split, resolution, num)
     n = min(num, len(dataset))
-    if n < num:
+    if n < num and not quiet:
         print(f"note: {name} has {n} records, so FID uses {n} images, not {num}", file=sys.stderr)
     check_count(f"{name}/{split}", n)
-    warn_if_small(f"{name}/{split}", n)
+    if not quiet:
+        warn_if_small(f"{name}/{split}", n)
     key = json.dumps({**ident, "split": split, "resolution": resolution, "num": n, "mode": MODE,
                       "feature_sha256": network.sha256, "format": 1}, sort_keys=True)
     cache_file = Path(cache_dir) / f"ref_{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
@@ -145,18 +148,26 @@ def fid_generator_vs_data(G: torch.nn.Module, text_cache: Any, schema: Any, data
                                    allow_download=allow_download)
     resolution = int(G.resolution)  # type: ignore[arg-type]
     features = dict(device=device, batch_size=batch_size, num_workers=num_workers, verbose=verbose)
-    dataset, name, split, reference, cache_state = reference_statistics(data, split, resolution, num, network,
-                                                                        cache_dir, **features)
-    n = len(reference["feats"])
+    # 2 x num real records: the first num are FID's reference, the rest a second real set for the
+    # precision / recall reference at the same N
+    dataset, name, split, reference, cache_state = reference_statistics(data, split, resolution, 2 * num, network,
+                                                                        cache_dir, quiet=True, **features)
+    n = min(num, len(reference["feats"]))
+    if n < num:
+        print(f"note: {name} has {n} records, so FID uses {n} images, not {num}", file=sys.stderr)
+    warn_if_small(f"{name}/{split}", n)
+    real_feats, second_real = reference["feats"][:n], reference["feats"][n:2 * n]
     with tempfile.TemporaryDirectory(prefix="cgan-fid-") as scratch:
         fake_dir = Path(scratch) / "generated"
         write_generated(G, text_cache, schema, dataset, name, n, fake_dir, seed=seed, truncation=truncation,
                         device=device, batch_size=batch_size, verbose=verbose)
         feats = folder_features(fake_dir, network, **features)
-    fid = float(frechet_distance(np.mean(feats, axis=0), np.cov(feats, rowvar=False), reference["mu"],
-                                 reference["sigma"]))
-    return FIDResult(fid=fid, kid=kid_from_feats(reference["feats"], feats, seed) if kid else None,
-                     num_generated=n, num_real=len(reference["feats"]), feature_network=network.name,
+    fid = float(frechet_distance(np.mean(feats, axis=0), np.cov(feats, rowvar=False), np.mean(real_feats, axis=0),
+                                 np.cov(real_feats, rowvar=False)))
+    # the precision / recall reference at the same N where the data has 2N records, a smaller set otherwise
+    return FIDResult(fid=fid, kid=kid_from_feats(real_feats, feats, seed) if kid else None,
+                     **precision_recall_fields(real_feats, feats, real_feats[:len(second_real)], second_real),
+                     num_generated=n, num_real=len(real_feats), feature_network=network.name,
                      feature_network_path=network.path, feature_network_sha256=network.sha256, device=str(device),
                      seconds=round(time.perf_counter() - start, 2), data=name, split=split, resolution=resolution,
                      seed=seed, truncation=truncation, model=model_path, model_step=model_step,

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from einops import rearrange
+from einops import rearrange, repeat
 
 from cgan.condition.attributes import AttributeSchema
 from cgan.condition.fusion import Condition, ConditionInput, Conditioner
@@ -46,6 +46,16 @@ class DiscriminatorBlock(nn.Module):
         else:
             x = F.avg_pool2d(self.conv1(self.conv0(x)), 2)
         return (x + skip) * (1 / math.sqrt(2))
+
+
+def minibatch_stddev(x: torch.Tensor, group: int) -> torch.Tensor:
+    """x (B, C, H, W) -> (B, C + 1, H, W): the mean over features of the standard deviation within each
+    group of consecutive rows (the largest divisor of B up to `group`), as one extra feature map."""
+    size = max(g for g in range(1, min(group, x.shape[0]) + 1) if x.shape[0] % g == 0)
+    grouped = rearrange(x.float(), "(n g) c h w -> n g c h w", g=size)  # (B/G, G, C, H, W)
+    spread = (grouped.var(dim=1, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (B/G,)
+    spread = repeat(spread, "n -> (n g) 1 h w", g=size, h=x.shape[2], w=x.shape[3])  # (B, 1, H, W)
+    return torch.cat([x, spread.to(x.dtype)], dim=1)
 
 
 class WordRegionMatch(nn.Module):
@@ -93,9 +103,10 @@ class Discriminator(DiscriminatorBase):
                  fusion_layers: int = 2, fusion_heads: int = 4, fusion_zero_init: bool = True,
                  text_positions: bool = False, text_layers: int = 0, pool_first: bool = False,
                  word_match: bool = False, contrastive_dim: int = 0, attribute_heads: bool = False,
-                 term_heads: Mapping[str, HeadBuilder] | None = None):
+                 term_heads: Mapping[str, HeadBuilder] | None = None, mbstd_group: int = 0):
         super().__init__()
         self.resolution = resolution
+        self.mbstd_group = mbstd_group
         self.conditioner = Conditioner(schema=schema, text_dim=text_dim, cond_dim=cond_dim, fusion=fusion,
                                        num_queries=num_cond_queries, num_layers=fusion_layers, num_heads=fusion_heads,
                                        zero_init=fusion_zero_init, text_positions=text_positions,
@@ -116,7 +127,7 @@ class Discriminator(DiscriminatorBase):
         self.word_match = WordRegionMatch(ch(WORD_MATCH_RESOLUTION), cond_dim, WORD_MATCH_RESOLUTION) \
             if word_match else None
         final_channels = ch(4)
-        self.conv_out = EqualConv2d(final_channels, final_channels, 3, activation=True)
+        self.conv_out = EqualConv2d(final_channels + (1 if mbstd_group else 0), final_channels, 3, activation=True)
         self.fc = EqualLinear(final_channels * 16, final_channels, activation=True)
         self.out = EqualLinear(final_channels, 1)
         self.cond_proj = EqualLinear(cond_dim, final_channels)
@@ -128,7 +139,7 @@ class Discriminator(DiscriminatorBase):
     def config_kwargs(cls, config: DiscriminatorConfig) -> dict[str, Any]:
         return dict(channel_base=config.channel_base, channel_max=config.channel_max, channel_min=config.channel_min,
                     attn_resolutions=tuple(config.attn_resolutions), pool_first=config.pool_first,
-                    word_match=config.word_match)
+                    word_match=config.word_match, mbstd_group=config.mbstd_group)
 
     def features(self, images: torch.Tensor, cond: Condition
                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -146,6 +157,8 @@ class Discriminator(DiscriminatorBase):
             key = str(x.shape[-1])
             if key in self.attn:
                 x, _ = self.attn[key](x, cond.attn_tokens, cond.attn_mask)
+        if self.mbstd_group:
+            x = minibatch_stddev(x, self.mbstd_group)  # (B, C + 1, 4, 4)
         x = self.conv_out(x)  # (B, C, 4, 4)
         return self.fc(rearrange(x, "b c h w -> b (c h w)")), plain, match  # (B, C), (B, C) or None, (B,) or None
 

@@ -14,10 +14,11 @@ import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import torch
 
+from cgan.condition.attribute_prior import fill_unset
 from cgan.condition.attributes import AttributeSchema
 from cgan.condition.text_encoder import FrozenTextEncoder, TextEmbeddingCache
 from cgan.condition.vocabulary import VOCABULARY_FILE, read_vocabulary, write_vocabulary
@@ -56,10 +57,13 @@ PIPELINE_CACHE_ENTRIES = 2048
 def export_model(out_dir: str | Path, *, G_ema: torch.nn.Module, generator_kwargs: dict[str, Any],
                  schema_dict: dict[str, Any], text_encoder: dict[str, Any], config_dict: dict[str, Any],
                  step: int, images_seen: int, model_card: str | None = None,
-                 D: torch.nn.Module | None = None, vocabulary: list[str] | None = None) -> Path:
+                 D: torch.nn.Module | None = None, vocabulary: list[str] | None = None,
+                 attribute_prior: dict[str, Any] | None = None) -> Path:
     meta = {"format_version": FORMAT_VERSION, "cgan_version": __version__, "generator": generator_kwargs,
             "text_encoder": text_encoder, "step": step, "images_seen": images_seen,
             "prompt_dropout": config_dict["train"]["drop_prompt"], "config": config_dict}
+    if attribute_prior:  # how generation draws an unset attribute (cgan/condition/attribute_prior.py)
+        meta["attribute_prior"] = attribute_prior
     return write_exported(out_dir, meta, schema_dict, G_ema, model_card, D, vocabulary)
 
 
@@ -123,6 +127,9 @@ class ExportedModel:
         self.vocabulary, self.strict, self.model_card = vocabulary, strict, model_card
         self.text_cache = TextEmbeddingCache(text_encoder, max_entries=PIPELINE_CACHE_ENTRIES)
         self.prompt_dropout = float(meta.get("prompt_dropout", 0.0))
+        # an unset attribute: "sample" draws it as the training data has it (cgan/condition/attribute_prior.py;
+        # models exported without a prior keep the null token), "null" leaves it to the learned null token
+        self.unset_attributes = "sample"
         self.dtype = dtype
         self.to(device, dtype)
 
@@ -187,3 +194,12 @@ class ExportedModel:
     @property
     def resolution(self) -> int:
         return self.G.resolution
+
+    def fill_unset(self, prompt: str, attributes: Mapping[str, Any], seed: int) -> dict[str, Any]:
+        """Validated attributes with each unset one drawn from the training data's distribution (one draw
+        per image seed), unless unset_attributes is "null"."""
+        if self.unset_attributes not in ("sample", "null"):
+            raise ValueError(f"unset_attributes: expected 'sample' or 'null', got {self.unset_attributes!r}")
+        if self.unset_attributes == "null":
+            return dict(attributes)
+        return fill_unset(self.meta.get("attribute_prior"), prompt, attributes, seed)

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from cgan.condition.attribute_prior import dataset_prior
 from cgan.core.config import Config
 from cgan.core.images import describe_condition, image_grid, save_image, tensor_to_images
 from cgan.eval.evaluation import Evaluator
@@ -97,7 +98,8 @@ def save_checkpoint(run: Run, started: float) -> None:
                      schema_dict=run.dataset.schema.to_dict(),
                      text_encoder={"name": encoder.name, "max_length": encoder.max_length},
                      config_dict=config.to_dict(), step=run.step, images_seen=run.images_seen, model_card=card,
-                     D=run.D if t.export_d else None, vocabulary=run.vocabulary)
+                     D=run.D if t.export_d else None, vocabulary=run.vocabulary,
+                     attribute_prior=dataset_prior(run.dataset))
     accelerator.wait_for_everyone()
 
 

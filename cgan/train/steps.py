@@ -110,10 +110,11 @@ def g_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str]) 
     t = config.train
     z = torch.randn(batch.images.shape[0], G.z_dim, device=batch.images.device)
     with accelerator.autocast():
-        fake = G(z, batch.cond)
-        fake = diff_augment(fake, augment) if augment else fake
+        images = G(z, batch.cond)
+        fake = diff_augment(images, augment) if augment else images
         out = D(fake, batch.cond)
-        ctx = GContext(D=D, batch=batch, config=config, fake=fake, out=out, logits=out.scores().float())
+        ctx = GContext(D=D, batch=batch, config=config, fake=fake, out=out, logits=out.scores().float(), G=G, z=z,
+                       images=images)
         parts = {term.name: part for term in active_terms(config) if (part := term.g_loss(ctx)) is not None}
     adversarial = g_loss(ctx.logits, t.loss)
     loss = adversarial + weighted_parts(parts, config)

@@ -53,14 +53,18 @@ class DContext:
 
 @dataclass
 class GContext:
-    """What a term's G part reads: D's output for G's images (augmented as D saw them)."""
+    """What a term's G part reads: D's output for G's images (augmented as D saw them), and the G side:
+    G itself, the latents and the images before augmentation (a term may draw more images of G)."""
 
     D: DiscriminatorBase
     batch: Batch
     config: Config
-    fake: torch.Tensor  # (B, 3, R, R)
+    fake: torch.Tensor  # (B, 3, R, R), augmented as D saw them
     out: DOutput
     logits: torch.Tensor  # (B,) or (B, N), float32
+    G: nn.Module | None = None
+    z: torch.Tensor | None = None  # (B, Z) the latents of the batch's images
+    images: torch.Tensor | None = None  # (B, 3, R, R) G's images before augmentation
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
 
 

@@ -1,0 +1,133 @@
+"""Diversity measures (cgan.diversity) and unset attributes drawn from the data (cgan.attribute_prior)."""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from cgan.condition.attribute_prior import build_prior, fill_unset
+from cgan.condition.attributes import AttributeSchema
+from cgan.core.images import image_to_tensor
+from cgan.data import shapes as shapes_lib
+from cgan.eval.diversity import object_extent, precision_recall, total_variation
+
+
+def test_precision_recall_tells_fidelity_from_coverage():
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(300, 8))
+    assert precision_recall(real, real.copy()) == (1.0, 1.0)
+    far = rng.normal(size=(300, 8)) + 100.0
+    assert precision_recall(real, far) == (0.0, 0.0)
+    # a collapsed model: every sample near one real point is faithful but covers almost nothing
+    collapsed = real[:1] + 0.01 * rng.normal(size=(300, 8))
+    precision, recall = precision_recall(real, collapsed)
+    assert precision == 1.0 and recall < 0.05
+    with pytest.raises(ValueError, match="more than 3 rows"):
+        precision_recall(real[:3], real)
+
+
+def test_total_variation():
+    assert total_variation(Counter(a=5, b=5), Counter(a=1, b=1)) == 0.0
+    assert total_variation(Counter(a=10), Counter(b=3)) == 1.0
+    assert total_variation(Counter(a=3, b=1), Counter(a=1, b=1)) == 0.25
+
+
+def test_object_extent_reads_place_and_size_of_rendered_shapes():
+    for seed in range(5):
+        scene = shapes_lib.sample_scene(__import__("random").Random(seed))
+        if len(scene.objects) != 1:
+            continue
+        extent = object_extent(image_to_tensor(shapes_lib.render(scene, 64))[None])[0]
+        obj = scene.objects[0]
+        assert abs(float(extent[0]) - obj["x"]) < 0.05 and abs(float(extent[1]) - obj["y"]) < 0.05
+    blank = torch.zeros(1, 3, 32, 32)
+    assert object_extent(blank).isnan().all()  # nothing differs from the background
+
+
+SCHEMA = AttributeSchema.from_dict({"tone": ["warm", "cold"], "kind": ["a", "b"], "level": {"type": "continuous"}})
+
+
+def _records(n: int = 400) -> list[dict]:
+    rng = np.random.default_rng(1)
+    records = []
+    for i in range(n):
+        caption = f"thing {i % 4}"
+        records.append({"captions": [caption], "attributes": {
+            "tone": "warm" if rng.random() < 0.5 else "cold",  # independent of the caption
+            "kind": "a" if i % 4 < 2 else "b",  # a function of the caption
+            "level": float(rng.random())}})
+    return records
+
+
+def test_prior_draws_independent_attributes_from_the_data_and_dependent_ones_by_caption():
+    prior = build_prior(_records(), SCHEMA)
+    assert "by_caption" not in prior["attributes"]["tone"]
+    assert "by_caption" in prior["attributes"]["kind"]
+    draws = [fill_unset(prior, "thing 3", {}, seed) for seed in range(200)]
+    assert {d["kind"] for d in draws} == {"b"}  # the records of that caption are all "b"
+    assert 0.35 < sum(d["tone"] == "warm" for d in draws) / len(draws) < 0.65
+    assert all(0.0 <= d["level"] <= 1.0 for d in draws)
+    # deterministic in the seed; a given value is kept; an unknown caption leaves the dependent one unset
+    assert fill_unset(prior, "thing 3", {}, 7) == fill_unset(prior, "thing 3", {}, 7)
+    assert fill_unset(prior, "thing 3", {"tone": "cold"}, 7)["tone"] == "cold"
+    assert "kind" not in fill_unset(prior, "something new", {}, 0)
+    assert fill_unset(None, "thing 3", {}, 0) == {}
+
+
+def test_shipped_model_draws_unset_attributes_as_the_data_has_them():
+    from cgan.pipeline import CGANPipeline
+
+    pipe = CGANPipeline.from_pretrained("shapes64")
+    assert set(pipe.meta["attribute_prior"]["attributes"]) == {"style", "background", "size"}
+    drawn = [pipe.fill_unset("a red circle", {}, seed) for seed in range(60)]
+    assert {d["background"] for d in drawn} == {"light", "dark"}
+    assert {d["style"] for d in drawn} == {"flat", "outline", "shaded"}
+    images = pipe.generate_batch(["a red circle"] * 2, [{}, {}], [3, 3])
+    assert torch.allclose(images[0], images[1], atol=1e-4)  # the draw follows the seed
+    pipe.unset_attributes = "null"
+    try:
+        null = pipe.generate_batch(["a red circle"], [{"style": "flat"}], [3])
+        assert pipe.fill_unset("a red circle", {"style": "flat"}, 3) == {"style": "flat"}
+    finally:
+        pipe.unset_attributes = "sample"
+    full = {"style": "flat", "background": "light", "size": 0.5}
+    assert torch.equal(pipe.generate_batch(["a red circle"], [full], [3]),
+                       pipe.generate_batch(["a red circle"], [full], [3]))  # nothing drawn when all are given
+    assert null.shape == images[:1].shape
+
+
+def test_diversity_term_is_zero_for_varied_images_and_tau_for_identical_ones():
+    from cgan.train.terms.diversity import diversity_loss
+
+    z_a, z_b = torch.zeros(4, 8), torch.ones(4, 8)  # latent distance 1 per row
+    same = torch.zeros(4, 3, 8, 8)
+    assert float(diversity_loss(same, same, z_a, z_b, tau=0.5)) == pytest.approx(0.5)
+    apart = torch.ones(4, 3, 8, 8)  # image distance 1 > tau: nothing to push
+    assert float(diversity_loss(same, apart, z_a, z_b, tau=0.5)) == 0.0
+
+
+def test_minibatch_stddev_adds_one_map_per_group():
+    from cgan.nets.discriminator import minibatch_stddev
+
+    x = torch.zeros(6, 5, 4, 4)
+    x[3:] = torch.arange(3.0)[:, None, None, None]  # the second group of 3 varies, the first does not
+    out = minibatch_stddev(x, group=4)  # 6 rows: groups of 3, the largest divisor of 6 up to 4
+    assert out.shape == (6, 6, 4, 4)
+    assert float(out[:3, -1].max()) < 1e-3 and float(out[3:, -1].min()) > 0.5
+
+
+def test_training_with_the_diversity_term_and_mbstd(tmp_path):
+    import json
+
+    from cgan.core.config import load_config
+    from cgan.train.loop import train
+
+    config = load_config("configs/tiny.yaml", ["loss.diversity=1", "model.discriminator.mbstd_group=4",
+                                               "train.total_steps=2", "train.tracker=none"])
+    train(config, tmp_path / "run")
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "loss/G_diversity" in last and np.isfinite(last["loss/G_diversity"])
+    meta = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert set(meta["attribute_prior"]["attributes"]) == {"style", "background", "size"}
