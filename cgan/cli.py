@@ -180,6 +180,9 @@ def sample_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                         help="compute precision of the generator (bfloat16/float16 under autocast; float16 on a GPU)")
+    parser.add_argument("--unset", choices=["sample", "null"], default="sample",
+                        help="an attribute left out: drawn per image as the training data has it (sample, the "
+                             "default; models without a stored distribution use the null token) or the null token")
     parser.add_argument("--list-attributes", action="store_true", help="print the model's attributes and exit")
     parser.add_argument("--strict", action="store_true",
                         help="a prompt with a word the model never saw in its training captions is an error, "
@@ -202,6 +205,7 @@ def sample_main(argv: list[str] | None = None) -> int:
 
         pipe = CGANPipeline.from_pretrained(args.model, device=args.device, trust_remote_code=args.trust_remote_code,
                                             dtype=getattr(torch, args.dtype), strict=args.strict)
+        pipe.unset_attributes = args.unset
         if args.list_attributes:
             print(pipe.schema.describe())
             return 0

@@ -1,6 +1,7 @@
 """Diversity measures (cgan.diversity) and unset attributes drawn from the data (cgan.attribute_prior)."""
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import numpy as np
@@ -119,8 +120,6 @@ def test_minibatch_stddev_adds_one_map_per_group():
 
 
 def test_training_with_the_diversity_term_and_mbstd(tmp_path):
-    import json
-
     from cgan.core.config import load_config
     from cgan.train.loop import train
 
@@ -131,3 +130,15 @@ def test_training_with_the_diversity_term_and_mbstd(tmp_path):
     assert "loss/G_diversity" in last and np.isfinite(last["loss/G_diversity"])
     meta = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
     assert set(meta["attribute_prior"]["attributes"]) == {"style", "background", "size"}
+
+
+def test_diversity_command_prints_coverage_with_its_reference(capsys):
+    from cgan.diversity import main
+
+    assert main(["--model", "shapes64", "--num", "24"]) == 0
+    out = capsys.readouterr().out
+    assert "| background |" in out and "reader on real (floor)" in out and "place spread" in out
+    assert main(["--model", "shapes64", "--num", "24", "--unset", "null", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["fields"]["background"]["generated"]["dark"] == 1.0  # the null token's one mode
+    assert main(["--model", "no/such/model"]) == 2

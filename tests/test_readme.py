@@ -28,6 +28,7 @@ NOT_RUN = {
     ("accelerate", "launch"): "needs GPUs, which the CI does not have",
     ("python", "-m", "cgan.fid"): "minutes of Inception features; tests/test_fid.py covers the command",
     ("python", "-m", "cgan.faithfulness"): "minutes of generation and reading; tests/test_faithfulness.py covers it",
+    ("python", "-m", "cgan.diversity"): "minutes of generation; tests/test_diversity.py runs it at a small --num",
     ("python", "-m", "cgan.data", "prepare"): "needs Debian's emoji packages; tests/test_emoji.py covers it",
     ("python", "benchmarks/"): "benchmarks take minutes and print timings, not pass or fail",
     ("LD_PRELOAD=",): "an allocator A/B (a benchmark)",
