@@ -45,17 +45,23 @@ class CGANPipelineOutput(Sequence):
         return iter(self.images)
 
 
-def seeds_from_generator(generator: torch.Generator | list[torch.Generator], count: int) -> list[int]:
-    """One seed per image drawn from a torch.Generator (or one generator per image, as diffusers takes
-    a list): the same generator state gives the same images."""
-    generators = generator if isinstance(generator, (list, tuple)) else [generator] * count
+def seeds_from_generator(generator: torch.Generator | list[torch.Generator], count: int,
+                         per_prompt: int) -> list[int]:
+    """The images' seeds from a torch.Generator's seed (`initial_seed()`), so that
+    `generator=torch.Generator().manual_seed(s)` draws what `seed=s` and the CLI's `--seed s` draw: image
+    k of every prompt uses s + k. A list (diffusers' form) gives each image its own generator's seed."""
+    if not isinstance(generator, (list, tuple)):
+        if not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
+        return [int(generator.initial_seed()) + k for _ in range(count // per_prompt) for k in range(per_prompt)]
+    generators = list(generator)
     if len(generators) != count:
         raise ValueError(f"generator: expected one torch.Generator or a list of {count} (one per image), "
                          f"got a list of {len(generators)}")
     for g in generators:
         if not isinstance(g, torch.Generator):
             raise ValueError(f"generator: expected a torch.Generator, got {type(g).__name__}")
-    return [int(torch.randint(0, 2 ** 63 - 1, (1,), generator=g, device=g.device)) for g in generators]
+    return [int(g.initial_seed()) for g in generators]
 
 
 class CGANPipeline(ExportedModel):
@@ -188,13 +194,14 @@ class CGANPipeline(ExportedModel):
                  | None = None, output_type: str = "pil") -> CGANPipelineOutput:
         """num_images (or num_images_per_prompt) per prompt, as a CGANPipelineOutput (`.images`, also a
         list-like of them). Image k of every prompt uses seed + k (seed 0 when neither seed nor generator is
-        given); with `generator` (a torch.Generator, or one per image) each image's seed is drawn from it.
+        given); `generator=torch.Generator().manual_seed(s)` stands for seed=s (its initial_seed(); its
+        state is not advanced), and a list of generators gives each image its generator's seed.
         A list of prompts takes one attribute dict for all of them or a list with one per prompt; the images
         come prompt by prompt. output_type: "pil", "pt" or "np" (the last two in [0, 1])."""
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type: expected one of {', '.join(map(repr, OUTPUT_TYPES))}, got {output_type!r}")
         if seed is not None and generator is not None:
-            raise ValueError("seed and generator: give one (the generator draws each image's seed)")
+            raise ValueError("seed and generator: give one (the generator's seed is the images' seed)")
         per_prompt = num_images if num_images_per_prompt is None else num_images_per_prompt
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         settings = list(attributes) if isinstance(attributes, (list, tuple)) else [attributes] * len(prompts)
@@ -207,7 +214,7 @@ class CGANPipeline(ExportedModel):
         for p, a in zip(prompts, settings):
             self.check_inputs(p, a, per_prompt)
         if generator is not None:
-            seeds = seeds_from_generator(generator, len(prompts) * per_prompt)
+            seeds = seeds_from_generator(generator, len(prompts) * per_prompt, per_prompt)
         else:
             seeds = [(seed or 0) + k for _ in prompts for k in range(per_prompt)]
         tensor = self.generate_batch([p for p in prompts for _ in range(per_prompt)],

@@ -68,3 +68,14 @@ def test_cross_attention_model_draws_attention_maps(pipe):
     images, maps = pipe.attention_maps("a red circle above a blue square", {"style": "flat"}, num_images=1)
     assert images.shape == (1, 3, 64, 64)
     assert maps[0].labels == ["a", "red", "circle", "above", "a", "blue", "square", "style=flat"]
+
+
+def test_diffusers_generator_call_draws_what_the_cli_draws_with_that_seed(pipe, tmp_path):
+    """pipe(prompt, generator=torch.Generator().manual_seed(0)).images is the CLI's --seed 0 image."""
+    import numpy as np
+    from PIL import Image
+
+    images = pipe("a red circle", generator=torch.Generator().manual_seed(0), output_type="pil").images
+    assert sample_main(["--prompt", "a red circle", "--seed", "0", "--num", "1", "--out-dir", str(tmp_path)]) == 0
+    (written,) = sorted(tmp_path.glob("*.png"))
+    assert np.array_equal(np.asarray(images[0]), np.asarray(Image.open(written).convert("RGB")))
