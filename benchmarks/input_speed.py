@@ -33,13 +33,14 @@ def cpu_features() -> str:
 def main() -> None:
     from accelerate import Accelerator
 
-    from cgan.train.caption_table import CaptionTable
+    from cgan.condition.text_encoder import FrozenTextEncoder, TextEmbeddingCache
     from cgan.core.config import data_cache_dir, load_config
     from cgan.data import build_dataset
     from cgan.data.cache import cached_arrays
-    from cgan.condition.text_encoder import FrozenTextEncoder, TextEmbeddingCache
     from cgan.train.build import make_loader
+    from cgan.train.caption_table import CaptionTable
     from cgan.train.microbatch import to_device_batch
+    from cgan.train.terms import needs_negatives
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/shapes.yaml")
@@ -72,7 +73,7 @@ def main() -> None:
         if i == 20:
             cpu_start = time.process_time()
         start = time.perf_counter()
-        batch = to_device_batch(next(loader), text_cache, config, device, memory_format, table)
+        batch = to_device_batch(next(loader), text_cache, config, device, memory_format, needs_negatives(config), table)
         if device.type == "cuda":
             torch.cuda.synchronize()
         if i >= 20:

@@ -125,7 +125,7 @@ class TrainHarness:
         # the torch optimizers inside the run's Accelerate wrappers: accelerator() wraps them anew per precision
         self.opt_G, self.opt_D = self.run.opt_G.optimizer, self.run.opt_D.optimizer
         self.memory_format = self.run.memory_format
-        self.loader = make_loader(self.dataset, config, self.run.step, self.run.accelerator)
+        self.loader = make_loader(self.dataset, config, self.run.step, self.run.accelerator, self.run.arrays)
         self.images_seen = 0
         self.sums: dict[str, list[torch.Tensor]] = {}
         self.guard = NonfiniteGuard(config.train.nonfinite_patience)
@@ -173,7 +173,7 @@ class TrainHarness:
         cache = TimedCall(self.cache)
         clock = bu.Clock()
         batch = to_device_batch(raw, cache, self.config, torch.device("cpu"), self.memory_format,
-                                needs_negatives(self.config))
+                                needs_negatives(self.config), self.run.table)  # the table: data.image_cache
         times["text"] = cache.seconds
         times["batch"] = sub(clock.read(), cache.seconds)
         return batch

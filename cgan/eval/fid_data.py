@@ -105,7 +105,7 @@ def reference_statistics(data: str | Path, split: str | None, resolution: int, n
 
 
 # ---------------------------------------------------------------------------------------------
-# Model against a data set (the cached reference statistics: cgan/eval/fid_reference.py)
+# Model against a data set (the cached reference statistics: above)
 
 
 def write_generated(G: torch.nn.Module, text_cache: Any, schema: Any, dataset: Any, name: str, num: int,
