@@ -5,11 +5,11 @@ the imports inside functions too; no module over 400 lines, no function over 80.
 
 Floors, bottom first (a module may import its own floor and the floors below):
     core       errors, config, files (every write), images (tensors <-> PIL, grids, saving), layers
-    condition  text encoder, attributes, fusion
-    data       data sets
+    condition  text encoder, attributes, fusion, vocabulary (the training captions' words)
+    data       data sets, the image cache
     nets       G, the Ds, the factory, export (model folders), sampling
     eval       FID, faithfulness, the in-training evaluation
-    train      loop, steps, losses, augmentation, EMA, recovery, checkpoints
+    train      loop, steps, losses, augmentation, EMA, recovery, checkpoints, precision, the caption table
     app        cgan/*.py: pipeline, batch generation, demo, CLI, the fid/faithfulness commands
 """
 from __future__ import annotations
