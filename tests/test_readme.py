@@ -1,9 +1,10 @@
-"""The README's commands and examples, run as a user would run them (in a scratch folder, with the
+"""The README's commands and examples (and those of its guide pages in docs/), run as a user would run them (in a scratch folder, with the
 shipped shapes64): every `cgan-sample` / `sample.py` line, every `cgan-train` / `train.py` line (a
 training run as `--dry-run`: the same config, overrides and data checks, without the hours), the
 data export and the Python API example. A command this file cannot run is named in NOT_RUN with the
 reason; a README command that is in neither fails the test, so a new line cannot go untested by
-accident."""
+accident. The README also stays at most README_MAX_LINES lines (issue 25), and every relative link of
+the README and the guide pages leads to a file and heading that exist."""
 from __future__ import annotations
 
 import json
@@ -14,6 +15,11 @@ import warnings
 from conftest import ROOT
 
 README = ROOT / "README.md"
+README_MAX_LINES = 350
+# The user's guide: the README and the pages its reference material moved to. Their commands are
+# run (or named in NOT_RUN) exactly as the README's are.
+GUIDE = [README, *(ROOT / "docs" / name for name in
+                   ("generate.md", "training.md", "data.md", "evaluate.md", "how_it_works.md", "config.md"))]
 
 # First words of the commands not run here, and why.
 NOT_RUN = {
@@ -38,7 +44,8 @@ NOT_RUN = {
 
 
 def _code_blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", README.read_text(), flags=re.S)
+    return [block for page in GUIDE
+            for block in re.findall(rf"```{language}\n(.*?)```", page.read_text(), flags=re.S)]
 
 
 def readme_commands() -> list[list[str]]:
@@ -144,9 +151,53 @@ def test_readme_python_api_example_runs(tmp_path, monkeypatch):
 def test_readme_unknown_word_warning_is_the_real_one():
     from cgan.pipeline import CGANPipeline
 
-    (shown,) = [line for line in README.read_text().splitlines() if line.startswith("warning: prompt 'a pink")]
+    (shown,) = [line for page in GUIDE for line in page.read_text().splitlines()
+                if line.startswith("warning: prompt 'a pink")]
     pipe = CGANPipeline.from_pretrained("shapes64")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         pipe("a pink hexagon")
     assert [f"warning: {w.message}" for w in caught] == [shown]
+
+
+def test_readme_is_at_most_350_lines():
+    lines = README.read_text().splitlines()
+    assert len(lines) <= README_MAX_LINES, (
+        f"README.md has {len(lines)} lines; issue 25's bar is {README_MAX_LINES}: move reference material to docs/")
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading."""
+    text = heading.strip().lower().replace("`", "")
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def _anchors(page) -> set[str]:
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)  # a '#' comment in a code block is no heading
+    return {_anchor(m) for m in re.findall(r"^#{1,6} (.+)$", text, flags=re.M)}
+
+
+def test_guide_links_lead_somewhere():
+    pages = [*GUIDE, ROOT / "docs" / "speed.md", ROOT / "docs" / "recipe_study.md"]
+    broken = []
+    for page in pages:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue  # http(s), mailto
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            if not linked.exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target} (no such file)")
+            elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked):
+                broken.append(f"{page.relative_to(ROOT)}: {target} (no such heading)")
+    assert not broken, broken
+
+
+def test_readme_contents_lists_every_section():
+    text = README.read_text()
+    contents = text.split("## Contents", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"\]\(#([^)]+)\)", contents))
+    sections = {_anchor(h) for h in re.findall(r"^## (.+)$", re.sub(r"```.*?```", "", text, flags=re.S), flags=re.M)}
+    assert sections - {"contents"} <= listed, sorted(sections - {"contents"} - listed)
+    assert listed <= _anchors(README)
