@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 
 import numpy as np
@@ -37,7 +38,7 @@ def test_total_variation():
 
 def test_object_extent_reads_place_and_size_of_rendered_shapes():
     for seed in range(5):
-        scene = shapes_lib.sample_scene(__import__("random").Random(seed))
+        scene = shapes_lib.sample_scene(random.Random(seed))
         if len(scene.objects) != 1:
             continue
         extent = object_extent(image_to_tensor(shapes_lib.render(scene, 64))[None])[0]

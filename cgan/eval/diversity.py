@@ -188,16 +188,12 @@ def request_diversity(generate_fn: Callable, dataset: Any, classifier: Any, num_
         prompts = [record["captions"][0]] * per_request
         attributes = [dict(record["attributes"])] * per_request
         fake = generate_fn(prompts, attributes, [seed + 1000 * k + j for j in range(per_request)])
-        real = torch.stack([_real_image(dataset, i) for i in members[:per_request]])
+        real = torch.stack([image_to_tensor(dataset.image(i)) for i in members[:per_request]])
         fake_spread.append(mean_pairwise_distance(classifier.features(fake)))
         real_spread.append(mean_pairwise_distance(classifier.features(real)))
     real_mean, fake_mean = float(np.mean(real_spread)), float(np.mean(fake_spread))
     return {"requests": len(chosen), "per_request": per_request, "generated": round(fake_mean, 4),
             "real": round(real_mean, 4), "ratio": round(fake_mean / real_mean, 4) if real_mean else float("nan")}
-
-
-def _real_image(dataset: Any, index: int) -> torch.Tensor:
-    return image_to_tensor(dataset.image(index))
 
 
 # ---------------------------------------------------------------------------------------------
