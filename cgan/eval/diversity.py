@@ -197,7 +197,7 @@ def request_diversity(generate_fn: Callable, dataset: Any, classifier: Any, num_
 
 
 # ---------------------------------------------------------------------------------------------
-# Command line
+# Report (the command line is cgan/diversity.py)
 
 
 def format_coverage(result: dict[str, Any]) -> str:
