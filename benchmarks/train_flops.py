@@ -1,0 +1,59 @@
+"""FLOPs per training image of a config: the phases of real training steps (D, R1 every train.r1_every
+steps, G), counted by torch.utils.flop_counter on the CPU, divided by the images those steps consumed.
+With a measured images/s this gives the share of a card's peak that training reaches (issue 23):
+
+    python benchmarks/train_flops.py --config configs/shapes-gpu.yaml [--images-per-s 5000 --peak-tflops 989]
+
+The count is architecture-only (the same on every device); the text encoder is not in it (its caption
+table is built once, before training). Matrix products and convolutions are counted, elementwise work not.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from cgan.core.config import load_config
+from cgan.train.build import build_run, make_loader
+from cgan.train.loop import train_step
+from cgan.train.microbatch import to_device_batch
+from cgan.train.terms import needs_negatives
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--images-per-s", type=float, default=0.0, help="a measured training speed")
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="the card's dense bf16 peak (H200: 989)")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+    config = load_config(args.config, [*args.overrides, "train.tracker=none", "eval.faithfulness_every=0",
+                                       "eval.fid_every=0", "train.d_warmup_steps=0"])
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    with tempfile.TemporaryDirectory() as out:
+        run = build_run(config, out, None, None)
+        loader = make_loader(run.dataset, config, run.step, run.accelerator, run.arrays)
+        steps = config.train.r1_every  # one R1 step among them, as in training
+        counter = FlopCounterMode(display=False)
+        for _ in range(steps):
+            batches = [to_device_batch(next(loader), run.text_cache, config, run.accelerator.device,
+                                       run.memory_format, needs_negatives(config), run.table)
+                       for _ in range(config.train.grad_accum)]
+            with counter:
+                train_step(run, batches)
+    images = steps * run.global_batch
+    per_image = counter.get_total_flops() / images
+    print(f"{args.config} {' '.join(args.overrides)}: {steps} steps of {run.global_batch} images "
+          f"(one R1 step): {per_image / 1e9:.3f} GFLOP per training image")
+    if args.images_per_s:
+        share = per_image * args.images_per_s / (args.peak_tflops * 1e12)
+        print(f"at {args.images_per_s:,.0f} images/s: {per_image * args.images_per_s / 1e12:.2f} TFLOP/s, "
+              f"{100 * share:.2f}% of a {args.peak_tflops:g} TFLOP/s peak")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
