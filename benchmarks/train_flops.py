@@ -1,5 +1,6 @@
-"""FLOPs per training image of a config: the phases of real training steps (D, R1 every train.r1_every
-steps, G), counted by torch.utils.flop_counter on the CPU, divided by the images those steps consumed.
+"""FLOPs per training image of a config: the phases of real training steps (D and G), counted by
+torch.utils.flop_counter on the CPU, divided by the images those steps consumed. The R1 step (one step in
+train.r1_every) is left out: the counter cannot follow its autograd.grad, so the figure is a lower bound.
 With a measured images/s this gives the share of a card's peak that training reaches (issue 23):
 
     python benchmarks/train_flops.py --config configs/shapes-gpu.yaml [--images-per-s 5000 --peak-tflops 989]
@@ -36,22 +37,25 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as out:
         run = build_run(config, out, None, None)
         loader = make_loader(run.dataset, config, run.step, run.accelerator, run.arrays)
-        steps = config.train.r1_every  # one R1 step among them, as in training
+        steps = config.train.r1_every - 1  # the steps between two R1 steps (step 0 is one: not counted)
         counter = FlopCounterMode(display=False)
-        for _ in range(steps):
+        for step in range(steps + 1):
             batches = [to_device_batch(next(loader), run.text_cache, config, run.accelerator.device,
                                        run.memory_format, needs_negatives(config), run.table)
                        for _ in range(config.train.grad_accum)]
+            if step == 0:
+                train_step(run, batches)
+                continue
             with counter:
                 train_step(run, batches)
     images = steps * run.global_batch
     per_image = counter.get_total_flops() / images
     print(f"{args.config} {' '.join(args.overrides)}: {steps} steps of {run.global_batch} images "
-          f"(one R1 step): {per_image / 1e9:.3f} GFLOP per training image")
+          f"(no R1 step): {per_image / 1e9:.3f} GFLOP per training image")
     if args.images_per_s:
         share = per_image * args.images_per_s / (args.peak_tflops * 1e12)
-        print(f"at {args.images_per_s:,.0f} images/s: {per_image * args.images_per_s / 1e12:.2f} TFLOP/s, "
-              f"{100 * share:.2f}% of a {args.peak_tflops:g} TFLOP/s peak")
+        print(f"at {args.images_per_s:,.0f} images/s: {per_image * args.images_per_s / 1e12:.3g} TFLOP/s, "
+              f"{100 * share:.2g}% of a {args.peak_tflops:g} TFLOP/s peak")
     return 0
 
 

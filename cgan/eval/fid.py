@@ -253,6 +253,27 @@ def folder_features(folder: str | Path, network: FeatureNetwork, *, device: str 
                                verbose=verbose)
 
 
+def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
+    """FID's number for two feature sets (N, 2048): the Frechet distance between the Gaussians fitted to them,
+    |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)), in float64 as clean-fid computes it. Computed here
+    because clean-fid 0.1.35 passes scipy's sqrtm a `disp` argument that scipy 1.18 removed."""
+    from scipy import linalg
+
+    mean_a, mean_b = feats_a.mean(axis=0), feats_b.mean(axis=0)  # (2048,)
+    cov_a, cov_b = np.cov(feats_a, rowvar=False), np.cov(feats_b, rowvar=False)  # (2048, 2048)
+    root = linalg.sqrtm(cov_a.dot(cov_b))
+    if not np.isfinite(root).all():  # a singular product: both diagonals nudged, as clean-fid does
+        nudge = np.eye(cov_a.shape[0]) * 1e-6
+        root = linalg.sqrtm((cov_a + nudge).dot(cov_b + nudge))
+    if np.iscomplexobj(root):
+        if not np.allclose(np.diagonal(root).imag, 0, atol=1e-3):
+            raise FIDError(f"FID: the covariance product's square root has an imaginary part of "
+                           f"{np.max(np.abs(root.imag)):.3g} (too few or degenerate images?)")
+        root = root.real
+    diff = mean_a - mean_b
+    return float(diff.dot(diff) + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(root))
+
+
 def kid_from_feats(feats_a: np.ndarray, feats_b: np.ndarray, seed: int = 0) -> float:
     """clean-fid's KID; its subsets come from NumPy's global RNG, so seed it and restore it after."""
     from cleanfid.fid import kernel_distance
@@ -283,8 +304,6 @@ def compute_fid(folder_a: str | Path, folder_b: str | Path, *, kid: bool = False
 
     Each folder's features are computed once and shared by FID and KID (clean-fid's compute_kid
     takes no custom feature extractor)."""
-    from cleanfid.fid import fid_from_feats
-
     start = time.perf_counter()
     counts = []
     for folder in (folder_a, folder_b):
@@ -300,7 +319,7 @@ def compute_fid(folder_a: str | Path, folder_b: str | Path, *, kid: bool = False
     feats_a, feats_b = (folder_features(f, network, device=device, batch_size=batch_size, num_workers=num_workers,
                                         verbose=verbose) for f in (folder_a, folder_b))
     half = len(feats_b) // 2  # the reference: B's two halves against each other (at N / 2)
-    return FIDResult(fid=float(fid_from_feats(feats_a, feats_b)), kid=kid_from_feats(feats_a, feats_b) if kid else None,
+    return FIDResult(fid=frechet_distance(feats_a, feats_b), kid=kid_from_feats(feats_a, feats_b) if kid else None,
                      **precision_recall_fields(feats_b, feats_a, feats_b[:half], feats_b[half:2 * half]),
                      num_generated=counts[0], num_real=counts[1], feature_network=network.name,
                      feature_network_path=network.path, feature_network_sha256=network.sha256, device=str(device),

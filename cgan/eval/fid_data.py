@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from cgan.eval.fid import (DEFAULT_CACHE_DIR, MODE, SHAPES_REFERENCE_SEED, FeatureNetwork, FIDError, FIDResult,
-                           check_count, file_sha256, folder_features, kid_from_feats, load_feature_network,
-                           precision_recall_fields, warn_if_small)
+                           check_count, file_sha256, folder_features, frechet_distance, kid_from_feats,
+                           load_feature_network, precision_recall_fields, warn_if_small)
 from cgan.core.images import tensor_to_images
 from cgan.data import FolderDataset, ShapesDataset
 from cgan.data import shapes as shapes_lib
@@ -141,8 +141,6 @@ def fid_generator_vs_data(G: torch.nn.Module, text_cache: Any, schema: Any, data
                           verbose: bool = False) -> FIDResult:
     """FID of `num` images from G (e.g. G_ema in training), conditioned on the data set's own captions and
     attributes (image i uses seed + i), against the same records' real images."""
-    from cleanfid.fid import frechet_distance
-
     start = time.perf_counter()
     network = load_feature_network(inception_weights, device=device, cache_dir=cache_dir,
                                    allow_download=allow_download)
@@ -162,8 +160,7 @@ def fid_generator_vs_data(G: torch.nn.Module, text_cache: Any, schema: Any, data
         write_generated(G, text_cache, schema, dataset, name, n, fake_dir, seed=seed, truncation=truncation,
                         device=device, batch_size=batch_size, verbose=verbose)
         feats = folder_features(fake_dir, network, **features)
-    fid = float(frechet_distance(np.mean(feats, axis=0), np.cov(feats, rowvar=False), np.mean(real_feats, axis=0),
-                                 np.cov(real_feats, rowvar=False)))
+    fid = frechet_distance(feats, real_feats)
     # the precision / recall reference at the same N where the data has 2N records, a smaller set otherwise
     return FIDResult(fid=fid, kid=kid_from_feats(real_feats, feats, seed) if kid else None,
                      **precision_recall_fields(real_feats, feats, real_feats[:len(second_real)], second_real),
