@@ -5,7 +5,8 @@ With a measured images/s this gives the share of a card's peak that training rea
 
     python benchmarks/train_flops.py --config configs/shapes-gpu.yaml [--images-per-s 5000 --peak-tflops 989]
 
-The count is architecture-only (the same on every device); the text encoder is not in it (its caption
+It also counts the ATen operators per step (each at least one kernel launch on a GPU). The count is
+architecture-only (the same on every device); the text encoder is not in it (its caption
 table is built once, before training). Matrix products and convolutions are counted, elementwise work not.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 import tempfile
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from cgan.core.config import load_config
@@ -22,6 +24,19 @@ from cgan.train.build import build_run, make_loader
 from cgan.train.loop import train_step
 from cgan.train.microbatch import to_device_batch
 from cgan.train.terms import needs_negatives
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen operators a step dispatches: on a GPU each is at least one kernel launch, so their
+    number times the host's cost per operator bounds the steps/s of a small model from above."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         run = build_run(config, out, None, None)
         loader = make_loader(run.dataset, config, run.step, run.accelerator, run.arrays)
         steps = config.train.r1_every - 1  # the steps between two R1 steps (step 0 is one: not counted)
-        counter = FlopCounterMode(display=False)
+        counter, ops = FlopCounterMode(display=False), OpCounter()
         for step in range(steps + 1):
             batches = [to_device_batch(next(loader), run.text_cache, config, run.accelerator.device,
                                        run.memory_format, needs_negatives(config), run.table)
@@ -46,12 +61,13 @@ def main(argv: list[str] | None = None) -> int:
             if step == 0:
                 train_step(run, batches)
                 continue
-            with counter:
+            with counter, ops:
                 train_step(run, batches)
     images = steps * run.global_batch
     per_image = counter.get_total_flops() / images
     print(f"{args.config} {' '.join(args.overrides)}: {steps} steps of {run.global_batch} images "
-          f"(no R1 step): {per_image / 1e9:.3f} GFLOP per training image")
+          f"(no R1 step): {per_image / 1e9:.3f} GFLOP per training image; {ops.count / steps:,.0f} ATen operators "
+          f"per step")
     if args.images_per_s:
         share = per_image * args.images_per_s / (args.peak_tflops * 1e12)
         print(f"at {args.images_per_s:,.0f} images/s: {per_image * args.images_per_s / 1e12:.3g} TFLOP/s, "

@@ -63,7 +63,7 @@ def test_contrastive_hard_negatives_count_only_where_valid():
     assert contrastive_loss(cond * 3, cond, own, 0.1, cond.clone(), all_valid) > plain + 0.3
     assert contrastive_loss(cond * 3, cond, own, 0.1, -cond, all_valid) < plain + 1e-3
     with pytest.raises(ConfigError, match="loss.contrastive_hard: adds negatives to the contrastive term"):
-        load_config(TINY, ["loss.contrastive_hard=true"])
+        load_config(TINY, ["loss.contrastive=0", "loss.contrastive_hard=true"])
 
 
 def test_attribute_loss_only_counts_given_attributes():

@@ -126,14 +126,14 @@ class LossConfig:
 
     # InfoNCE between D's image embedding and D's condition embedding over the batch, both ways
     # (XMC-GAN): real images train D's embeddings, generated images train G to match their condition
-    contrastive: float = weight()
+    contrastive: float = weight(2.0)  # the recipe study's (README, "Recipe study"): on by default
     contrastive_temperature: float = 0.1  # temperature of the contrastive InfoNCE
     # the data set's contradicting captions (see hard_negative) join the contrastive negatives: each
     # image, real (D) or generated (G), must match its caption better than the one that contradicts it
     contrastive_hard: bool = False
     # AC-GAN style: D predicts the attributes of real images (categorical: cross-entropy, continuous:
     # squared error); G is trained so that D reads the attributes it was asked for in its images
-    attributes: float = weight()
+    attributes: float = weight(1.0)
     # D: a real image with a caption that contradicts it (the data set's `negatives`, e.g. shapes' two
     # objects swapped or their colours exchanged) is a fake, like the matching-aware negatives; 0 = off
     hard_negative: float = weight()

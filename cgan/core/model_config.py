@@ -23,7 +23,7 @@ class ConditionerConfig:
     # cross_attention: the fused tokens' mean joins the condition vector through a layer that starts at
     # zero (the pooled path alone at the start) or, with false, at a random init (the token path is heard
     # from the first step)
-    fusion_zero_init: bool = True
+    fusion_zero_init: bool = False  # true: the default before the recipe study (the prompt stayed at chance)
     # cross_attention: a learned embedding of each text token's position (zero at the start) joins the
     # tokens the fusion and the spatial attention read, so "A left of B" and "B left of A" can differ
     text_positions: bool = False
@@ -52,7 +52,7 @@ class GeneratorConfig:
     # G's spatial attention: a learned embedding of each location (zero at the start) joins its queries,
     # so a location's place can choose the words it reads (issue 12: which object is left, which right)
     attn_positions: bool = False
-    output: str = "linear"  # linear (StyleGAN's, may leave [-1, 1]) | tanh (bounded, as real images are)
+    output: str = "tanh"  # tanh (bounded, as real images are) | linear (StyleGAN's, may leave [-1, 1])
     # auto: grayscale when the data set's images are grey (the generator then draws grey images), else rgb
     color: str = "auto"
 

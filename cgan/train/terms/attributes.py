@@ -30,12 +30,16 @@ class Attributes(LossTerm):
     name = "attributes"
     heads = frozenset({"attributes"})
 
-    def d_loss(self, ctx: DContext) -> torch.Tensor:  # real images have every attribute the data gives them
+    def d_loss(self, ctx: DContext) -> torch.Tensor | None:  # real images have every attribute the data gives them
+        if not ctx.D.attribute_sizes:  # data without attributes (captions only): nothing to predict
+            return None
         c = ctx.batch.cond
         return attribute_loss(ctx.D.attribute_logits(ctx.real_plain()), ctx.D.attribute_categorical, c.attr_index,
                               c.attr_value, ctx.batch.attr_present_full)
 
-    def g_loss(self, ctx: GContext) -> torch.Tensor:  # generated images: the attributes G was asked for
+    def g_loss(self, ctx: GContext) -> torch.Tensor | None:  # generated images: the attributes G was asked for
+        if not ctx.D.attribute_sizes:
+            return None
         c = ctx.batch.cond
         return attribute_loss(ctx.D.attribute_logits(ctx.out.plain), ctx.D.attribute_categorical, c.attr_index,
                               c.attr_value, c.attr_present)
