@@ -301,10 +301,10 @@ def start_suite(check: Check) -> subprocess.Popen | None:
     options = ["-n", "6"] if importlib.util.find_spec("xdist") is not None else []
     if check.args.encoder:  # the carried float16 copy of MiniLM cannot give the float32 model's reference outputs
         options += ["--deselect", "tests/test_text_encoder.py::test_minilm_outputs"]
-    log = open(check.out / "suite.log", "w")  # noqa: SIM115 - closed by suite_row
-    check.suite_log = log
-    return subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *options, "-m",
-                             "not slow and not benchmark"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+    with open(check.out / "suite.log", "w") as log:  # the child keeps its own copy of the file
+        return subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *options, "-m",
+                                 "not slow and not benchmark"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                env=env)
 
 
 def suite_row(check: Check, suite: subprocess.Popen) -> dict[str, Any]:
@@ -314,7 +314,6 @@ def suite_row(check: Check, suite: subprocess.Popen) -> dict[str, Any]:
     except subprocess.TimeoutExpired:
         suite.kill()
         code = None
-    check.suite_log.close()
     lines = (check.out / "suite.log").read_text(errors="replace").strip().splitlines() or ["(no output)"]
     if code is None:
         return {"detail": f"not finished within --budget-s {check.args.budget_s:.0f}: {lines[-1]}"}

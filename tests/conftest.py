@@ -12,7 +12,7 @@ import torch
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 # Training in the tests runs on the CPU also where a GPU is present: they assert the CPU's bitwise behaviour
 # (resume, the image cache, roll-backs), which CUDA's kernels do not give; benchmarks/device_check.py checks the
-# GPU's (on an H200, 13 training tests failed on that alone).
+# GPU's (on an H200, 4 training tests failed on that alone).
 os.environ.setdefault("ACCELERATE_USE_CPU", "true")
 
 ROOT = Path(__file__).resolve().parents[1]

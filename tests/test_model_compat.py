@@ -5,6 +5,7 @@ compared with a tolerance, since other CPUs round differently). Rewrite them onl
 `python tests/test_model_compat.py`."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -27,10 +28,15 @@ CASES = json.loads((REFERENCES.with_suffix(".json")).read_text())
 TOLERANCE = dict(atol=1e-4, rtol=1e-4)  # other CPUs' kernels round differently (an Intel with AMX: ~1e-6)
 
 
-def reference(key: str) -> torch.Tensor:
+@functools.cache
+def references() -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    return load_file(str(REFERENCES.with_suffix(".safetensors")))[key]
+    return load_file(str(REFERENCES.with_suffix(".safetensors")))
+
+
+def reference(key: str) -> torch.Tensor:
+    return references()[key]
 
 
 @contextmanager
