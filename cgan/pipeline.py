@@ -139,22 +139,32 @@ class CGANPipeline(ExportedModel):
     def interpolate(self, prompt_a: str, prompt_b: str, attributes: Mapping[str, Any] | None = None, steps: int = 8,
                     num_seeds: int = 1, seed: int = 0, truncation: float = 1.0) -> torch.Tensor:
         """Images (num_seeds * steps, 3, R, R), row per seed: the fused condition moves linearly from
-        prompt_a to prompt_b while z stays fixed."""
+        prompt_a to prompt_b while z stays fixed. Unset attributes are drawn per seed as each prompt's own
+        images draw them, so the first and last columns are what generate_tensor gives for that seed."""
         if steps < 2:
             raise ValueError(f"steps: expected at least 2 for an interpolation, got {steps}")
         clean = self.check_inputs(prompt_a, attributes, num_seeds)
         self.check_inputs(prompt_b, attributes, num_seeds)
-        inputs = condition_input(self.text_cache, self.schema, [prompt_a, prompt_b], [clean, clean], self.device)
+        seeds = [seed + s for s in range(num_seeds)]
+        ends_attributes = [self.fill_unset(p, clean, s) for p in (prompt_a, prompt_b) for s in seeds]
+        inputs = condition_input(self.text_cache, self.schema, [prompt_a] * num_seeds + [prompt_b] * num_seeds,
+                                 ends_attributes, self.device)
         with torch.no_grad(), self._autocast():
-            ends = self.G.condition(inputs)
+            ends = self.G.condition(inputs)  # rows: prompt_a for each seed, then prompt_b for each seed
+
+            def per_step(rows: torch.Tensor) -> torch.Tensor:  # (S, ...) -> (S * steps, ...), seed-major
+                return rows.repeat_interleave(steps, dim=0)
+
             fractions = torch.linspace(0, 1, steps, device=self.device)
             weight = fractions.repeat(num_seeds)[:, None]  # (N = S * steps, 1), seed-major rows
-            cond_vector = torch.lerp(ends.cond_vector[0:1], ends.cond_vector[1:2], weight)  # (N, D)
-            attn_tokens = torch.lerp(ends.attn_tokens[0:1], ends.attn_tokens[1:2], weight[:, :, None])  # (N, M, D)
-            either = ends.attn_mask[0:1] | ends.attn_mask[1:2]  # (1, M): a token either prompt has stays visible
-            cond = Condition(cond_vector, attn_tokens, either.expand(weight.shape[0], -1))
-            seeds = [seed + s for s in range(num_seeds) for _ in range(steps)]
-            z = make_latents(seeds, self.G.z_dim).to(self.device)
+            start, end = slice(0, num_seeds), slice(num_seeds, 2 * num_seeds)
+            cond_vector = torch.lerp(per_step(ends.cond_vector[start]), per_step(ends.cond_vector[end]),
+                                     weight)  # (N, D)
+            attn_tokens = torch.lerp(per_step(ends.attn_tokens[start]), per_step(ends.attn_tokens[end]),
+                                     weight[:, :, None])  # (N, M, D)
+            either = per_step(ends.attn_mask[start] | ends.attn_mask[end])  # (N, M): a token of either end is seen
+            cond = Condition(cond_vector, attn_tokens, either)
+            z = make_latents([s for s in seeds for _ in range(steps)], self.G.z_dim).to(self.device)
             return self.G.from_condition(z, cond, truncation).float()
 
     def sweep(self, prompt: str, attributes: Mapping[str, Any] | None, name: str, values: list[Any],

@@ -5,6 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cgan.condition.attribute_prior import build_prior
 from cgan.condition.attributes import InvalidAttributeError
 from cgan.core.errors import CheckpointError
 from cgan.nets.export import export_model
@@ -129,6 +130,15 @@ def test_interpolation_ends_at_both_prompts(model_dir):
     torch.testing.assert_close(images[[0, 4]], a, atol=1e-5, rtol=1e-5)  # row per seed, first column = prompt A
     torch.testing.assert_close(images[[3, 7]], b, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(images[1], images[2])
+    # unset attributes are drawn from the data's distribution per seed, as the single images draw them
+    records = [{"captions": ["a red circle"], "attributes": {"style": style, "background": background, "size": size}}
+               for style in ("flat", "outline", "shaded") for background in ("light", "dark") for size in (0.2, 0.8)]
+    pipe.meta["attribute_prior"] = build_prior(records, pipe.schema)
+    unset = pipe.interpolate("a red circle", "a blue square", steps=3, num_seeds=3, seed=5)
+    torch.testing.assert_close(unset[[0, 3, 6]], pipe.generate_tensor("a red circle", num_images=3, seed=5),
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(unset[[2, 5, 8]], pipe.generate_tensor("a blue square", num_images=3, seed=5),
+                               atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="at least 2"):
         pipe.interpolate("a", "b", steps=1)
 
