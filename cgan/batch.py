@@ -140,12 +140,14 @@ def write_generated_set(pipe, rows: list[tuple[str, dict[str, Any]]], seeds: lis
         for (r, seed), image in zip(chunk, tensor_to_images(tensor)):
             name = f"{r:05d}_seed{seed:06d}.png"  # zero-padded as --out-dir's seedNNNNNN.png: sorts by seed
             save_image(out_dir / name, image)
-            records.append({"file_name": name, "text": rows[r][0], **rows[r][1]})
+            drawn = pipe.fill_unset(rows[r][0], pipe.check_inputs(rows[r][0], rows[r][1], 1), seed)
+            records.append({"file_name": name, "text": rows[r][0], **drawn})  # the attributes it was drawn with
         bar.update(len(chunk))
     bar.close()
     atomic_write_text(out_dir / "attributes.json", json.dumps(pipe.schema.to_dict(), indent=2) + "\n")
     atomic_write_text(out_dir / "generation.json", json.dumps(
         {"model": model, "step": pipe.meta.get("step"), "seeds": seeds, "truncation": truncation,
+         "unset_attributes": pipe.unset_attributes,
          "rows": len(rows), "images": len(records), "seconds": round(time.perf_counter() - start, 1)}, indent=2) + "\n")
     atomic_write_text(out_dir / "metadata.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     return len(records)

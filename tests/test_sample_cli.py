@@ -42,6 +42,34 @@ def test_prompts_file_writes_a_data_folder_that_training_reads(model_dir, tmp_pa
     torch.testing.assert_close(written, torch.from_numpy(np.asarray(expected)).int(), atol=1, rtol=0)
 
 
+def test_prompts_file_records_the_attributes_each_image_was_drawn_with(model_dir, tmp_path):
+    import shutil
+
+    from cgan.condition.attribute_prior import build_prior
+
+    model = tmp_path / "with_prior"
+    shutil.copytree(model_dir, model)
+    meta = json.loads((model / "config.json").read_text())
+    records = [{"captions": ["a red circle"], "attributes": {"style": style, "background": background, "size": size}}
+               for style in ("flat", "outline") for background in ("light", "dark") for size in (0.2, 0.8)]
+    meta["attribute_prior"] = build_prior(records, CGANPipeline.from_pretrained(model_dir).schema)
+    (model / "config.json").write_text(json.dumps(meta))
+    (tmp_path / "p.txt").write_text("a blue square\n")
+    out = tmp_path / "drawn"
+    assert sample_main(["--model", str(model), "--prompts", str(tmp_path / "p.txt"), "--num", "6",
+                        "--out-dir", str(out)]) == 0
+    written = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert all(set(r) == {"file_name", "text", "style", "background", "size"} for r in written)
+    assert {r["background"] for r in written} == {"light", "dark"}  # drawn per seed, not one mode
+    # a record regenerates its image: the attributes it names are the ones the image was drawn with
+    pipe = CGANPipeline.from_pretrained(model)
+    record = written[3]
+    again = pipe("a blue square", {k: record[k] for k in ("style", "background", "size")}, num_images=1, seed=3)[0]
+    image = torch.from_numpy(np.array(Image.open(out / record["file_name"]))).int()
+    torch.testing.assert_close(image, torch.from_numpy(np.asarray(again)).int(), atol=1, rtol=0)
+    assert json.loads((out / "generation.json").read_text())["unset_attributes"] == "sample"
+
+
 def test_txt_and_csv_prompts_and_seed_ranges(model_dir, tmp_path):
     (tmp_path / "p.txt").write_text("a red circle\n\na blue square\n")
     assert sample_main(["--model", str(model_dir), "--prompts", str(tmp_path / "p.txt"), "--seeds", "3,7-8",
