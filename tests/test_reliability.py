@@ -11,11 +11,13 @@ import pickle
 import random
 import re
 import signal
+import shutil
 import subprocess
 import sys
 import time
 import types
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import torch
@@ -205,20 +207,25 @@ def test_sigkill_at_random_moments_then_resume_latest(tmp_path, cache_dir):
 
 
 class DiskUsage:
-    """shutil.disk_usage with `free` bytes from the given list, one per call (the last one repeats)."""
+    """shutil.disk_usage with `free` bytes from the given list, one per call on the run folder `run` (the
+    last one repeats). Other paths get the real answer: the image cache asks about the cache folder when it
+    builds, which happens in whichever test first trains on a fresh machine (it did under pytest-xdist)."""
 
-    def __init__(self, *free):
-        self.free, self.calls = list(free), 0
+    def __init__(self, run, *free):
+        self.run, self.free, self.calls = Path(run), list(free), 0
+        self.real = shutil.disk_usage
 
     def __call__(self, path):
+        if Path(path) != self.run:
+            return self.real(path)
         self.calls += 1
         free = self.free[min(self.calls, len(self.free)) - 1]
         return types.SimpleNamespace(total=2 ** 40, used=2 ** 40 - free, free=free)
 
 
 def test_not_enough_disk_fails_before_the_first_step(config, tmp_path, minilm, monkeypatch):
-    monkeypatch.setattr(recovery.shutil, "disk_usage", DiskUsage(2 ** 20))
     run = tmp_path / "run"
+    monkeypatch.setattr(recovery.shutil, "disk_usage", DiskUsage(run, 2 ** 20))
     with pytest.raises(ConfigError, match=rf"--out {re.escape(str(run))}: 1 MiB free, but a checkpoint and an "
                                           r"exported model need about \d+ MiB$"):
         train(config, run, text_encoder=minilm)
@@ -226,8 +233,8 @@ def test_not_enough_disk_fails_before_the_first_step(config, tmp_path, minilm, m
 
 
 def test_disk_filling_up_during_training_stops_before_a_write(config, tmp_path, minilm, monkeypatch):
-    monkeypatch.setattr(recovery.shutil, "disk_usage", DiskUsage(2 ** 40, 2 ** 40, 2 ** 20))  # full at step 4
     run = tmp_path / "run"
+    monkeypatch.setattr(recovery.shutil, "disk_usage", DiskUsage(run, 2 ** 40, 2 ** 40, 2 ** 20))  # full at step 4
     newest = re.escape(str(run / "checkpoints" / "step_00000002"))
     with pytest.raises(ConfigError, match=rf"1 MiB free.*the newest complete state is {newest}, continue with "
                                           "--resume latest"):
