@@ -1,7 +1,7 @@
 """Recipe study (issue 12): train recipes for a fixed image budget; compare faithfulness against images seen.
 
     python benchmarks/recipe.py --recipe "baseline:" --recipe "contrastive: loss.contrastive=1" \\
-        [--base configs/quickstart.yaml] [--kimg 32] [--eval-kimg 8] [--seeds 0 1] [--parallel 2] \\
+        [--base configs/quickstart.yaml] [--set OVERRIDE ...] [--kimg 32] [--eval-kimg 8] [--seeds 0 1] [--parallel 2] \\
         [--threads 1] [--fid-num 500] [--out runs/recipe] [--report-only]
 
 A recipe is `NAME: override override ...` (config overrides, separated by spaces). Each (recipe,
@@ -13,6 +13,12 @@ one continued, so a study can be stopped and run again. The in-training evaluati
 Prints, per metric, one row per recipe and seed with the value at each point (kimg = thousands of
 images seen), the training minutes to the budget (evaluation excluded) and the median img/s; writes
 OUT/curves.json (every point) and OUT/curves.png (the main curves, mean over seeds).
+
+On a folder (`--base configs/custom.yaml data.path=...` given as the recipe's overrides, or a base
+config with a folder), the in-training evaluation gives caption and attribute accuracy and the
+per-request diversity ratio instead; the table and plot show those. Beside faithfulness every point
+also carries what the evaluation logged of diversity (metric/diversity/*, metric/coverage/*,
+metric/precision, metric/recall).
 """
 from __future__ import annotations
 
@@ -34,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 from cgan.core.config import load_config  # noqa: E402
 
 PREFIX = "metric/faithfulness/"
+DIVERSITY_PREFIXES = ("metric/diversity/", "metric/coverage/")  # kept with their last part: diversity/ratio
 TABLE_METRICS = ["seen/all_correct_one", "heldout/all_correct_one", "seen/all_correct_two", "seen/shape",
                  "seen/color", "seen/relation", "seen/style", "seen/background", "seen/count"]
 CURVE_METRICS = TABLE_METRICS[:3]
@@ -51,6 +58,7 @@ def parse_recipe(text: str) -> tuple[str, list[str]]:
 
 
 def run_command(args, name: str, seed: int, overrides: list[str]) -> tuple[list[str], Path]:
+    overrides = list(args.set) + overrides  # the study's common overrides first: a recipe's own win
     base = load_config(args.base, overrides)  # fails here, before any training, on a bad override
     batch = base.train.batch_size * base.train.grad_accum
     steps, every = round(args.kimg * 1000 / batch), round(args.eval_kimg * 1000 / batch)
@@ -93,11 +101,25 @@ def read_curve(run: Path) -> dict:
             last_images = row["images_seen"]
             speeds.append(row["speed/images_per_s"])
         metrics = {k[len(PREFIX):]: v for k, v in row.items() if k.startswith(PREFIX)}
-        if "metric/fid" in row:
-            metrics["fid"] = row["metric/fid"]
+        metrics.update({k[len("metric/"):]: v for k, v in row.items() if k.startswith(DIVERSITY_PREFIXES)})
+        for key in ("fid", "precision", "recall"):
+            if f"metric/{key}" in row:
+                metrics[key] = row[f"metric/{key}"]
         if metrics:
             points.append({"step": step, "kimg": row["images_seen"] / 1000, "train_min": seconds / 60, **metrics})
     return {"points": points, "img_s": median(speeds) if speeds else None}
+
+
+def metric_lists(curves: dict[str, dict]) -> tuple[list[str], list[str], list[str]]:
+    """(curve, table, plot) metrics: the shapes reader's where the runs have them, else a folder's (caption
+    and attribute accuracy from the judges, and the per-request diversity ratio)."""
+    keys = {k for c in curves.values() for p in c["points"] for k in p} - {"step", "kimg", "train_min"}
+    if not keys or "seen/all_correct_one" in keys:
+        extra = sorted(k for k in keys if k.startswith("coverage/"))
+        return CURVE_METRICS + extra, TABLE_METRICS + extra, PLOT_METRICS
+    accuracy = sorted(k for k in keys if "/" not in k and k not in ("fid", "precision", "recall"))
+    diversity = [k for k in ("diversity/ratio",) if k in keys]
+    return accuracy + diversity, accuracy + diversity, (accuracy + diversity)[:6]
 
 
 def cell(value) -> str:
@@ -114,13 +136,14 @@ def report(curves: dict[str, dict], curve_metrics: list[str], final_metrics: lis
         for run, curve in curves.items():
             at = {round(p["kimg"], 1): p.get(metric) for p in curve["points"]}
             lines.append(f"{run:<26}" + "".join(f"{cell(at.get(k)):>7}" for k in kimgs))
-    names = [m.replace("all_correct_", "all") for m in final_metrics] + ["fid", "kimg", "train min", "img/s"]
+    names = [m.replace("all_correct_", "all") for m in final_metrics] + ["fid", "precision", "recall", "kimg",
+                                                                         "train min", "img/s"]
     lines.append("\nat each run's last point (allone/alltwo: all-correct, 1 / 2 objects)")
     lines.append(f"{'run':<26}" + "".join(f"{n:>{max(len(n) + 2, 8)}}" for n in names))
     for run, curve in curves.items():
         last = curve["points"][-1] if curve["points"] else {}
-        values = [last.get(m) for m in final_metrics] + [last.get("fid"), last.get("kimg"), last.get("train_min"),
-                                                          curve["img_s"]]
+        values = [last.get(m) for m in final_metrics] + [last.get(k) for k in ("fid", "precision", "recall", "kimg",
+                                                                             "train_min")] + [curve["img_s"]]
         lines.append(f"{run:<26}" + "".join(f"{cell(v):>{max(len(n) + 2, 8)}}" for n, v in zip(names, values)))
     return "\n".join(lines)
 
@@ -193,6 +216,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", action="append", required=True, help='"NAME: override override ..."')
     parser.add_argument("--base", default=str(ROOT / "configs" / "quickstart.yaml"))
+    parser.add_argument("--set", nargs="+", default=[], metavar="OVERRIDE",
+                        help="overrides for every recipe, e.g. data.path=data/fashion data.resolution=32")
     parser.add_argument("--kimg", type=float, default=32, help="image budget, thousands of images")
     parser.add_argument("--eval-kimg", type=float, default=8, help="thousands of images between curve points")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -210,13 +235,14 @@ def main() -> None:
             for (cmd, run), seconds in zip(jobs, pool.map(lambda job: train_one(*job, args.threads), jobs)):
                 print(f"{run.name}: {seconds / 60:.1f} min (with evaluation)")
     curves = {run.name: read_curve(run) for _, run in jobs}
-    print(report(curves, CURVE_METRICS, TABLE_METRICS))
+    curve_metrics, table_metrics, plot_metrics = metric_lists(curves)
+    print(report(curves, curve_metrics, table_metrics))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = {"base": str(args.base), "kimg": args.kimg, "recipes": recipes, "cpu": cpu_features(), "runs": curves}
     (out / "curves.json.tmp").write_text(json.dumps(summary, indent=1))
     (out / "curves.json.tmp").replace(out / "curves.json")
-    plot(curves, PLOT_METRICS, out / "curves.png")
+    plot(curves, plot_metrics, out / "curves.png")
     print(f"\nwrote {out / 'curves.json'} and {out / 'curves.png'}")
 
 
