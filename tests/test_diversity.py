@@ -143,3 +143,19 @@ def test_diversity_command_prints_coverage_with_its_reference(capsys):
     record = json.loads(capsys.readouterr().out)
     assert record["fields"]["background"]["generated"]["dark"] == 1.0  # the null token's one mode
     assert main(["--model", "no/such/model"]) == 2
+
+
+def test_training_with_the_twin_attribute_term(tmp_path):
+    from cgan.core.config import ConfigError, load_config
+    from cgan.train.loop import train
+
+    config = load_config("configs/tiny.yaml", ["loss.attributes_twin=1", "train.total_steps=2", "train.tracker=none"])
+    train(config, tmp_path / "run")
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert np.isfinite(last["loss/D_twin"]) and last["loss/D_twin"] > 0
+    assert last["loss/G_twin"] < 0  # G plays against the twin: its part is minus the twin's loss
+    from safetensors.torch import load_file
+    weights = load_file(str(next((tmp_path / "run" / "checkpoints").iterdir()) / "D.safetensors"))
+    assert weights["term_heads.attributes_twin.weight"].shape[0] == 3 + 2 + 1  # style, background, size
+    with pytest.raises(ConfigError, match="loss.attributes_twin: is the twin of the attribute term, which is off"):
+        load_config("configs/tiny.yaml", ["loss.attributes_twin=1", "loss.attributes=0"])

@@ -134,6 +134,9 @@ class LossConfig:
     # AC-GAN style: D predicts the attributes of real images (categorical: cross-entropy, continuous:
     # squared error); G is trained so that D reads the attributes it was asked for in its images
     attributes: float = weight(1.0)
+    # TAC-GAN: a twin attribute head trained on G's images; G makes its task hard, so that the attribute
+    # term does not narrow G's images to the most readable one (needs loss.attributes; 0 = off)
+    attributes_twin: float = weight()
     # D: a real image with a caption that contradicts it (the data set's `negatives`, e.g. shapes' two
     # objects swapped or their colours exchanged) is a fake, like the matching-aware negatives; 0 = off
     hard_negative: float = weight()
@@ -233,6 +236,9 @@ class Config:
         for key in LOSS_WEIGHTS:
             if not 0.0 <= getattr(self.loss, key) < float("inf"):
                 raise ConfigError(f"loss.{key}: expected a weight >= 0 (0 = off), got {getattr(self.loss, key)}")
+        if self.loss.attributes_twin > 0 and self.loss.attributes <= 0:
+            raise ConfigError("loss.attributes_twin: is the twin of the attribute term, which is off; "
+                              "set loss.attributes > 0 too")
         if self.loss.contrastive_hard and self.loss.contrastive <= 0:
             raise ConfigError("loss.contrastive_hard: adds negatives to the contrastive term, which is off; "
                               "set loss.contrastive > 0 too")

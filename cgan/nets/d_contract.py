@@ -62,7 +62,8 @@ class AuxiliaryHeads(nn.Module):
                                             EqualLinear(cond_dim, contrastive_dim))
         if attribute_heads and self.attribute_sizes:
             self.attribute_out = EqualLinear(dim, sum(self.attribute_sizes))
-        self.term_heads = nn.ModuleDict({name: build(plain_dim=dim, cond_dim=cond_dim)
+        self.term_heads = nn.ModuleDict({name: build(plain_dim=dim, cond_dim=cond_dim,
+                                                     attribute_sizes=self.attribute_sizes)
                                          for name, build in (term_heads or {}).items()})
 
     def contrastive_embeddings(self, plain: torch.Tensor, cond: Condition) -> tuple[torch.Tensor, torch.Tensor]:

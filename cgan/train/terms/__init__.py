@@ -78,8 +78,9 @@ class LossTerm:
     def needs_negatives(self, config: Config) -> bool:
         return False
 
-    def build_head(self, *, plain_dim: int, cond_dim: int) -> nn.Module | None:
-        """A head of its own on D's unconditioned features (B, plain_dim); D keeps it in term_heads[name]."""
+    def build_head(self, *, plain_dim: int, cond_dim: int, attribute_sizes: list[int]) -> nn.Module | None:
+        """A head of its own on D's unconditioned features (B, plain_dim); D keeps it in term_heads[name].
+        attribute_sizes: per attribute, its number of values (1 for a continuous one)."""
         return None
 
     def d_loss(self, ctx: DContext) -> torch.Tensor | None:
