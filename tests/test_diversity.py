@@ -159,3 +159,48 @@ def test_training_with_the_twin_attribute_term(tmp_path):
     assert weights["term_heads.attributes_twin.weight"].shape[0] == 3 + 2 + 1  # style, background, size
     with pytest.raises(ConfigError, match="loss.attributes_twin: is the twin of the attribute term, which is off"):
         load_config("configs/tiny.yaml", ["loss.attributes_twin=1", "loss.attributes=0"])
+
+
+class _Records:
+    """A folder-like data set: record(i) and image(i) (PIL, 4 x 4), caption by index."""
+
+    def __init__(self, captions, shades):
+        self.captions, self.shades = captions, shades
+
+    def __len__(self):
+        return len(self.captions)
+
+    def record(self, i):
+        return {"captions": [self.captions[i]], "attributes": {}}
+
+    def image(self, i):
+        from PIL import Image
+        return Image.new("RGB", (4, 4), (self.shades[i],) * 3)
+
+
+class _Judges:
+    net, bin_edges = object(), {}
+
+    @staticmethod
+    def features(images):
+        return images.flatten(1)  # (K, 48)
+
+
+def test_request_diversity_compares_seeds_of_one_request_with_its_real_images():
+    from cgan.eval.diversity import request_diversity
+
+    data = _Records(["a coat"] * 6 + ["a bag"] * 6, [0, 50, 100, 150, 200, 250] * 2)
+    collapsed = lambda prompts, attributes, seeds: torch.zeros(len(seeds), 3, 4, 4)  # noqa: E731
+    assert request_diversity(collapsed, data, _Judges(), per_request=6)["ratio"] == 0.0
+
+    def as_varied_as_the_data(prompts, attributes, seeds):  # the real images' shades, in another order
+        shades = torch.tensor([250, 0, 200, 50, 150, 100], dtype=torch.float32)[:len(seeds)] / 127.5 - 1
+        return shades[:, None, None, None].expand(-1, 3, 4, 4)
+
+    result = request_diversity(as_varied_as_the_data, data, _Judges(), per_request=6)
+    assert result["requests"] == 2 and result["ratio"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=r"the most any has is 6\); lower --per-request to 6 or less"):
+        request_diversity(collapsed, data, _Judges(), per_request=7)
+    once = _Records([f"emoji {k}" for k in range(5)], [0] * 5)  # the emoji set: one image per request
+    with pytest.raises(ValueError, match="every request .* appears once among the 5 of this folder"):
+        request_diversity(collapsed, once, _Judges())

@@ -180,8 +180,12 @@ def request_diversity(generate_fn: Callable, dataset: Any, classifier: Any, num_
     random.Random(f"diversity/{seed}").shuffle(eligible)
     chosen = eligible[:num_requests]
     if not chosen:
-        raise ValueError(f"no request has {per_request} real images (caption and attributes alike); "
-                         f"lower --per-request")
+        largest = max((len(members) for members in groups.values()), default=0)
+        if largest < 2:
+            raise ValueError(f"every request (caption and attributes alike) appears once among the {len(groups)} of "
+                             "this folder, so the data shows no spread for one request to compare with")
+        raise ValueError(f"no request has {per_request} real images (caption and attributes alike; the most any "
+                         f"has is {largest}); lower --per-request to {largest} or less")
     real_spread, fake_spread = [], []
     for k, members in enumerate(chosen):
         record = dataset.record(members[0])
