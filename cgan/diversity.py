@@ -2,13 +2,15 @@
 The command line of cgan/eval/diversity.py.
 
     python -m cgan.diversity --model shapes64 [--num 500] [--unset null]
-    python -m cgan.diversity --model DIR --data FOLDER [--requests 50] [--per-request 6]
+    python -m cgan.diversity --model DIR --data FOLDER [--requests 50] [--per-request 6] [--by caption]
 
 shapes: prompts asked without style, background or size; the shapes reader's distribution of style and
 background against the data's (total-variation distance, 0 = as the data), and the spread of one
 object's place and size against real images'. A folder: per-request diversity, the mean pairwise
 distance of the folder judges' features among the seeds of one request over the same among real
-images of that request (1.0 = as varied as the data). Precision and recall: `python -m cgan.fid`.
+images of that request (1.0 = as varied as the data); `--by caption` takes the caption alone as the
+request, asked without attributes, against that caption's real images (a folder where every caption
+and attribute set appears once, such as the emoji set). Precision and recall: `python -m cgan.fid`.
 """
 from __future__ import annotations
 
@@ -33,8 +35,10 @@ def measure(args: argparse.Namespace) -> tuple[dict, str]:
         return result, format_coverage(result)
     dataset = FolderDataset(args.data, resolution=pipe.resolution, attributes=pipe.schema.to_dict())
     classifier = train_attribute_classifier(dataset, text_cache=pipe.text_cache)
-    result = request_diversity(generate_fn, dataset, classifier, args.requests, args.per_request, args.seed)
-    return result, (f"per-request diversity: {result['generated']:.4f} generated vs {result['real']:.4f} real "
+    result = request_diversity(generate_fn, dataset, classifier, args.requests, args.per_request, args.seed,
+                               by=args.by)
+    what = "per-request" if args.by == "request" else "per-caption (attributes unset)"
+    return result, (f"{what} diversity: {result['generated']:.4f} generated vs {result['real']:.4f} real "
                     f"(mean pairwise judge-feature distance, {result['requests']} requests x {result['per_request']} "
                     f"seeds), ratio {result['ratio']:.3f} (1.0 = as varied as the data)")
 
@@ -48,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num", type=int, default=500, help="shapes: captions asked (default 500)")
     parser.add_argument("--requests", type=int, default=50, help="folder: requests measured (default 50)")
     parser.add_argument("--per-request", type=int, default=6, help="folder: seeds per request (default 6)")
+    parser.add_argument("--by", choices=("request", "caption"), default="request",
+                        help="folder: a request is a record's caption and attributes (default), or its caption alone "
+                             "asked without attributes")
     parser.add_argument("--unset", choices=("sample", "null"), default="sample",
                         help="unset attributes: drawn as the training data has them (default) or the null token")
     parser.add_argument("--seed", type=int, default=0)

@@ -202,5 +202,19 @@ def test_request_diversity_compares_seeds_of_one_request_with_its_real_images():
     with pytest.raises(ValueError, match=r"the most any has is 6\); lower --per-request to 6 or less"):
         request_diversity(collapsed, data, _Judges(), per_request=7)
     once = _Records([f"emoji {k}" for k in range(5)], [0] * 5)  # the emoji set: one image per request
-    with pytest.raises(ValueError, match="every request .* appears once among the 5 of this folder"):
+    with pytest.raises(ValueError, match="every request .* appears once among the 5 of this folder.*--by caption"):
         request_diversity(collapsed, once, _Judges())
+    # --by caption: a caption's images in several styles are the reference; the model is asked without attributes
+    styled = _Records(["a face"] * 3 + ["a cat"] * 3, [0, 120, 240] * 2)
+    styled.record = lambda i: {"captions": [styled.captions[i]],
+                               "attributes": {"style": ("noto", "line", "flat")[i % 3]}}
+    asked = []
+
+    def record_asks(prompts, attributes, seeds):
+        asked.extend(attributes)
+        return collapsed(prompts, attributes, seeds)
+
+    result = request_diversity(record_asks, styled, _Judges(), per_request=3, by="caption")
+    assert result["requests"] == 2 and result["by"] == "caption" and asked == [{}] * 6
+    with pytest.raises(ValueError, match="every request"):
+        request_diversity(collapsed, styled, _Judges(), per_request=3)  # by request: each (caption, style) once

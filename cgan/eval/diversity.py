@@ -165,17 +165,23 @@ def mean_pairwise_distance(feats: torch.Tensor) -> float:
 
 
 def request_diversity(generate_fn: Callable, dataset: Any, classifier: Any, num_requests: int = 50,
-                      per_request: int = 6, seed: int = 0) -> dict[str, Any]:
+                      per_request: int = 6, seed: int = 0, by: str = "request") -> dict[str, Any]:
     """Mean pairwise distance of the judges' features among `per_request` seeds of one request (its
     first record's caption and attributes), over the same among `per_request` real images of that request
     (records sharing its caption and attributes, continuous ones binned as the judges bin them), averaged
-    over up to `num_requests` requests that have that many real images. 1.0 = as varied as the data."""
+    over up to `num_requests` requests that have that many real images. 1.0 = as varied as the data.
+    by="caption": a request is the caption alone, asked with every attribute unset (the model draws them
+    as its users get them), against the real images of that caption: for folders such as the emoji set,
+    where each caption and attribute set has one image."""
+    if by not in ("request", "caption"):
+        raise ValueError(f"by: expected 'request' or 'caption', got {by!r}")
     if classifier.net is None:
         raise ValueError("per-request diversity needs the folder judges' classifier, and this folder has "
                          "nothing to classify (free-form captions only)")
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i in range(len(dataset)):
-        groups[_request_key(dataset.record(i), classifier.bin_edges)].append(i)
+        record = dataset.record(i)
+        groups[_request_key(record, classifier.bin_edges) if by == "request" else (record["captions"][0],)].append(i)
     eligible = sorted((members for members in groups.values() if len(members) >= per_request), key=lambda m: m[0])
     random.Random(f"diversity/{seed}").shuffle(eligible)
     chosen = eligible[:num_requests]
@@ -183,20 +189,21 @@ def request_diversity(generate_fn: Callable, dataset: Any, classifier: Any, num_
         largest = max((len(members) for members in groups.values()), default=0)
         if largest < 2:
             raise ValueError(f"every request (caption and attributes alike) appears once among the {len(groups)} of "
-                             "this folder, so the data shows no spread for one request to compare with")
+                             "this folder, so the data shows no spread for one request to compare with"
+                             + ("; --by caption compares a caption's images instead" if by == "request" else ""))
         raise ValueError(f"no request has {per_request} real images (caption and attributes alike; the most any "
                          f"has is {largest}); lower --per-request to {largest} or less")
     real_spread, fake_spread = [], []
     for k, members in enumerate(chosen):
         record = dataset.record(members[0])
         prompts = [record["captions"][0]] * per_request
-        attributes = [dict(record["attributes"])] * per_request
+        attributes = [dict(record["attributes"]) if by == "request" else {}] * per_request
         fake = generate_fn(prompts, attributes, [seed + 1000 * k + j for j in range(per_request)])
         real = torch.stack([image_to_tensor(dataset.image(i)) for i in members[:per_request]])
         fake_spread.append(mean_pairwise_distance(classifier.features(fake)))
         real_spread.append(mean_pairwise_distance(classifier.features(real)))
     real_mean, fake_mean = float(np.mean(real_spread)), float(np.mean(fake_spread))
-    return {"requests": len(chosen), "per_request": per_request, "generated": round(fake_mean, 4),
+    return {"by": by, "requests": len(chosen), "per_request": per_request, "generated": round(fake_mean, 4),
             "real": round(real_mean, 4), "ratio": round(fake_mean / real_mean, 4) if real_mean else float("nan")}
 
 
