@@ -282,3 +282,28 @@ def test_d_channel_min_widens_first_blocks_and_init_from_keeps_the_logits(shapes
     images, cond = torch.randn(B, 3, 32, 32), inputs(shapes_schema, fake_text(B), torch.ones(B, dtype=torch.bool))
     with torch.no_grad():
         torch.testing.assert_close(wide(images, cond).scores(), narrow(images, cond).scores(), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("extra", [{"attn_resolutions": (16, 8)}, {"word_match": True}, {"attn_resolutions": ()},
+                                   {"mbstd_group": 2, "contrastive_dim": 8}])
+def test_discriminator_shared_images_score_as_if_repeated(shapes_schema, extra):
+    """The matching-aware pairs reuse the batch's images: through image_index, the blocks before the
+    condition enters run once per image; scores, unconditioned features and gradients must be those of
+    the repeated images."""
+    torch.manual_seed(0)
+    kwargs = {k: v for k, v in tiny_model_kwargs(resolution=32).items() if k not in ("z_dim", "w_dim", "mapping_layers")}
+    D = Discriminator(schema=shapes_schema, **{**kwargs, **extra})
+    if D.word_match is not None:
+        with torch.no_grad():
+            D.word_match.gain.fill_(1.0)
+    images = torch.randn(3, 3, 32, 32, requires_grad=True)
+    index = torch.tensor([0, 1, 2, 0, 0, 1])
+    cond = inputs(shapes_schema, fake_text(6), torch.tensor([True, True, False, True, True, True]))
+    shared = D(images, cond, image_index=index)
+    repeated = D(images[index], cond)
+    torch.testing.assert_close(shared.scores(), repeated.scores(), atol=1e-5, rtol=1e-4)
+    if repeated.plain is not None:
+        torch.testing.assert_close(shared.plain, repeated.plain, atol=1e-5, rtol=1e-4)
+    grad_shared, = torch.autograd.grad(shared.scores().sum(), images)
+    grad_repeated, = torch.autograd.grad(repeated.scores().sum(), images)
+    torch.testing.assert_close(grad_shared, grad_repeated, atol=1e-5, rtol=1e-4)

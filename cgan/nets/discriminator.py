@@ -141,22 +141,31 @@ class Discriminator(DiscriminatorBase):
                     attn_resolutions=tuple(config.attn_resolutions), pool_first=config.pool_first,
                     word_match=config.word_match, mbstd_group=config.mbstd_group)
 
-    def features(self, images: torch.Tensor, cond: Condition
+    def features(self, images: torch.Tensor, cond: Condition, image_index: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """images (B, 3, R, R) -> (features (B, C) of the projection head, unconditioned features (B, C)
-        of the auxiliary heads or None when there are none, word-region score (B,) or None)."""
+        """images (N, 3, R, R) -> (features (B, C) of the projection head, unconditioned features (B, C)
+        of the auxiliary heads or None when there are none, word-region score (B,) or None), where row i
+        shows images[image_index[i]] (B = N without an index). The blocks before the first layer that reads
+        the condition run once per image; the rows are made where the condition first enters."""
         x = self.from_rgb(images)
         plain = match = None
         for block in self.blocks:
             x = block(x)
             if self.plain is not None and x.shape[-1] == self.plain_resolution:
-                pooled = F.adaptive_avg_pool2d(x, 4)  # (B, C', 4, 4)
-                plain = self.plain(rearrange(pooled, "b c h w -> b (c h w)"))  # (B, C)
+                pooled = F.adaptive_avg_pool2d(x, 4)  # (N, C', 4, 4)
+                plain = self.plain(rearrange(pooled, "b c h w -> b (c h w)"))  # (N, C)
+            reads_condition = str(x.shape[-1]) in self.attn or (
+                self.word_match is not None and x.shape[-1] == WORD_MATCH_RESOLUTION)
+            if reads_condition and image_index is not None:
+                x, plain = x[image_index], None if plain is None else plain[image_index]  # (B, ...): one row a pair
+                image_index = None
             if self.word_match is not None and x.shape[-1] == WORD_MATCH_RESOLUTION:
                 match = self.word_match(x, cond.word_tokens, cond.word_mask)
             key = str(x.shape[-1])
             if key in self.attn:
                 x, _ = self.attn[key](x, cond.attn_tokens, cond.attn_mask)
+        if image_index is not None:  # no layer read the condition: the rows are made here
+            x, plain = x[image_index], None if plain is None else plain[image_index]
         if self.mbstd_group:
             x = minibatch_stddev(x, self.mbstd_group)  # (B, C + 1, 4, 4)
         x = self.conv_out(x)  # (B, C, 4, 4)
@@ -172,9 +181,7 @@ class Discriminator(DiscriminatorBase):
     def forward(self, images: torch.Tensor, inputs: ConditionInput,
                 image_index: torch.Tensor | None = None) -> DOutput:
         """image_index (B,): pair row i shows images[image_index[i]] (several conditions may share an image;
-        here each pair still runs the whole trunk)."""
-        if image_index is not None:
-            images = images[image_index]
+        the blocks before the condition enters run once per image)."""
         cond = self.condition(inputs)
-        features, plain, match = self.features(images, cond)
+        features, plain, match = self.features(images, cond, image_index)
         return DOutput(logits=[self.logits(features, cond, match)], plain=plain, cond=cond)  # [(B,)]
