@@ -180,7 +180,8 @@ class CGANPipeline(ExportedModel):
 
     def attention_maps(self, prompt: str, attributes: Mapping[str, Any] | None = None, num_images: int = 1,
                        seed: int = 0, truncation: float = 1.0) -> tuple[torch.Tensor, list[TokenAttention]]:
-        """Images and, per image, where the generator attended for each word and each given attribute."""
+        """Images and, per image, where the generator attended for each word and each attribute: the given
+        ones, and those drawn from the data for the unset ones (labelled "(drawn)")."""
         clean = self.check_inputs(prompt, attributes, num_images)
         images, attention = self.generate_tensor(prompt, clean, num_images, seed, truncation, return_attention=True)
         if not attention["generator"]:
@@ -189,13 +190,18 @@ class CGANPipeline(ExportedModel):
         words, word_keep = self.text_encoder.token_strings(prompt)
         if not prompt.strip():
             word_keep = [False] * len(words)
-        attr_labels = [f"{n}={clean[n]:.2g}" if isinstance(clean.get(n), float) else f"{n}={clean.get(n)}"
-                       for n in self.schema.names]
-        attr_keep = [n in clean for n in self.schema.names]
-        per_image = [token_attention(attention["generator"], attention["fusion"], i,
-                                     num_queries=self.G.conditioner.num_queries, text_labels=words,
-                                     text_keep=word_keep, attr_labels=attr_labels, attr_keep=attr_keep,
-                                     resolution=self.resolution) for i in range(num_images)]
+
+        def label(name: str, value: Any) -> str:
+            shown = f"{name}={value:.2g}" if isinstance(value, float) else f"{name}={value}"
+            return shown if name in clean else shown + " (drawn)"
+
+        per_image = []
+        for i in range(num_images):
+            used = self.fill_unset(prompt, clean, seed + i)  # what image i was drawn with
+            per_image.append(token_attention(
+                attention["generator"], attention["fusion"], i, num_queries=self.G.conditioner.num_queries,
+                text_labels=words, text_keep=word_keep, attr_labels=[label(n, used.get(n)) for n in self.schema.names],
+                attr_keep=[n in used for n in self.schema.names], resolution=self.resolution))
         return images, per_image
 
     def __call__(self, prompt: str | list[str], attributes: Mapping[str, Any] | list[Mapping[str, Any]] | None = None,

@@ -67,7 +67,10 @@ def test_scores_above_a_faithfulness_floor(pipe):
 def test_cross_attention_model_draws_attention_maps(pipe):
     images, maps = pipe.attention_maps("a red circle above a blue square", {"style": "flat"}, num_images=1)
     assert images.shape == (1, 3, 64, 64)
-    assert maps[0].labels == ["a", "red", "circle", "above", "a", "blue", "square", "style=flat"]
+    drawn = pipe.fill_unset("a red circle above a blue square", {"style": "flat"}, 0)  # background and size
+    assert maps[0].labels == ["a", "red", "circle", "above", "a", "blue", "square", "style=flat",
+                              f"background={drawn['background']} (drawn)", f"size={drawn['size']:.2g} (drawn)"]
+    assert maps[0].maps.shape[0] == 10
 
 
 def test_diffusers_generator_call_draws_what_the_cli_draws_with_that_seed(pipe, tmp_path):
