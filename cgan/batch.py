@@ -127,21 +127,20 @@ def write_generated_set(pipe, rows: list[tuple[str, dict[str, Any]]], seeds: lis
     metadata.jsonl is complete. Work goes through the pipeline in chunks of 64 images."""
     from tqdm import tqdm
 
-    for prompt, attributes in rows:
-        pipe.check_inputs(prompt, attributes, len(seeds))
+    clean = [pipe.check_inputs(prompt, attributes, len(seeds)) for prompt, attributes in rows]
     jobs = [(r, seed) for r in range(len(rows)) for seed in seeds]
     records = []
     start = time.perf_counter()
     bar = tqdm(total=len(jobs), unit="img", disable=not progress, desc=f"generating into {out_dir}")
     for first in range(0, len(jobs), 64):
         chunk = jobs[first:first + 64]
-        tensor = pipe.generate_batch([rows[r][0] for r, _ in chunk], [rows[r][1] for r, _ in chunk],
-                                     [seed for _, seed in chunk], truncation)
-        for (r, seed), image in zip(chunk, tensor_to_images(tensor)):
+        # each image's attributes: the row's, plus those drawn for its unset ones (what the record names)
+        drawn = [pipe.fill_unset(rows[r][0], clean[r], seed) for r, seed in chunk]
+        tensor = pipe.generate_batch([rows[r][0] for r, _ in chunk], drawn, [seed for _, seed in chunk], truncation)
+        for (r, seed), used, image in zip(chunk, drawn, tensor_to_images(tensor)):
             name = f"{r:05d}_seed{seed:06d}.png"  # zero-padded as --out-dir's seedNNNNNN.png: sorts by seed
             save_image(out_dir / name, image)
-            drawn = pipe.fill_unset(rows[r][0], pipe.check_inputs(rows[r][0], rows[r][1], 1), seed)
-            records.append({"file_name": name, "text": rows[r][0], **drawn})  # the attributes it was drawn with
+            records.append({"file_name": name, "text": rows[r][0], **used})
         bar.update(len(chunk))
     bar.close()
     atomic_write_text(out_dir / "attributes.json", json.dumps(pipe.schema.to_dict(), indent=2) + "\n")
