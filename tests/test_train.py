@@ -56,6 +56,36 @@ def test_resume_matches_an_uninterrupted_run(tiny_config, tmp_path, minilm):
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
+def test_loss_decay_is_the_weight_change_at_its_image_and_survives_resume(tiny_config, tmp_path, minilm):
+    """loss.decay_kimg: from 16 images on (step 2 of batch 8) contrastive weighs a quarter. The run equals
+    one that trained 2 steps at the full weight and was resumed with the quarter weight, and a resumed
+    decaying run equals an uninterrupted one."""
+    import copy
+
+    from cgan.train.terms import decayed_weights
+
+    decaying = copy.deepcopy(tiny_config)
+    decaying.loss.decay_kimg, decaying.loss.decay_factor, decaying.loss.decay_terms = 0.016, 0.25, ["contrastive"]
+    assert decayed_weights(decaying, 15) is decaying
+    assert decayed_weights(decaying, 16).loss.contrastive == tiny_config.loss.contrastive * 0.25
+    assert decayed_weights(decaying, 16).loss.attributes == tiny_config.loss.attributes
+    train(decaying, tmp_path / "decay", text_encoder=minilm)
+    train(decaying, tmp_path / "decay_split", max_steps=1, text_encoder=minilm)
+    train(decaying, tmp_path / "decay_split", resume="latest", text_encoder=minilm)
+    changed = copy.deepcopy(tiny_config)
+    train(changed, tmp_path / "changed", max_steps=2, text_encoder=minilm)
+    changed.loss.contrastive *= 0.25
+    train(changed, tmp_path / "changed", resume="latest", text_encoder=minilm)
+    straight = load_file(str(tmp_path / "decay" / "model" / "G_ema.safetensors"))
+    for other in ("decay_split", "changed"):
+        b = load_file(str(tmp_path / other / "model" / "G_ema.safetensors"))
+        for key in straight:
+            torch.testing.assert_close(straight[key], b[key], rtol=1e-5, atol=1e-6, msg=f"{other}: {key}")
+    plain = load_file(str(tmp_path / "changed" / "checkpoints" / "step_00000002" / "G_ema.safetensors"))
+    assert any(not torch.equal(straight[key], plain[key]) for key in straight)  # steps 3-4 trained on
+    assert "x0.25 for contrastive from 0.016 kimg" in (tmp_path / "decay" / "model" / "MODEL_CARD.md").read_text()
+
+
 def test_cli_rejects_bad_input_before_training(tmp_path, capsys):
     assert train_main(["--config", str(ROOT / "configs" / "tiny.yaml"), "--out", str(tmp_path / "r"),
                        "train.batchsize=4"]) == 2

@@ -26,7 +26,7 @@ from cgan.train.hooks import Hooks
 from cgan.train.microbatch import Batch, to_device_batch
 from cgan.train.precision import use_scaler
 from cgan.train.steps import d_step, g_step, r1_step, run_phase
-from cgan.train.terms import needs_negatives
+from cgan.train.terms import decayed_weights, needs_negatives
 
 
 def train(config: Config, out_dir: str | Path, resume: str | None = None, max_steps: int | None = None,
@@ -58,6 +58,7 @@ def train_step(run: Run, batches: list[Batch]) -> tuple[dict[str, torch.Tensor],
     -> (the phases' statistics, on the device; phase name -> 1.0 if skipped as non-finite, on the device).
     """
     t = run.config.train
+    config = decayed_weights(run.config, run.images_seen)  # loss.decay_kimg: the late weights of some terms
     # The GAN phases as data: (what trains, what is frozen, its optimizer, the step function).
     phases = [(run.D, run.G, run.opt_D, d_step)]
     if run.step % t.r1_every == 0 and t.r1_gamma > 0:
@@ -71,7 +72,7 @@ def train_step(run: Run, batches: list[Batch]) -> tuple[dict[str, torch.Tensor],
         use_scaler(run.accelerator, optimizer, (run.scalers or {}).get(step_fn.__name__))  # fp16: the phase's own
         D = run.D if step_fn is r1_step else run.D_run  # R1's double backward needs the eager D
         phase_stats, flags[step_fn.__name__] = run_phase(step_fn, trained, frozen, optimizer, batches, run.G_run, D,
-                                                         run.config, run.accelerator, run.augment)
+                                                         config, run.accelerator, run.augment)
         stats.update(phase_stats)
     run.images_seen += run.global_batch
     if train_G:

@@ -12,6 +12,7 @@ so adding a term is its file plus its weight: nothing else changes.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
@@ -132,6 +133,16 @@ def discriminator_heads(config: Config) -> dict[str, Any]:
 def terms_with_heads() -> list[str]:
     """Terms that add D heads when on: these cannot be turned on or off at --resume."""
     return [name for name in LOSS_WEIGHTS if TERMS[name].heads]
+
+
+def decayed_weights(config: Config, images_seen: int) -> Config:
+    """The config a step trains with: `config` itself, or from loss.decay_kimg thousand images seen on,
+    a copy whose loss.decay_terms weigh loss.decay_factor times theirs."""
+    loss = config.loss
+    if loss.decay_kimg <= 0 or images_seen < loss.decay_kimg * 1000:
+        return config
+    decayed = {name: getattr(loss, name) * loss.decay_factor for name in loss.decay_terms}
+    return dataclasses.replace(config, loss=dataclasses.replace(loss, **decayed))
 
 
 def weighted_parts(parts: dict[str, torch.Tensor], config: Config) -> torch.Tensor | float:
