@@ -97,6 +97,22 @@ def test_equals_a_direct_clean_fid_call(work, tmp_path):
     assert ours.fid == pytest.approx(direct, rel=1e-9, abs=1e-12)
 
 
+def test_features_in_memory_equal_those_read_from_png_files(work, tmp_path):
+    """The model-vs-data FID generates into memory: its features must be those of the same images written
+    as PNGs and read back by clean-fid, bit for bit (grey and transparent images too)."""
+    network = fid.load_feature_network(work["net"])
+    images = [Image.open(path).convert("RGB") for path in sorted(work["folders"][1].glob("*.png"))]
+    images += [images[0].convert("L"), images[1].convert("RGBA")]
+    folder = tmp_path / "as_files"
+    folder.mkdir()
+    for i, image in enumerate(images):
+        image.save(folder / f"{i:03d}.png")
+    from_files = fid.folder_features(folder, network, batch_size=8)
+    in_memory = fid.image_features(iter(images), network, batch_size=8)
+    assert in_memory.shape == from_files.shape == (len(images), 16)
+    np.testing.assert_array_equal(in_memory, from_files)
+
+
 def test_real_inception_matches_clean_fid_wrapper_and_self_fid_is_zero(work, tmp_path):
     helper = fid._fid_helper_file()
     if helper is None:

@@ -16,6 +16,7 @@ import os
 import tempfile
 import time
 import warnings
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from glob import glob
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from PIL import Image
 
 from cgan.core.config import user_cache_dir
 from cgan.core.errors import CganError
@@ -223,7 +225,6 @@ def typical_size(folder: str | Path, sample: int = 200) -> tuple[int, int] | Non
     from collections import Counter
 
     from cleanfid.utils import EXTENSIONS
-    from PIL import Image
 
     files = sorted(f for ext in EXTENSIONS for f in glob(os.path.join(str(folder), f"**/*.{ext}"), recursive=True))
     sizes: Counter[tuple[int, int]] = Counter()
@@ -251,6 +252,32 @@ def folder_features(folder: str | Path, network: FeatureNetwork, *, device: str 
     return get_folder_features(str(folder), network.extractor, num_workers=num_workers, batch_size=batch_size,
                                device=torch.device(device), mode=MODE, description=f"FID {Path(folder).name} : ",
                                verbose=verbose)
+
+
+def image_features(images: Iterable[Image.Image], network: FeatureNetwork, *, device: str | torch.device = "cpu",
+                   batch_size: int = 32) -> np.ndarray:
+    """Features of images held in memory, equal to `folder_features` of the same images saved as PNG files
+    (PNG is lossless: clean-fid's reader gets the same uint8 RGB pixels, resized and scaled here as there);
+    no file is written or read."""
+    from cleanfid.fid import get_batch_features
+    from cleanfid.resize import build_resizer
+    from torchvision.transforms import ToTensor
+
+    resize, to_tensor = build_resizer(MODE), ToTensor()
+
+    def prepared(image: Image.Image) -> torch.Tensor:  # (3, 299, 299) float in [0, 255]
+        resized = resize(np.array(image.convert("RGB")))  # (299, 299, 3): uint8, or float32 in clean mode
+        return to_tensor(np.array(resized)) * 255 if resized.dtype == np.uint8 else to_tensor(resized)
+
+    feats, batch = [], []
+    for image in images:
+        batch.append(prepared(image))
+        if len(batch) == batch_size:
+            feats.append(get_batch_features(torch.stack(batch), network.extractor, torch.device(device)))
+            batch = []
+    if batch:
+        feats.append(get_batch_features(torch.stack(batch), network.extractor, torch.device(device)))
+    return np.concatenate(feats)
 
 
 def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:

@@ -12,14 +12,16 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from cgan.eval.fid import (DEFAULT_CACHE_DIR, MODE, SHAPES_REFERENCE_SEED, FeatureNetwork, FIDError, FIDResult,
-                           check_count, file_sha256, folder_features, frechet_distance, kid_from_feats,
+                           check_count, file_sha256, frechet_distance, image_features, kid_from_feats,
                            load_feature_network, precision_recall_fields, warn_if_small)
 from cgan.core.images import tensor_to_images
 from cgan.data import FolderDataset, ShapesDataset
@@ -79,8 +81,8 @@ def _save_reference(path: Path, key: str, feats: np.ndarray) -> dict[str, np.nda
 
 
 def reference_statistics(data: str | Path, split: str | None, resolution: int, num: int, network: FeatureNetwork,
-                         cache_dir: str | Path, quiet: bool = False,
-                         **features: Any) -> tuple[Any, str, str, dict[str, np.ndarray], str]:
+                         cache_dir: str | Path, quiet: bool = False, device: str | torch.device = "cpu",
+                         batch_size: int = 32) -> tuple[Any, str, str, dict[str, np.ndarray], str]:
     """The Inception statistics of the first `num` real records of `data` (shapes: its `split`), from the
     cache or computed and cached -> (data set, name, split, {"mu", "sigma", "feats"}, "hit" | "miss").
     quiet: the caller uses part of the records and speaks of its own count."""
@@ -97,24 +99,20 @@ def reference_statistics(data: str | Path, split: str | None, resolution: int, n
     reference = _load_reference(cache_file, key) if cache_file.is_file() else None
     if reference is not None:
         return dataset, name, split, reference, "hit"
-    with tempfile.TemporaryDirectory(prefix="cgan-fid-") as scratch:
-        for i in range(n):
-            dataset.image(i).save(Path(scratch) / f"{i:06d}.png")
-        reference = _save_reference(cache_file, key, folder_features(scratch, network, **features))
-    return dataset, name, split, reference, "miss"
+    feats = image_features((dataset.image(i) for i in range(n)), network, device=device, batch_size=batch_size)
+    return dataset, name, split, _save_reference(cache_file, key, feats), "miss"
 
 
 # ---------------------------------------------------------------------------------------------
 # Model against a data set (the cached reference statistics: above)
 
 
-def write_generated(G: torch.nn.Module, text_cache: Any, schema: Any, dataset: Any, name: str, num: int,
-                    out_dir: Path, *, seed: int = 0, truncation: float = 1.0, device: str | torch.device = "cpu",
-                    batch_size: int = 32, verbose: bool = False) -> None:
+def generated_images(G: torch.nn.Module, text_cache: Any, schema: Any, dataset: Any, name: str, num: int, *,
+                     seed: int = 0, truncation: float = 1.0, device: str | torch.device = "cpu", batch_size: int = 32,
+                     verbose: bool = False) -> Iterator[Image.Image]:
     """G's images of the data set's first `num` records (their captions and attributes; image i uses
-    seed + i, its paraphrase fixed by the seed) as out_dir/NNNNNN.png."""
+    seed + i, its paraphrase fixed by the seed), in order, as 8-bit images (what a PNG of them holds)."""
     from tqdm.auto import tqdm
-
 
     records = [dataset.record(i) for i in range(num)]
     rng = random.Random(f"fid/{seed}")  # which paraphrase each image is asked with: fixed by the seed
@@ -123,20 +121,26 @@ def write_generated(G: torch.nn.Module, text_cache: Any, schema: Any, dataset: A
         attributes = [schema.validate(r["attributes"], source=f"{name} record {i}") for i, r in enumerate(records)]
     except ValueError as err:
         raise FIDError(f"{name} does not fit this model's attributes: {err}") from err
-    out_dir.mkdir(parents=True, exist_ok=True)
     for lo in tqdm(range(0, num, batch_size), desc="FID: generating", unit="batch", disable=not verbose):
         hi = min(num, lo + batch_size)
         images = generate(G, text_cache, schema, prompts[lo:hi], attributes[lo:hi],
                           [seed + i for i in range(lo, hi)], truncation, device)
-        for i, image in zip(range(lo, hi), tensor_to_images(images)):
-            image.save(out_dir / f"{i:06d}.png")
+        yield from tensor_to_images(images)
+
+
+def write_generated(G: torch.nn.Module, text_cache: Any, schema: Any, dataset: Any, name: str, num: int,
+                    out_dir: Path, **options: Any) -> None:
+    """`generated_images` as out_dir/NNNNNN.png (for tools that transform them as files)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(generated_images(G, text_cache, schema, dataset, name, num, **options)):
+        image.save(out_dir / f"{i:06d}.png")
 
 
 def fid_generator_vs_data(G: torch.nn.Module, text_cache: Any, schema: Any, data: str | Path, *,
                           split: str | None = None, num: int = 1000, seed: int = 0, truncation: float = 1.0,
                           kid: bool = False, device: str | torch.device = "cpu",
                           inception_weights: str | Path | None = None, allow_download: bool = False,
-                          cache_dir: str | Path = DEFAULT_CACHE_DIR, batch_size: int = 32, num_workers: int = 0,
+                          cache_dir: str | Path = DEFAULT_CACHE_DIR, batch_size: int = 32,
                           model_path: str | None = None, model_step: int | None = None,
                           verbose: bool = False) -> FIDResult:
     """FID of `num` images from G (e.g. G_ema in training), conditioned on the data set's own captions and
@@ -145,21 +149,20 @@ def fid_generator_vs_data(G: torch.nn.Module, text_cache: Any, schema: Any, data
     network = load_feature_network(inception_weights, device=device, cache_dir=cache_dir,
                                    allow_download=allow_download)
     resolution = int(G.resolution)  # type: ignore[arg-type]
-    features = dict(device=device, batch_size=batch_size, num_workers=num_workers, verbose=verbose)
     # 2 x num real records: the first num are FID's reference, the rest a second real set for the
     # precision / recall reference at the same N
     dataset, name, split, reference, cache_state = reference_statistics(data, split, resolution, 2 * num, network,
-                                                                        cache_dir, quiet=True, **features)
+                                                                        cache_dir, quiet=True, device=device,
+                                                                        batch_size=batch_size)
     n = min(num, len(reference["feats"]))
     if n < num:
         print(f"note: {name} has {n} records, so FID uses {n} images, not {num}", file=sys.stderr)
     warn_if_small(f"{name}/{split}", n)
     real_feats, second_real = reference["feats"][:n], reference["feats"][n:2 * n]
-    with tempfile.TemporaryDirectory(prefix="cgan-fid-") as scratch:
-        fake_dir = Path(scratch) / "generated"
-        write_generated(G, text_cache, schema, dataset, name, n, fake_dir, seed=seed, truncation=truncation,
-                        device=device, batch_size=batch_size, verbose=verbose)
-        feats = folder_features(fake_dir, network, **features)
+    # in memory, no PNG round trip: image_features reads them as folder_features would read their PNGs
+    feats = image_features(generated_images(G, text_cache, schema, dataset, name, n, seed=seed, truncation=truncation,
+                                            device=device, batch_size=batch_size, verbose=verbose),
+                           network, device=device, batch_size=batch_size)
     fid = frechet_distance(feats, real_feats)
     # the precision / recall reference at the same N where the data has 2N records, a smaller set otherwise
     return FIDResult(fid=fid, kid=kid_from_feats(real_feats, feats, seed) if kid else None,
@@ -174,12 +177,12 @@ def fid_generator_vs_data(G: torch.nn.Module, text_cache: Any, schema: Any, data
 def fid_model_vs_data(model_dir: str | Path, data: str | Path, *, split: str | None = None, num: int = 1000,
                       seed: int = 0, truncation: float = 1.0, kid: bool = False, device: str | torch.device = "cpu",
                       inception_weights: str | Path | None = None, allow_download: bool = False,
-                      cache_dir: str | Path = DEFAULT_CACHE_DIR, batch_size: int = 32, num_workers: int = 0,
+                      cache_dir: str | Path = DEFAULT_CACHE_DIR, batch_size: int = 32,
                       verbose: bool = False) -> FIDResult:
     """FID of an exported model against `shapes` (split default heldout) or a data folder."""
     pipe = ExportedModel.from_pretrained(model_dir, device=device)
     return fid_generator_vs_data(pipe.G, pipe.text_cache, pipe.schema, data, split=split, num=num, seed=seed,
                                  truncation=truncation, kid=kid, device=device, inception_weights=inception_weights,
                                  allow_download=allow_download, cache_dir=cache_dir, batch_size=batch_size,
-                                 num_workers=num_workers, model_path=str(model_dir),
+                                 model_path=str(model_dir),
                                  model_step=pipe.meta.get("step"), verbose=verbose)
