@@ -56,7 +56,7 @@ fi
 # "shapes64 on the GPU"), at the batch sizes that lift the host bound (about 7-10 steps/s whatever the
 # batch): shapes-gpu.yaml at batch 512, the same with the diversity recipe of issue 22 (loss.diversity,
 # then the contrastive weight decayed), and batch 256 compiled (CUDA graphs take launches off the host).
-DIV=(loss.diversity=4 loss.decay_kimg=640 loss.decay_factor=0.25)
+DIV=(loss.diversity=4 loss.late_kimg=640 loss.late_factor=0.25)
 declare -A CANDIDATE=(
   [b512]="--config configs/shapes-gpu.yaml train.batch_size=512"
   [b512-div]="--config configs/shapes-gpu.yaml train.batch_size=512 ${DIV[*]}"

@@ -56,19 +56,26 @@ def test_resume_matches_an_uninterrupted_run(tiny_config, tmp_path, minilm):
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
-def test_loss_decay_is_the_weight_change_at_its_image_and_survives_resume(tiny_config, tmp_path, minilm):
-    """loss.decay_kimg: from 16 images on (step 2 of batch 8) contrastive weighs a quarter. The run equals
+def test_late_loss_weights_are_the_weight_change_at_their_image_and_survive_resume(tiny_config, tmp_path, minilm):
+    """loss.late_kimg: from 16 images on (step 2 of batch 8) contrastive weighs a quarter. The run equals
     one that trained 2 steps at the full weight and was resumed with the quarter weight, and a resumed
     decaying run equals an uninterrupted one."""
     import copy
 
-    from cgan.train.terms import decayed_weights
+    from cgan.core.config import ConfigError, load_config
+    from cgan.train.terms import late_weights
 
     decaying = copy.deepcopy(tiny_config)
-    decaying.loss.decay_kimg, decaying.loss.decay_factor, decaying.loss.decay_terms = 0.016, 0.25, ["contrastive"]
-    assert decayed_weights(decaying, 15) is decaying
-    assert decayed_weights(decaying, 16).loss.contrastive == tiny_config.loss.contrastive * 0.25
-    assert decayed_weights(decaying, 16).loss.attributes == tiny_config.loss.attributes
+    decaying.loss.late_kimg, decaying.loss.late_factor, decaying.loss.late_terms = 0.016, 0.25, ["contrastive"]
+    assert late_weights(decaying, 15) is decaying
+    assert late_weights(decaying, 16).loss.contrastive == tiny_config.loss.contrastive * 0.25
+    assert late_weights(decaying, 16).loss.attributes == tiny_config.loss.attributes
+    raising = load_config(str(ROOT / "configs" / "tiny.yaml"), ["loss.diversity=4", "loss.late_kimg=64",
+                                                                "loss.late_factor=2", "loss.late_terms=[diversity]"])
+    assert late_weights(raising, 64_000).loss.diversity == 8 and late_weights(raising, 63_999).loss.diversity == 4
+    for bad in (["loss.late_factor=-1"], ["loss.late_terms=[divrsity]"]):
+        with pytest.raises(ConfigError, match="loss.late_"):
+            load_config(str(ROOT / "configs" / "tiny.yaml"), bad)
     train(decaying, tmp_path / "decay", text_encoder=minilm)
     train(decaying, tmp_path / "decay_split", max_steps=1, text_encoder=minilm)
     train(decaying, tmp_path / "decay_split", resume="latest", text_encoder=minilm)

@@ -148,12 +148,13 @@ class LossConfig:
     # distance (DSGAN / MSGAN's mode-seeking term, bounded): a conditional G cannot ignore z
     diversity: float = weight()
     diversity_tau: float = 0.5  # the bound: image distance (mean |a - b| at half resolution) / latent distance
-    # the classifier-style terms narrow G's images once the prompt is followed: from decay_kimg thousand
-    # images seen on, the weights of decay_terms are multiplied by decay_factor (0 = never; a schedule of
-    # the run, so a resumed run decays at the same image)
-    decay_kimg: float = 0.0
-    decay_factor: float = 0.25  # in [0, 1]
-    decay_terms: list[str] = field(default_factory=lambda: ["contrastive"])  # names of loss weights
+    # weights that change late in a run: from late_kimg thousand images seen on, the weights of late_terms
+    # are multiplied by late_factor (late_kimg 0 = never). Below 1 it decays them (the classifier-style terms narrow
+    # G's images once the prompt is followed), above 1 it raises them (the diversity term, then). A
+    # schedule of the run: a resumed run changes them at the same image
+    late_kimg: float = 0.0
+    late_factor: float = 0.25  # >= 0
+    late_terms: list[str] = field(default_factory=lambda: ["contrastive"])  # names of loss weights
 
 
 # the weights in LossConfig, in its order (a term is on when its weight is above 0)
@@ -245,13 +246,13 @@ class Config:
         if self.loss.attributes_twin > 0 and self.loss.attributes <= 0:
             raise ConfigError("loss.attributes_twin: is the twin of the attribute term, which is off; "
                               "set loss.attributes > 0 too")
-        terms = self.loss.decay_terms
+        terms = self.loss.late_terms
         if not isinstance(terms, list) or any(name not in LOSS_WEIGHTS for name in terms):
-            raise ConfigError(f"loss.decay_terms: expected a list of loss weights ({', '.join(LOSS_WEIGHTS)}), "
+            raise ConfigError(f"loss.late_terms: expected a list of loss weights ({', '.join(LOSS_WEIGHTS)}), "
                               f"got {terms!r}")
-        if not (0.0 <= self.loss.decay_kimg < float("inf") and 0.0 <= self.loss.decay_factor <= 1.0):
-            raise ConfigError(f"loss.decay_kimg / loss.decay_factor: expected thousands of images >= 0 (0 = never) "
-                              f"and a factor in [0, 1], got {self.loss.decay_kimg} / {self.loss.decay_factor}")
+        if not (0.0 <= self.loss.late_kimg < float("inf") and 0.0 <= self.loss.late_factor < float("inf")):
+            raise ConfigError(f"loss.late_kimg / loss.late_factor: expected thousands of images >= 0 (0 = never) "
+                              f"and a factor >= 0, got {self.loss.late_kimg} / {self.loss.late_factor}")
         if self.loss.contrastive_hard and self.loss.contrastive <= 0:
             raise ConfigError("loss.contrastive_hard: adds negatives to the contrastive term, which is off; "
                               "set loss.contrastive > 0 too")

@@ -26,7 +26,7 @@ from cgan.train.hooks import Hooks
 from cgan.train.microbatch import Batch, to_device_batch
 from cgan.train.precision import use_scaler
 from cgan.train.steps import d_step, g_step, r1_step, run_phase
-from cgan.train.terms import decayed_weights, needs_negatives
+from cgan.train.terms import late_weights, needs_negatives
 
 
 def train(config: Config, out_dir: str | Path, resume: str | None = None, max_steps: int | None = None,
@@ -58,7 +58,7 @@ def train_step(run: Run, batches: list[Batch]) -> tuple[dict[str, torch.Tensor],
     -> (the phases' statistics, on the device; phase name -> 1.0 if skipped as non-finite, on the device).
     """
     t = run.config.train
-    config = decayed_weights(run.config, run.images_seen)  # loss.decay_kimg: the late weights of some terms
+    config = late_weights(run.config, run.images_seen)  # loss.late_kimg: the late weights of some terms
     # The GAN phases as data: (what trains, what is frozen, its optimizer, the step function).
     phases = [(run.D, run.G, run.opt_D, d_step)]
     if run.step % t.r1_every == 0 and t.r1_gamma > 0:

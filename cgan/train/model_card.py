@@ -102,8 +102,8 @@ def render_model_card(*, name: str, config: dict[str, Any], schema_description: 
     model, train, loss = translate_flat_model(config["model"]), config["train"], config["loss"]
     g, d = model["generator"], model.get("discriminator", {})
     terms = [f"{k}={v:g}" for k, v in loss.items() if k in LOSS_WEIGHTS and v]
-    if loss.get("decay_kimg"):
-        terms.append(f"x{loss['decay_factor']:g} for {'/'.join(loss['decay_terms'])} from {loss['decay_kimg']:g} kimg")
+    if loss.get("late_kimg"):
+        terms.append(f"x{loss['late_factor']:g} for {'/'.join(loss['late_terms'])} from {loss['late_kimg']:g} kimg")
     hours, minutes = divmod(round((train_seconds or 0) / 60), 60)
     rows = [
         ("data", data_summary),

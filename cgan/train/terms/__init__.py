@@ -135,14 +135,14 @@ def terms_with_heads() -> list[str]:
     return [name for name in LOSS_WEIGHTS if TERMS[name].heads]
 
 
-def decayed_weights(config: Config, images_seen: int) -> Config:
-    """The config a step trains with: `config` itself, or from loss.decay_kimg thousand images seen on,
-    a copy whose loss.decay_terms weigh loss.decay_factor times theirs."""
+def late_weights(config: Config, images_seen: int) -> Config:
+    """The config a step trains with: `config` itself, or from loss.late_kimg thousand images seen on,
+    a copy whose loss.late_terms weigh loss.late_factor times theirs."""
     loss = config.loss
-    if loss.decay_kimg <= 0 or images_seen < loss.decay_kimg * 1000:
+    if loss.late_kimg <= 0 or images_seen < loss.late_kimg * 1000:
         return config
-    decayed = {name: getattr(loss, name) * loss.decay_factor for name in loss.decay_terms}
-    return dataclasses.replace(config, loss=dataclasses.replace(loss, **decayed))
+    late = {name: getattr(loss, name) * loss.late_factor for name in loss.late_terms}
+    return dataclasses.replace(config, loss=dataclasses.replace(loss, **late))
 
 
 def weighted_parts(parts: dict[str, torch.Tensor], config: Config) -> torch.Tensor | float:
