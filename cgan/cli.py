@@ -31,7 +31,7 @@ def train_main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, args.overrides)
         if args.print_config:
-            from cgan.core.config import describe_settings
+            from cgan.core.config_help import describe_settings
 
             print(describe_settings(config))
             return 0
