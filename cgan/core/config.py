@@ -148,10 +148,10 @@ class LossConfig:
     # distance (DSGAN / MSGAN's mode-seeking term, bounded): a conditional G cannot ignore z
     diversity: float = weight()
     diversity_tau: float = 0.5  # the bound: image distance (mean |a - b| at half resolution) / latent distance
-    # weights that change late in a run: from late_kimg thousand images seen on, the weights of late_terms
-    # are multiplied by late_factor (late_kimg 0 = never). Below 1 it decays them (the classifier-style terms narrow
-    # G's images once the prompt is followed), above 1 it raises them (the diversity term, then). A
-    # schedule of the run: a resumed run changes them at the same image
+    # weights that change late in a run: from late_kimg thousand images seen on, the weights of
+    # late_terms are multiplied by late_factor (late_kimg 0 = never). Below 1 it decays them (the
+    # classifier-style terms narrow G's images once the prompt is followed), above 1 it raises them (the
+    # diversity term, then). A schedule of the run: a resumed run changes them at the same image
     late_kimg: float = 0.0
     late_factor: float = 0.25  # >= 0
     late_terms: list[str] = field(default_factory=lambda: ["contrastive"])  # names of loss weights
@@ -250,9 +250,6 @@ class Config:
         if not isinstance(terms, list) or any(name not in LOSS_WEIGHTS for name in terms):
             raise ConfigError(f"loss.late_terms: expected a list of loss weights ({', '.join(LOSS_WEIGHTS)}), "
                               f"got {terms!r}")
-        if not (0.0 <= self.loss.late_kimg < float("inf") and 0.0 <= self.loss.late_factor < float("inf")):
-            raise ConfigError(f"loss.late_kimg / loss.late_factor: expected thousands of images >= 0 (0 = never) "
-                              f"and a factor >= 0, got {self.loss.late_kimg} / {self.loss.late_factor}")
         if self.loss.contrastive_hard and self.loss.contrastive <= 0:
             raise ConfigError("loss.contrastive_hard: adds negatives to the contrastive term, which is off; "
                               "set loss.contrastive > 0 too")
@@ -278,6 +275,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "train.lr_g": POSITIVE, "train.lr_d": POSITIVE, "train.r1_gamma": NON_NEGATIVE,
     "train.mismatch_weight": NON_NEGATIVE, "train.d_warmup_steps": NON_NEGATIVE,
     "train.ema_kimg": NON_NEGATIVE, "train.ema_rampup": NON_NEGATIVE,
+    "loss.late_kimg": NON_NEGATIVE, "loss.late_factor": NON_NEGATIVE,
     "sample.num_per_prompt": POSITIVE, "sample.truncation": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "eval.fid_num": (lambda v: v >= 2, ">= 2"), "eval.faithfulness_num": POSITIVE,
 }

@@ -13,7 +13,7 @@ from cgan.core.config import Config
 
 def describe_settings(config: "Config | None" = None) -> str:
     """Every setting as `section.key = value  # help`, the help taken from the comments beside (or just
-    above) its field in this file; with `config`, its values, else the defaults."""
+    above) its field in the config classes' source; with `config`, its values, else the defaults."""
     config = config or Config()
     lines: list[str] = []
     for section in dataclasses.fields(Config):
