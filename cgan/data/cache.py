@@ -232,6 +232,12 @@ class ArrayBatches:
         self.tables = {"caption": (arrays.caption_ids, (arrays.caption_ids >= 0).sum(1))}
         if negatives:
             self.tables["negative"] = (arrays.negative_ids, (arrays.negative_ids >= 0).sum(1))
+        # the records' attributes as torch tensors: a batch's rows are gathered into memory torch allocates
+        # (64-byte aligned), as the DataLoader's collate does. Rows in numpy's memory (16-byte aligned at
+        # best) can take other SIMD paths in the model's first layers on some CPUs, and the training
+        # would then differ from the one without the cache in the last bits.
+        self.attributes = {name: torch.from_numpy(np.ascontiguousarray(getattr(arrays, name)))
+                           for name in ("attr_index", "attr_value", "attr_present")}
         self.background = len(arrays) >= background_from and "fork" in multiprocessing.get_all_start_methods()
         self.pool = None
         self.ahead: dict[int, Any] = {}  # epoch -> Future of that epoch's draws
@@ -294,9 +300,9 @@ class ArrayBatches:
         if self.pin:  # page-locked: the copy to the GPU runs asynchronously
             images = images.pin_memory()
         batch = {"image": images, "caption_id": self._draw("caption", global_indices, records),
-                 "attr_index": torch.from_numpy(a.attr_index[records]),
-                 "attr_value": torch.from_numpy(a.attr_value[records]),
-                 "attr_present": torch.from_numpy(a.attr_present[records]), "index": torch.from_numpy(records)}
+                 "index": torch.from_numpy(records)}
+        for name, table in self.attributes.items():
+            batch[name] = table.index_select(0, batch["index"])  # (B, A)
         if "negative" in self.tables:
             batch["negative_id"] = self._draw("negative", global_indices, records)
         return batch
