@@ -14,6 +14,8 @@ from cgan.condition.attributes import AttributeSchema
 from cgan.core.images import image_to_tensor
 from cgan.data import shapes as shapes_lib
 from cgan.eval.diversity import object_extent, precision_recall, total_variation
+from cgan.train.build import build_dataset
+from cgan.train.terms.diversity import LATENT_DISTANCE, data_tau
 
 
 def test_precision_recall_tells_fidelity_from_coverage():
@@ -110,6 +112,31 @@ def test_diversity_term_is_zero_for_varied_images_and_tau_for_identical_ones():
     assert float(diversity_loss(same, apart, z_a, z_b, tau=0.5)) == 0.0
 
 
+def test_the_bound_from_the_data_is_the_distance_of_two_real_images_of_one_caption(tmp_path):
+    from PIL import Image
+
+    from cgan.data import FolderDataset
+
+    (tmp_path / "images").mkdir()
+    rows = [("black.png", 0, "a square"), ("white.png", 255, "a square"), ("grey.png", 128, "a circle")]
+    for name, level, _ in rows:
+        Image.new("RGB", (16, 16), (level,) * 3).save(tmp_path / "images" / name)
+    (tmp_path / "metadata.jsonl").write_text("".join(
+        json.dumps({"file_name": f"images/{name}", "text": caption}) + "\n" for name, _, caption in rows))
+    tau, distance = data_tau(FolderDataset(tmp_path, resolution=16))
+    assert distance == pytest.approx(2.0) and tau == pytest.approx(2.0 / LATENT_DISTANCE)  # black vs white only
+    (tmp_path / "metadata.jsonl").write_text("".join(
+        json.dumps({"file_name": f"images/{name}", "text": name}) + "\n" for name, _, _ in rows))
+    with pytest.raises(ValueError, match="no caption has two images.*give loss.diversity_tau a number"):
+        data_tau(FolderDataset(tmp_path, resolution=16))
+    from cgan.core.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="loss.diversity_tau: expected a number > 0 or 'data'.*'auto'"):
+        load_config("configs/tiny.yaml", ["loss.diversity_tau=auto"])
+    z = torch.randn(200_000, 4)
+    assert float((z[:100_000] - z[100_000:]).abs().mean()) == pytest.approx(LATENT_DISTANCE, rel=0.01)
+
+
 def test_minibatch_stddev_adds_one_map_per_group():
     from cgan.nets.discriminator import minibatch_stddev
 
@@ -125,8 +152,11 @@ def test_training_with_the_diversity_term_and_mbstd(tmp_path):
     from cgan.train.loop import train
 
     config = load_config("configs/tiny.yaml", ["loss.diversity=1", "model.discriminator.mbstd_group=4",
-                                               "train.total_steps=2", "train.tracker=none"])
+                                               "train.total_steps=2", "train.tracker=none", "loss.diversity_tau=data"])
     train(config, tmp_path / "run")
+    # the bound measured from the data is the number the run saved (a resume uses it as it is)
+    saved = load_config(tmp_path / "run" / "config.yaml").loss.diversity_tau
+    assert isinstance(saved, float) and saved == round(data_tau(build_dataset(config.data))[0], 4)
     last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert "loss/G_diversity" in last and np.isfinite(last["loss/G_diversity"])
     meta = json.loads((tmp_path / "run" / "model" / "config.json").read_text())

@@ -147,7 +147,9 @@ class LossConfig:
     # G: two latents for one condition must give images at least diversity_tau apart per unit of latent
     # distance (DSGAN / MSGAN's mode-seeking term, bounded): a conditional G cannot ignore z
     diversity: float = weight()
-    diversity_tau: float = 0.5  # the bound: image distance (mean |a - b| at half resolution) / latent distance
+    # the bound: image distance (mean |a - b| at half resolution) / latent distance; "data": measured at the
+    # start of the run from pairs of real images of one caption (cgan/train/terms/diversity.py::data_tau)
+    diversity_tau: float | str = 0.5
     # weights that change late in a run: from late_kimg thousand images seen on, the weights of
     # late_terms are multiplied by late_factor (late_kimg 0 = never). Below 1 it decays them (the
     # classifier-style terms narrow G's images once the prompt is followed), above 1 it raises them (the
@@ -250,6 +252,10 @@ class Config:
         if not isinstance(terms, list) or any(name not in LOSS_WEIGHTS for name in terms):
             raise ConfigError(f"loss.late_terms: expected a list of loss weights ({', '.join(LOSS_WEIGHTS)}), "
                               f"got {terms!r}")
+        tau = self.loss.diversity_tau
+        if tau != "data" and not (isinstance(tau, float) and 0.0 < tau < float("inf")):
+            raise ConfigError(f"loss.diversity_tau: expected a number > 0 or 'data' (measured from the data), "
+                              f"got {tau!r}")
         if self.loss.contrastive_hard and self.loss.contrastive <= 0:
             raise ConfigError("loss.contrastive_hard: adds negatives to the contrastive term, which is off; "
                               "set loss.contrastive > 0 too")

@@ -29,6 +29,7 @@ from cgan.train.checkpoint import remove_stale_temporaries, resolve_resume
 from cgan.train.precision import fast_gpu_math, phase_scalers, resolve_mixed_precision
 from cgan.train.recovery import PHASES, check_output_dir, check_same_model, restore_training_state
 from cgan.train.terms import discriminator_heads, needs_negatives
+from cgan.train.terms.diversity import data_tau
 from cgan.train.warm_start import warm_start
 
 
@@ -179,6 +180,8 @@ def build_run(config: Config, out_dir: str | Path, resume: str | None = None,
         accelerator.print(precision_note)
     fast_gpu_math(accelerator.device)
     dataset = build_dataset(config.data)  # everything that can fail on bad input fails before the first step
+    if config.loss.diversity_tau == "data":
+        resolve_diversity_tau(config, dataset, accelerator)
     if resolve_color(config, dataset) == "grayscale":
         accelerator.print("model.generator.color=auto: every image checked is grey, so the generator draws grey images")
     if text_encoder is None:
@@ -211,6 +214,18 @@ def build_run(config: Config, out_dir: str | Path, resume: str | None = None,
                           f"D {sum(p.numel() for p in D.parameters()) / 1e6:.2f}M; {len(dataset)} training images; "
                           f"{accelerator.num_processes} process(es) on {accelerator.device}")
     return run
+
+
+def resolve_diversity_tau(config: Config, dataset: CaptionedDataset, accelerator: Any) -> None:
+    """loss.diversity_tau=data: the number measured from the data, in the config the run saves (so a
+    resume uses the same bound)."""
+    try:
+        tau, distance = data_tau(dataset)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    config.loss.diversity_tau = round(tau, 4)
+    accelerator.print(f"loss.diversity_tau=data: {config.loss.diversity_tau} (two real images of one caption are "
+                      f"{distance:.3f} apart at half resolution)")
 
 
 def prepare_output(run: Run) -> None:
