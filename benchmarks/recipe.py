@@ -118,7 +118,7 @@ def metric_lists(curves: dict[str, dict]) -> tuple[list[str], list[str], list[st
         extra = sorted(k for k in keys if k.startswith("coverage/"))
         return CURVE_METRICS + extra, TABLE_METRICS + extra, PLOT_METRICS
     accuracy = sorted(k for k in keys if "/" not in k and k not in ("fid", "precision", "recall"))
-    diversity = [k for k in ("diversity/ratio",) if k in keys]
+    diversity = [k for k in ("diversity/ratio", "diversity/caption_ratio") if k in keys]
     return accuracy + diversity, accuracy + diversity, (accuracy + diversity)[:6]
 
 

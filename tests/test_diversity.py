@@ -248,3 +248,18 @@ def test_request_diversity_compares_seeds_of_one_request_with_its_real_images():
     assert result["requests"] == 2 and result["by"] == "caption" and asked == [{}] * 6
     with pytest.raises(ValueError, match="every request"):
         request_diversity(collapsed, styled, _Judges(), per_request=3)  # by request: each (caption, style) once
+
+
+def test_in_training_diversity_falls_back_to_captions_where_no_request_repeats(monkeypatch):
+    from cgan.eval import evaluation
+
+    styled = _Records(["a face"] * 6, [0, 50, 100, 150, 200, 250])  # six styles of one caption: the emoji set
+    styled.record = lambda i: {"captions": ["a face"], "attributes": {"style": f"style {i}"}}
+    collapsed = lambda prompts, attributes, seeds: torch.zeros(len(seeds), 3, 4, 4)  # noqa: E731
+    monkeypatch.setattr(evaluation.faithfulness, "pipeline_generate_fn", lambda pipe: collapsed)
+    evaluator = evaluation.Evaluator.__new__(evaluation.Evaluator)
+    evaluator.dataset, evaluator.custom_classifier = styled, _Judges()
+    metrics = evaluator.request_diversity(pipe=None)
+    assert metrics["metric/diversity/caption_ratio"] == 0.0 and "metric/diversity/ratio" not in metrics
+    evaluator.dataset = _Records([f"emoji {k}" for k in range(6)], [0] * 6)  # no caption repeats either
+    assert evaluator.request_diversity(pipe=None) == {}

@@ -75,14 +75,19 @@ class Evaluator:
                 **{f"metric/coverage/{key}_spread_ratio": v for key, v in result["spread_ratio"].items()}}
 
     def request_diversity(self, pipe: ExportedModel) -> dict[str, float]:
-        """Per-request diversity of G_ema on the folder (metric/diversity/ratio; 1.0 = as varied as the data);
-        nothing where no request has enough real images or the judges have no classifier."""
+        """Per-request diversity of G_ema on the folder (metric/diversity/ratio; 1.0 = as varied as the data).
+        Where no request (caption and attributes) repeats, as in the emoji set, the caption's images asked
+        without attributes instead (metric/diversity/caption_ratio: cgan.diversity --by caption); nothing
+        where no caption repeats either or the judges have no classifier."""
         if self.custom_classifier.net is None:
             return {}
-        try:
-            result = request_diversity(faithfulness.pipeline_generate_fn(pipe), self.dataset, self.custom_classifier)
-        except ValueError as err:  # no request with enough real images
-            print(f"per-request diversity not measured: {err}")
-            return {}
-        return {"metric/diversity/ratio": result["ratio"], "metric/diversity/generated": result["generated"],
-                "metric/diversity/real": result["real"]}
+        generate_fn = faithfulness.pipeline_generate_fn(pipe)
+        for by, prefix in (("request", "metric/diversity/"), ("caption", "metric/diversity/caption_")):
+            try:
+                result = request_diversity(generate_fn, self.dataset, self.custom_classifier, by=by)
+            except ValueError as err:  # no request (or caption) with enough real images
+                print(f"per-{by} diversity not measured: {err}")
+                continue
+            return {prefix + "ratio": result["ratio"], prefix + "generated": result["generated"],
+                    prefix + "real": result["real"]}
+        return {}
