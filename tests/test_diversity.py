@@ -208,6 +208,14 @@ class _Records:
         return Image.new("RGB", (4, 4), (self.shades[i],) * 3)
 
 
+def _three_styles(captions):
+    """The emoji set in small: each caption drawn in three styles, one image each (shades 0, 120, 240)."""
+    records = _Records([c for c in captions for _ in range(3)], [0, 120, 240] * len(captions))
+    records.record = lambda i: {"captions": [records.captions[i]],
+                                "attributes": {"style": ("noto", "line", "flat")[i % 3]}}
+    return records
+
+
 class _Judges:
     net, bin_edges = object(), {}
 
@@ -235,9 +243,7 @@ def test_request_diversity_compares_seeds_of_one_request_with_its_real_images():
     with pytest.raises(ValueError, match="every request .* appears once among the 5 of this folder.*--by caption"):
         request_diversity(collapsed, once, _Judges())
     # --by caption: a caption's images in several styles are the reference; the model is asked without attributes
-    styled = _Records(["a face"] * 3 + ["a cat"] * 3, [0, 120, 240] * 2)
-    styled.record = lambda i: {"captions": [styled.captions[i]],
-                               "attributes": {"style": ("noto", "line", "flat")[i % 3]}}
+    styled = _three_styles(["a face", "a cat"])
     asked = []
 
     def record_asks(prompts, attributes, seeds):
@@ -261,5 +267,7 @@ def test_in_training_diversity_falls_back_to_captions_where_no_request_repeats(m
     evaluator.dataset, evaluator.custom_classifier = styled, _Judges()
     metrics = evaluator.request_diversity(pipe=None)
     assert metrics["metric/diversity/caption_ratio"] == 0.0 and "metric/diversity/ratio" not in metrics
+    evaluator.dataset = _three_styles(["a face", "a cat"])  # three images per caption: 3 seeds each
+    assert evaluator.request_diversity(pipe=None)["metric/diversity/caption_ratio"] == 0.0
     evaluator.dataset = _Records([f"emoji {k}" for k in range(6)], [0] * 6)  # no caption repeats either
     assert evaluator.request_diversity(pipe=None) == {}

@@ -77,16 +77,20 @@ class Evaluator:
     def request_diversity(self, pipe: ExportedModel) -> dict[str, float]:
         """Per-request diversity of G_ema on the folder (metric/diversity/ratio; 1.0 = as varied as the data).
         Where no request (caption and attributes) repeats, as in the emoji set, the caption's images asked
-        without attributes instead (metric/diversity/caption_ratio: cgan.diversity --by caption); nothing
-        where no caption repeats either or the judges have no classifier."""
+        without attributes instead (metric/diversity/caption_ratio: cgan.diversity --by caption), 6 seeds
+        each or else 3 (the emoji set's captions have 3 images, one per style); nothing where no caption
+        has 3 images either or the judges have no classifier."""
         if self.custom_classifier.net is None:
             return {}
         generate_fn = faithfulness.pipeline_generate_fn(pipe)
-        for by, prefix in (("request", "metric/diversity/"), ("caption", "metric/diversity/caption_")):
+        attempts = (("request", 6, "metric/diversity/"), ("caption", 6, "metric/diversity/caption_"),
+                    ("caption", 3, "metric/diversity/caption_"))
+        for by, per_request, prefix in attempts:
             try:
-                result = request_diversity(generate_fn, self.dataset, self.custom_classifier, by=by)
+                result = request_diversity(generate_fn, self.dataset, self.custom_classifier,
+                                           per_request=per_request, by=by)
             except ValueError as err:  # no request (or caption) with enough real images
-                print(f"per-{by} diversity not measured: {err}")
+                print(f"per-{by} diversity ({per_request} seeds) not measured: {err}")
                 continue
             return {prefix + "ratio": result["ratio"], prefix + "generated": result["generated"],
                     prefix + "real": result["real"]}
