@@ -131,10 +131,67 @@ def test_the_bound_from_the_data_is_the_distance_of_two_real_images_of_one_capti
         data_tau(FolderDataset(tmp_path, resolution=16))
     from cgan.core.config import ConfigError, load_config
 
-    with pytest.raises(ConfigError, match="loss.diversity_tau: expected a number > 0 or 'data'.*'auto'"):
+    with pytest.raises(ConfigError, match="loss.diversity_tau: expected a number > 0, 'data'.*'levels'.*'auto'"):
         load_config("configs/tiny.yaml", ["loss.diversity_tau=auto"])
     z = torch.randn(200_000, 4)
     assert float((z[:100_000] - z[100_000:]).abs().mean()) == pytest.approx(LATENT_DISTANCE, rel=0.01)
+
+
+def _folder(root, rows) -> None:
+    """A folder of flat grey images: rows of (file name, grey level, caption, style)."""
+    from PIL import Image
+
+    (root / "images").mkdir(exist_ok=True)
+    for name, level, _, _ in rows:
+        Image.new("RGB", (16, 16), (level,) * 3).save(root / "images" / name)
+    (root / "metadata.jsonl").write_text("".join(
+        json.dumps({"file_name": f"images/{name}", "text": caption, "style": style}) + "\n"
+        for name, _, caption, style in rows))
+
+
+def test_the_bounds_by_level_are_the_spread_of_real_images_that_ask_for_the_same_thing(tmp_path):
+    from cgan.data import FolderDataset
+    from cgan.train.terms.diversity import level_taus, row_levels
+
+    black_grey = (128 / 127.5 - 1) - (-1.0)  # the pixel distance of a black and a grey image
+    _folder(tmp_path, [("black.png", 0, "a square", "x"), ("grey.png", 128, "a square", "x"),
+                       ("white.png", 255, "a square", "y")])
+    taus = level_taus(FolderDataset(tmp_path, resolution=16))
+    assert len(taus) == 4  # nothing / prompt / style / prompt and style given
+    assert taus[3] == pytest.approx(black_grey / LATENT_DISTANCE, abs=1e-4)  # "a square" in style x: one pair
+    assert taus[2] == taus[3]  # style x alone: the same two images
+    assert taus[1] > taus[3] and taus[0] > taus[3]  # the caption alone, or nothing: white joins them
+    _folder(tmp_path, [("black.png", 0, "a square", "x"), ("grey.png", 128, "a circle", "x"),
+                       ("white.png", 255, "a square", "y")])
+    taus = level_taus(FolderDataset(tmp_path, resolution=16))
+    assert taus[3] == 0.0 and taus[1] > 0.0  # no full request repeats: nothing to keep apart there
+    prompt = torch.tensor([True, False, True])
+    attrs = torch.tensor([[True, False], [True, True], [False, False]])
+    assert row_levels(prompt, attrs).tolist() == [3, 6, 1]
+
+
+def test_the_term_rests_on_rows_whose_bound_is_zero():
+    from cgan.train.terms.diversity import diversity_loss
+
+    same = torch.zeros(2, 3, 8, 8)
+    loss = diversity_loss(same, same, torch.zeros(2, 8), torch.ones(2, 8), tau=torch.tensor([0.0, 0.6]))
+    assert float(loss) == pytest.approx(0.3)  # (0 + 0.6) / 2
+
+
+def test_training_with_bounds_by_level_saves_them_and_checks_them_on_resume(tmp_path):
+    from cgan.core.config import ConfigError, load_config
+    from cgan.train.loop import train
+    from cgan.train.terms.diversity import level_taus
+
+    config = load_config("configs/tiny.yaml", ["loss.diversity=1", "loss.diversity_tau=levels",
+                                               "train.total_steps=1", "train.tracker=none"])
+    train(config, tmp_path / "run")
+    saved = load_config(tmp_path / "run" / "config.yaml").loss.diversity_tau
+    assert saved == level_taus(build_dataset(config.data))  # 16 numbers: prompt, style, background, size
+    wrong = load_config("configs/tiny.yaml", ["loss.diversity=1", "loss.diversity_tau=[0.1, 0.2]",
+                                              "train.total_steps=1", "train.tracker=none"])
+    with pytest.raises(ConfigError, match="a list of 2 bounds, but .* make 16 levels"):
+        train(wrong, tmp_path / "wrong")
 
 
 def test_minibatch_stddev_adds_one_map_per_group():

@@ -148,8 +148,10 @@ class LossConfig:
     # distance (DSGAN / MSGAN's mode-seeking term, bounded): a conditional G cannot ignore z
     diversity: float = weight()
     # the bound: image distance (mean |a - b| at half resolution) / latent distance; "data": measured at the
-    # start of the run from pairs of real images of one caption (cgan/train/terms/diversity.py::data_tau)
-    diversity_tau: float | str = 0.5
+    # start of the run from pairs of real images of one caption (cgan/train/terms/diversity.py::data_tau);
+    # "levels": one bound per level of conditioning, each measured from real images that ask for the same
+    # thing at that level (level_taus); the run saves the numbers it measured
+    diversity_tau: float | str | list[float] = 0.5
     # weights that change late in a run: from late_kimg thousand images seen on, the weights of
     # late_terms are multiplied by late_factor (late_kimg 0 = never). Below 1 it decays them (the
     # classifier-style terms narrow G's images once the prompt is followed), above 1 it raises them (the
@@ -253,9 +255,10 @@ class Config:
             raise ConfigError(f"loss.late_terms: expected a list of loss weights ({', '.join(LOSS_WEIGHTS)}), "
                               f"got {terms!r}")
         tau = self.loss.diversity_tau
-        if tau != "data" and not (isinstance(tau, float) and 0.0 < tau < float("inf")):
-            raise ConfigError(f"loss.diversity_tau: expected a number > 0 or 'data' (measured from the data), "
-                              f"got {tau!r}")
+        levels_ok = isinstance(tau, list) and len(tau) >= 2 and all(0.0 <= t < float("inf") for t in tau)
+        if tau not in ("data", "levels") and not levels_ok and not (isinstance(tau, float) and 0.0 < tau < float("inf")):
+            raise ConfigError(f"loss.diversity_tau: expected a number > 0, 'data' (measured from the data), 'levels' "
+                              f"(one per level of conditioning, measured) or the list 'levels' measured, got {tau!r}")
         if self.loss.contrastive_hard and self.loss.contrastive <= 0:
             raise ConfigError("loss.contrastive_hard: adds negatives to the contrastive term, which is off; "
                               "set loss.contrastive > 0 too")

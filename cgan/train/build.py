@@ -29,7 +29,7 @@ from cgan.train.checkpoint import remove_stale_temporaries, resolve_resume
 from cgan.train.precision import fast_gpu_math, phase_scalers, resolve_mixed_precision
 from cgan.train.recovery import PHASES, check_output_dir, check_same_model, restore_training_state
 from cgan.train.terms import discriminator_heads, needs_negatives
-from cgan.train.terms.diversity import data_tau
+from cgan.train.terms.diversity import data_tau, level_taus
 from cgan.train.warm_start import warm_start
 
 
@@ -180,7 +180,7 @@ def build_run(config: Config, out_dir: str | Path, resume: str | None = None,
         accelerator.print(precision_note)
     fast_gpu_math(accelerator.device)
     dataset = build_dataset(config.data)  # everything that can fail on bad input fails before the first step
-    if config.loss.diversity_tau == "data":
+    if config.loss.diversity_tau in ("data", "levels") or isinstance(config.loss.diversity_tau, list):
         resolve_diversity_tau(config, dataset, accelerator)
     if resolve_color(config, dataset) == "grayscale":
         accelerator.print("model.generator.color=auto: every image checked is grey, so the generator draws grey images")
@@ -218,7 +218,21 @@ def build_run(config: Config, out_dir: str | Path, resume: str | None = None,
 
 def resolve_diversity_tau(config: Config, dataset: CaptionedDataset, accelerator: Any) -> None:
     """loss.diversity_tau=data: the number measured from the data, in the config the run saves (so a
-    resume uses the same bound)."""
+    resume uses the same bound). loss.diversity_tau=levels: one number per level; a list the run saved
+    must have one per level of this data set's attributes."""
+    levels = 2 ** (1 + (len(dataset.schema) if dataset.schema is not None else 0))
+    tau = config.loss.diversity_tau
+    if isinstance(tau, list):
+        if len(tau) != levels:
+            raise ConfigError(f"loss.diversity_tau: a list of {len(tau)} bounds, but this data set's attributes make "
+                              f"{levels} levels of conditioning; give 'levels' to measure them again")
+        return
+    if tau == "levels":
+        config.loss.diversity_tau = level_taus(dataset)
+        accelerator.print("loss.diversity_tau=levels: " + ", ".join(
+            f"{level}: {value}" for level, value in enumerate(config.loss.diversity_tau))
+            + " (by level: bit 0 = prompt given, bit j + 1 = attribute j given)")
+        return
     try:
         tau, distance = data_tau(dataset)
     except ValueError as err:
