@@ -36,11 +36,15 @@ def measure(args: argparse.Namespace) -> tuple[dict, str]:
     dataset = FolderDataset(args.data, resolution=pipe.resolution, attributes=pipe.schema.to_dict())
     classifier = train_attribute_classifier(dataset, text_cache=pipe.text_cache)
     result = request_diversity(generate_fn, dataset, classifier, args.requests, args.per_request, args.seed,
-                               by=args.by)
+                               by=args.by, one_latent=args.by == "request")
     what = "per-request" if args.by == "request" else "per-caption (attributes unset)"
-    return result, (f"{what} diversity: {result['generated']:.4f} generated vs {result['real']:.4f} real "
-                    f"(mean pairwise judge-feature distance, {result['requests']} requests x {result['per_request']} "
-                    f"seeds), ratio {result['ratio']:.3f} (1.0 = as varied as the data)")
+    text = (f"{what} diversity: {result['generated']:.4f} generated vs {result['real']:.4f} real "
+            f"(mean pairwise judge-feature distance, {result['requests']} requests x {result['per_request']} "
+            f"seeds), ratio {result['ratio']:.3f} (1.0 = as varied as the data)")
+    if "one_latent_ratio" in result:
+        text += (f"\n  with one latent for a request's images: ratio {result['one_latent_ratio']:.3f} (the spread of "
+                 "the attributes asked alone: a continuous one differs within its bin, as the real images' does)")
+    return result, text
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -311,6 +311,22 @@ def test_request_diversity_compares_seeds_of_one_request_with_its_real_images():
     assert result["requests"] == 2 and result["by"] == "caption" and asked == [{}] * 6
     with pytest.raises(ValueError, match="every request"):
         request_diversity(collapsed, styled, _Judges(), per_request=3)  # by request: each (caption, style) once
+    # a continuous attribute: a request is its bin, and each seed asks for the value of one real image in it
+    inked = _Records(["a coat"] * 4, [0, 60, 120, 180])
+    inks = [0.1, 0.2, 0.3, 0.7]  # bins cut at 0.5: the first three share a request
+    inked.record = lambda i: {"captions": ["a coat"], "attributes": {"ink": inks[i]}}
+    judges = _Judges()
+    judges.bin_edges = {"ink": [0.5]}
+    asked.clear()
+    result = request_diversity(record_asks, inked, judges, per_request=3)
+    assert result["requests"] == 1 and asked == [{"ink": 0.1}, {"ink": 0.2}, {"ink": 0.3}]
+
+    def ink_alone(prompts, attributes, seeds):  # follows the ink asked, ignores the latent
+        shades = torch.tensor([a["ink"] for a in attributes])
+        return shades[:, None, None, None].expand(-1, 3, 4, 4) + 0.01 * torch.tensor(seeds)[:, None, None, None]
+
+    result = request_diversity(ink_alone, inked, judges, per_request=3, one_latent=True)
+    assert 0 < result["one_latent_ratio"] < result["ratio"]  # the latent adds its part on top of the ink's
 
 
 def test_in_training_diversity_falls_back_to_captions_where_no_request_repeats(monkeypatch):

@@ -165,14 +165,18 @@ def mean_pairwise_distance(feats: torch.Tensor) -> float:
 
 
 def request_diversity(generate_fn: Callable, dataset: Any, classifier: Any, num_requests: int = 50,
-                      per_request: int = 6, seed: int = 0, by: str = "request") -> dict[str, Any]:
-    """Mean pairwise distance of the judges' features among `per_request` seeds of one request (its
-    first record's caption and attributes), over the same among `per_request` real images of that request
-    (records sharing its caption and attributes, continuous ones binned as the judges bin them), averaged
+                      per_request: int = 6, seed: int = 0, by: str = "request",
+                      one_latent: bool = False) -> dict[str, Any]:
+    """Mean pairwise distance of the judges' features among `per_request` seeds of one request, over the
+    same among `per_request` real images of that request (records sharing its caption and attributes,
+    continuous ones binned as the judges bin them; seed j asks for real image j's caption and
+    attributes, so a continuous attribute varies within its bin as the real images' does), averaged
     over up to `num_requests` requests that have that many real images. 1.0 = as varied as the data.
     by="caption": a request is the caption alone, asked with every attribute unset (the model draws them
     as its users get them), against the real images of that caption: for folders such as the emoji set,
-    where each caption and attribute set has one image."""
+    where each caption and attribute set has one image.
+    one_latent: also the spread with one seed for all of a request's images ("one_latent_ratio"): what the
+    asked attributes alone give (a continuous one differs within its bin), without the latent's part."""
     if by not in ("request", "caption"):
         raise ValueError(f"by: expected 'request' or 'caption', got {by!r}")
     if classifier.net is None:
@@ -193,18 +197,26 @@ def request_diversity(generate_fn: Callable, dataset: Any, classifier: Any, num_
                              + ("; --by caption compares a caption's images instead" if by == "request" else ""))
         raise ValueError(f"no request has {per_request} real images (caption and attributes alike; the most any "
                          f"has is {largest}); lower --per-request to {largest} or less")
-    real_spread, fake_spread = [], []
+    real_spread, fake_spread, fixed_spread = [], [], []
     for k, members in enumerate(chosen):
         record = dataset.record(members[0])
         prompts = [record["captions"][0]] * per_request
-        attributes = [dict(record["attributes"]) if by == "request" else {}] * per_request
+        # seed j asks for what real image j of the request shows: the same caption and categories, and a
+        # continuous attribute's own value within the shared bin (the real spread includes that much)
+        attributes = [dict(dataset.record(i)["attributes"]) if by == "request" else {} for i in members[:per_request]]
         fake = generate_fn(prompts, attributes, [seed + 1000 * k + j for j in range(per_request)])
         real = torch.stack([image_to_tensor(dataset.image(i)) for i in members[:per_request]])
         fake_spread.append(mean_pairwise_distance(classifier.features(fake)))
         real_spread.append(mean_pairwise_distance(classifier.features(real)))
+        if one_latent:
+            fixed = generate_fn(prompts, attributes, [seed + 1000 * k] * per_request)
+            fixed_spread.append(mean_pairwise_distance(classifier.features(fixed)))
     real_mean, fake_mean = float(np.mean(real_spread)), float(np.mean(fake_spread))
-    return {"by": by, "requests": len(chosen), "per_request": per_request, "generated": round(fake_mean, 4),
-            "real": round(real_mean, 4), "ratio": round(fake_mean / real_mean, 4) if real_mean else float("nan")}
+    result = {"by": by, "requests": len(chosen), "per_request": per_request, "generated": round(fake_mean, 4),
+              "real": round(real_mean, 4), "ratio": round(fake_mean / real_mean, 4) if real_mean else float("nan")}
+    if one_latent:
+        result["one_latent_ratio"] = round(float(np.mean(fixed_spread)) / real_mean, 4) if real_mean else float("nan")
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
