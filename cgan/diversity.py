@@ -2,7 +2,7 @@
 The command line of cgan/eval/diversity.py.
 
     python -m cgan.diversity --model shapes64 [--num 500] [--unset null]
-    python -m cgan.diversity --model DIR --data FOLDER [--requests 50] [--per-request 6] [--by caption]
+    python -m cgan.diversity --model DIR --data FOLDER [--requests 50] [--per-request 6] [--by caption|caption-attributes]
 
 shapes: prompts asked without style, background or size; the shapes reader's distribution of style and
 background against the data's (total-variation distance, 0 = as the data), and the spread of one
@@ -10,7 +10,8 @@ object's place and size against real images'. A folder: per-request diversity, t
 distance of the folder judges' features among the seeds of one request over the same among real
 images of that request (1.0 = as varied as the data); `--by caption` takes the caption alone as the
 request, asked without attributes, against that caption's real images (a folder where every caption
-and attribute set appears once, such as the emoji set). Precision and recall: `python -m cgan.fid`.
+and attribute set appears once, such as the emoji set); `--by caption-attributes` asks each seed with
+the attributes of one of the caption's real images (a model that follows the request scores 1). Precision and recall: `python -m cgan.fid`.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import sys
 from cgan.core.errors import USER_ERRORS, plain_warnings
 from cgan.data import FolderDataset
 from cgan.eval.custom_faithfulness import train_attribute_classifier
-from cgan.eval.diversity import format_coverage, request_diversity, shapes_coverage
+from cgan.eval.diversity import BY, format_coverage, request_diversity, shapes_coverage
 from cgan.eval.faithfulness import pipeline_generate_fn
 from cgan.pipeline import CGANPipeline
 
@@ -36,8 +37,9 @@ def measure(args: argparse.Namespace) -> tuple[dict, str]:
     dataset = FolderDataset(args.data, resolution=pipe.resolution, attributes=pipe.schema.to_dict())
     classifier = train_attribute_classifier(dataset, text_cache=pipe.text_cache)
     result = request_diversity(generate_fn, dataset, classifier, args.requests, args.per_request, args.seed,
-                               by=args.by, one_latent=args.by == "request")
-    what = "per-request" if args.by == "request" else "per-caption (attributes unset)"
+                               by=args.by, one_latent=args.by != "caption")
+    what = {"request": "per-request", "caption": "per-caption (attributes unset)",
+            "caption-attributes": "per-caption (each seed asked with one real image's attributes)"}[args.by]
     text = (f"{what} diversity: {result['generated']:.4f} generated vs {result['real']:.4f} real "
             f"(mean pairwise judge-feature distance, {result['requests']} requests x {result['per_request']} "
             f"seeds), ratio {result['ratio']:.3f} (1.0 = as varied as the data)")
@@ -56,9 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num", type=int, default=500, help="shapes: captions asked (default 500)")
     parser.add_argument("--requests", type=int, default=50, help="folder: requests measured (default 50)")
     parser.add_argument("--per-request", type=int, default=6, help="folder: seeds per request (default 6)")
-    parser.add_argument("--by", choices=("request", "caption"), default="request",
-                        help="folder: a request is a record's caption and attributes (default), or its caption alone "
-                             "asked without attributes")
+    parser.add_argument("--by", choices=BY, default="request",
+                        help="folder: a request is a record's caption and attributes (default); or its caption alone, "
+                             "asked without attributes (caption) or with each real image's attributes "
+                             "(caption-attributes)")
     parser.add_argument("--unset", choices=("sample", "null"), default="sample",
                         help="unset attributes: drawn as the training data has them (default) or the null token")
     parser.add_argument("--seed", type=int, default=0)

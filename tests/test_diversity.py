@@ -309,6 +309,9 @@ def test_request_diversity_compares_seeds_of_one_request_with_its_real_images():
 
     result = request_diversity(record_asks, styled, _Judges(), per_request=3, by="caption")
     assert result["requests"] == 2 and result["by"] == "caption" and asked == [{}] * 6
+    asked.clear()  # caption-attributes: seed j asks for real image j's style
+    result = request_diversity(record_asks, styled, _Judges(), per_request=3, by="caption-attributes")
+    assert result["requests"] == 2 and asked[:3] == [{"style": "noto"}, {"style": "line"}, {"style": "flat"}]
     with pytest.raises(ValueError, match="every request"):
         request_diversity(collapsed, styled, _Judges(), per_request=3)  # by request: each (caption, style) once
     # a continuous attribute: a request is its bin, and each seed asks for the value of one real image in it
