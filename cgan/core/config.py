@@ -258,7 +258,7 @@ class Config:
         levels_ok = isinstance(tau, list) and len(tau) >= 2 and all(0.0 <= t < float("inf") for t in tau)
         if tau not in ("data", "levels") and not levels_ok and not (isinstance(tau, float) and 0.0 < tau < float("inf")):
             raise ConfigError(f"loss.diversity_tau: expected a number > 0, 'data' (measured from the data), 'levels' "
-                              f"(one per level of conditioning, measured) or the list 'levels' measured, got {tau!r}")
+                              f"(one per level of conditioning, measured) or such a list of bounds >= 0, got {tau!r}")
         if self.loss.contrastive_hard and self.loss.contrastive <= 0:
             raise ConfigError("loss.contrastive_hard: adds negatives to the contrastive term, which is off; "
                               "set loss.contrastive > 0 too")

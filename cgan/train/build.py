@@ -180,7 +180,8 @@ def build_run(config: Config, out_dir: str | Path, resume: str | None = None,
         accelerator.print(precision_note)
     fast_gpu_math(accelerator.device)
     dataset = build_dataset(config.data)  # everything that can fail on bad input fails before the first step
-    if config.loss.diversity_tau in ("data", "levels") or isinstance(config.loss.diversity_tau, list):
+    tau = config.loss.diversity_tau
+    if config.loss.diversity > 0 and (tau in ("data", "levels") or isinstance(tau, list)):  # the term reads it
         resolve_diversity_tau(config, dataset, accelerator)
     if resolve_color(config, dataset) == "grayscale":
         accelerator.print("model.generator.color=auto: every image checked is grey, so the generator draws grey images")
