@@ -207,11 +207,11 @@ def request_diversity(generate_fn: Callable, dataset: Any, classifier: Any, num_
                          f"has is {largest}); lower --per-request to {largest} or less")
     real_spread, fake_spread, fixed_spread = [], [], []
     for k, members in enumerate(chosen):
-        record = dataset.record(members[0])
-        prompts = [record["captions"][0]] * per_request
+        records = [dataset.record(i) for i in members[:per_request]]
+        prompts = [records[0]["captions"][0]] * per_request
         # seed j asks for what real image j of the request shows: the same caption and categories, and a
         # continuous attribute's own value within the shared bin (the real spread includes that much)
-        attributes = [dict(dataset.record(i)["attributes"]) if by != "caption" else {} for i in members[:per_request]]
+        attributes = [dict(record["attributes"]) if by != "caption" else {} for record in records]
         fake = generate_fn(prompts, attributes, [seed + 1000 * k + j for j in range(per_request)])
         real = torch.stack([image_to_tensor(dataset.image(i)) for i in members[:per_request]])
         fake_spread.append(mean_pairwise_distance(classifier.features(fake)))

@@ -180,8 +180,7 @@ def build_run(config: Config, out_dir: str | Path, resume: str | None = None,
         accelerator.print(precision_note)
     fast_gpu_math(accelerator.device)
     dataset = build_dataset(config.data)  # everything that can fail on bad input fails before the first step
-    tau = config.loss.diversity_tau
-    if config.loss.diversity > 0 and (tau in ("data", "levels") or isinstance(tau, list)):  # the term reads it
+    if config.loss.diversity > 0 and not isinstance(config.loss.diversity_tau, float):  # measured, or checked
         resolve_diversity_tau(config, dataset, accelerator)
     if resolve_color(config, dataset) == "grayscale":
         accelerator.print("model.generator.color=auto: every image checked is grey, so the generator draws grey images")

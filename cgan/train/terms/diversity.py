@@ -34,15 +34,32 @@ def pair_distance(images_a: torch.Tensor, images_b: torch.Tensor) -> torch.Tenso
     return (pooled_a - pooled_b).abs().mean(dim=(1, 2, 3))
 
 
+def _scanned(dataset: Any, scan: int, rng: random.Random) -> list[int]:
+    """The records a bound is measured on: all, or `scan` of them drawn by `rng`."""
+    indices = list(range(dataset.num_records()))
+    return sorted(rng.sample(indices, scan)) if len(indices) > scan else indices
+
+
+def _mean_pair_distance(dataset: Any, groups: list[list[int]], pairs: int, rng: random.Random,
+                        images: dict[int, torch.Tensor] | None = None) -> float:
+    """The mean pair_distance of `pairs` pairs of records, each drawn from one of `groups` (records that
+    ask for the same thing); `images` keeps loaded records for the next call."""
+    images = {} if images is None else images
+    chosen = [rng.sample(rng.choice(groups), 2) for _ in range(pairs)]
+    for i in {i for pair in chosen for i in pair} - images.keys():
+        images[i] = image_to_tensor(dataset.image(i))  # (3, R, R)
+    first = torch.stack([images[a] for a, _ in chosen])  # (P, 3, R, R)
+    second = torch.stack([images[b] for _, b in chosen])
+    return float(pair_distance(first, second).mean())
+
+
 def data_tau(dataset: Any, pairs: int = 256, scan: int = 4096, seed: int = 0) -> tuple[float, float]:
     """loss.diversity_tau=data: the bound at which two latents' images are as far apart as two real
     images of one caption. Draws up to `pairs` pairs of records sharing their first caption (among up
     to `scan` records, chosen by `seed`) -> (tau, the pairs' mean distance); tau = distance / E|dz|.
     Raises ValueError when no caption has two records."""
-    indices = list(range(dataset.num_records()))
     rng = random.Random(f"diversity_tau/{seed}")
-    if len(indices) > scan:
-        indices = sorted(rng.sample(indices, scan))
+    indices = _scanned(dataset, scan, rng)
     by_caption: dict[str, list[int]] = defaultdict(list)
     for i in indices:
         by_caption[dataset.record(i)["captions"][0]].append(i)
@@ -50,10 +67,7 @@ def data_tau(dataset: Any, pairs: int = 256, scan: int = 4096, seed: int = 0) ->
     if not groups:
         raise ValueError(f"loss.diversity_tau=data: no caption has two images among {len(indices)} records, so "
                          "the data shows no spread for one caption; give loss.diversity_tau a number")
-    chosen = [rng.sample(rng.choice(groups), 2) for _ in range(pairs)]
-    first = torch.stack([image_to_tensor(dataset.image(a)) for a, _ in chosen])  # (P, 3, R, R)
-    second = torch.stack([image_to_tensor(dataset.image(b)) for _, b in chosen])
-    distance = float(pair_distance(first, second).mean())
+    distance = _mean_pair_distance(dataset, groups, pairs, rng)
     return distance / LATENT_DISTANCE, distance
 
 
@@ -76,10 +90,8 @@ def level_taus(dataset: Any, pairs: int = 256, scan: int = 4096, seed: int = 0, 
     distance of up to `pairs` pairs of real records (among up to `scan`) that ask for the same thing at
     that level, over E|dz|; 0 where no two records do (no spread to keep: the term rests there)."""
     specs = list(dataset.schema.specs) if dataset.schema is not None else []
-    indices = list(range(dataset.num_records()))
     rng = random.Random(f"diversity_tau/{seed}")
-    if len(indices) > scan:
-        indices = sorted(rng.sample(indices, scan))
+    indices = _scanned(dataset, scan, rng)
     records = {i: dataset.record(i) for i in indices}
     edges = {}
     for spec in specs:
@@ -87,24 +99,14 @@ def level_taus(dataset: Any, pairs: int = 256, scan: int = 4096, seed: int = 0, 
             values = sorted(float(r["attributes"][spec.name]) for r in records.values()
                             if r.get("attributes", {}).get(spec.name) is not None)
             edges[spec.name] = [values[len(values) * b // bins] for b in range(1, bins)] if values else []
-    pooled: dict[int, torch.Tensor] = {}  # record -> (3, R/2, R/2), loaded once for every level
-
-    def image(i: int) -> torch.Tensor:
-        if i not in pooled:
-            pooled[i] = F.avg_pool2d(image_to_tensor(dataset.image(i)).float()[None], 2)[0]
-        return pooled[i]
-
+    images: dict[int, torch.Tensor] = {}  # loaded once for every level
     taus = []
     for level in range(2 ** (1 + len(specs))):
         by_key: dict[tuple, list[int]] = defaultdict(list)
         for i in indices:
             by_key[_level_key(records[i], level, specs, edges)].append(i)
         groups = sorted((m for m in by_key.values() if len(m) >= 2), key=lambda m: m[0])
-        if not groups:
-            taus.append(0.0)
-            continue
-        chosen = [rng.sample(rng.choice(groups), 2) for _ in range(pairs)]
-        distance = float(torch.stack([(image(a) - image(b)).abs().mean() for a, b in chosen]).mean())
+        distance = _mean_pair_distance(dataset, groups, pairs, rng, images) if groups else 0.0
         taus.append(round(distance / LATENT_DISTANCE, 4))
     return taus
 
