@@ -28,6 +28,7 @@ from PIL import Image
 
 from cgan.core.config import user_cache_dir
 from cgan.core.errors import CganError
+from cgan.core.malloc import keep_large_buffers
 from cgan.eval.diversity import PR_NEIGHBOURS, precision_recall
 
 DEFAULT_CACHE_DIR = user_cache_dir() / "fid"
@@ -172,6 +173,8 @@ def load_feature_network(inception_weights: str | Path | None = None, *, device:
 
     Loaded once per (file, checksum, device) per process, so FID during training does not reload it."""
     path, name = find_feature_network(inception_weights, cache_dir=cache_dir, allow_download=allow_download)
+    if torch.device(device).type == "cpu":
+        keep_large_buffers()  # Inception's activations would page-fault back in at every batch (cgan/core/malloc.py)
     sha = file_sha256(path)
     key = (str(path.resolve()), sha, str(device))
     if key not in _NETWORK_CACHE:
