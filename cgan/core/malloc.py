@@ -2,9 +2,8 @@
 
 glibc's malloc gives every freed block above its mmap threshold (at most 32 MB) back to the system and
 trims the heap's free top, so a network whose activations are that large page-faults them back in at
-every batch. Inception at 299 x 299 is such a network: on a 2-core AMD EPYC (avx2, one thread) the FID
-of 200 images took 92.6 s of CPU time and 5.5M page faults, 77.6 s and 0.48M with both thresholds
-raised (docs/speed.md). A training step of cgan's own networks was not faster, so only FID calls this.
+every batch. Inception at 299 x 299 is such a network (FID's CPU time and page faults with and without
+this: docs/speed.md). A training step of cgan's own networks was not faster, so only FID calls this.
 """
 from __future__ import annotations
 

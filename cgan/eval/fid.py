@@ -173,11 +173,11 @@ def load_feature_network(inception_weights: str | Path | None = None, *, device:
 
     Loaded once per (file, checksum, device) per process, so FID during training does not reload it."""
     path, name = find_feature_network(inception_weights, cache_dir=cache_dir, allow_download=allow_download)
-    if torch.device(device).type == "cpu":
-        keep_large_buffers()  # Inception's activations would page-fault back in at every batch (cgan/core/malloc.py)
     sha = file_sha256(path)
     key = (str(path.resolve()), sha, str(device))
     if key not in _NETWORK_CACHE:
+        if torch.device(device).type == "cpu":
+            keep_large_buffers()  # Inception's activations would page-fault back in at every batch (core/malloc.py)
         try:
             with warnings.catch_warnings():  # "torch.jit.load is deprecated": these networks ship as TorchScript
                 warnings.simplefilter("ignore", FutureWarning)
