@@ -25,6 +25,14 @@ from cgan.core.layers import EqualLinear
 HeadBuilder = Callable[..., nn.Module]
 
 
+def pair_rows(x: torch.Tensor | None, image_index: torch.Tensor) -> torch.Tensor | None:
+    """(N, ...) per image -> (B, ...) per pair, row i = x[image_index[i]] (None stays None). index_select, not
+    x[image_index]: the backward of advanced indexing sums an image's rows with atomic adds on the CPU, in
+    an order that depends on thread timing, so a busy machine changed the gradients' last bits and a
+    resumed run drifted from the uninterrupted one; index_select's backward (index_add_) sums in order."""
+    return None if x is None else x.index_select(0, image_index)
+
+
 @dataclass
 class DOutput:
     """What a D returns for B (image, condition) pairs."""

@@ -19,7 +19,7 @@ from cgan.condition.attributes import AttributeSchema
 from cgan.condition.fusion import Condition, ConditionInput, Conditioner
 from cgan.core.model_config import DiscriminatorConfig
 from cgan.core.layers import EqualConv2d, EqualLinear, SpatialCrossAttention
-from cgan.nets.d_contract import DiscriminatorBase, DOutput, HeadBuilder, register_discriminator
+from cgan.nets.d_contract import DiscriminatorBase, DOutput, HeadBuilder, pair_rows, register_discriminator
 from cgan.nets.generator import channels_at
 
 WORD_MATCH_RESOLUTION = 8  # D's feature map the word-region matching reads (model.d_word_match)
@@ -157,7 +157,7 @@ class Discriminator(DiscriminatorBase):
             reads_condition = str(x.shape[-1]) in self.attn or (
                 self.word_match is not None and x.shape[-1] == WORD_MATCH_RESOLUTION)
             if reads_condition and image_index is not None:
-                x, plain = x[image_index], None if plain is None else plain[image_index]  # (B, ...): one row a pair
+                x, plain = pair_rows(x, image_index), pair_rows(plain, image_index)  # (B, ...): one row a pair
                 image_index = None
             if self.word_match is not None and x.shape[-1] == WORD_MATCH_RESOLUTION:
                 match = self.word_match(x, cond.word_tokens, cond.word_mask)
@@ -165,7 +165,7 @@ class Discriminator(DiscriminatorBase):
             if key in self.attn:
                 x, _ = self.attn[key](x, cond.attn_tokens, cond.attn_mask)
         if image_index is not None:  # no layer read the condition: the rows are made here
-            x, plain = x[image_index], None if plain is None else plain[image_index]
+            x, plain = pair_rows(x, image_index), pair_rows(plain, image_index)
         if self.mbstd_group:
             x = minibatch_stddev(x, self.mbstd_group)  # (B, C + 1, 4, 4)
         x = self.conv_out(x)  # (B, C, 4, 4)

@@ -24,7 +24,7 @@ from cgan.condition.attributes import AttributeSchema
 from cgan.condition.fusion import Condition, ConditionInput, Conditioner
 from cgan.core.model_config import DiscriminatorConfig
 from cgan.core.layers import EqualConv2d, EqualLinear, SpatialCrossAttention
-from cgan.nets.d_contract import DiscriminatorBase, DOutput, HeadBuilder, register_discriminator
+from cgan.nets.d_contract import DiscriminatorBase, DOutput, HeadBuilder, pair_rows, register_discriminator
 from cgan.nets.image_features import FEATURE_CHANNELS, EfficientNetLite0
 
 MIXING_SEED = 20211101  # the random channel and scale mixing is a fixed function of this seed
@@ -113,7 +113,7 @@ class ProjectedDiscriminator(DiscriminatorBase):
         cond = self.condition(inputs)
         mixed = self.mixed_features(images)
         if image_index is not None:
-            mixed = [m[image_index] for m in mixed]
+            mixed = [pair_rows(m, image_index) for m in mixed]
         logits = [rearrange(head(x, cond), "b h w -> b (h w)") for head, x in zip(self.heads, mixed)]  # (B, s*s) each
         plain = None
         if self.plain is not None:
