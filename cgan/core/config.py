@@ -145,13 +145,14 @@ class LossConfig:
     # the two captions apart, without its realism part (issue 12's binding); 0 = off
     g_hard_negative: float = weight()
     # G: two latents for one condition must give images at least diversity_tau apart per unit of latent
-    # distance (DSGAN / MSGAN's mode-seeking term, bounded): a conditional G cannot ignore z
-    diversity: float = weight()
+    # distance (DSGAN / MSGAN's mode-seeking term, bounded): a conditional G cannot ignore z. On by default
+    # (recipe study, parts 7 to 11): the classifier-style terms above narrow every open choice to one mode
+    diversity: float = weight(8.0)
     # the bound: image distance (mean |a - b| at half resolution) / latent distance; "data": measured at the
     # start of the run from pairs of real images of one caption (cgan/train/terms/diversity.py::data_tau);
     # "levels": one bound per level of conditioning, each measured from real images that ask for the same
     # thing at that level (level_taus); the run saves the numbers it measured
-    diversity_tau: float | str | list[float] = 0.5
+    diversity_tau: float | str | list[float] = "levels"
     # weights that change late in a run: from late_kimg thousand images seen on, the weights of
     # late_terms are multiplied by late_factor (late_kimg 0 = never). Below 1 it decays them (the
     # classifier-style terms narrow G's images once the prompt is followed), above 1 it raises them (the
