@@ -25,7 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_utils import cpu_flags, environment_line, set_threads  # noqa: E402
 import cgan.train.loop as loop  # noqa: E402
-from cgan.condition.text_encoder import FrozenTextEncoder  # noqa: E402
 from cgan.core.config import load_config  # noqa: E402
 from cgan.train.build import build_run, make_loader  # noqa: E402
 from cgan.train.microbatch import to_device_batch  # noqa: E402
@@ -46,7 +45,7 @@ def main() -> None:
     print(f"CPU: {cpu_flags()}\n{environment_line()}")
     folder = Path(tempfile.mkdtemp())
     config = load_config(args.config, [f"data.cache_dir={folder / 'cache'}", *args.overrides])
-    run = build_run(config, folder / "run", None, FrozenTextEncoder(config.text.encoder, max_length=config.text.max_length))
+    run = build_run(config, folder / "run")  # its own text encoder, as a training run builds it
     data = make_loader(run.dataset, config, 0, run.accelerator, run.arrays)
     batches = [[to_device_batch(next(data), run.text_cache, config, run.accelerator.device, run.memory_format,
                                 needs_negatives(config), run.table)] for _ in range(args.steps)]
