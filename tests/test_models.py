@@ -57,6 +57,23 @@ def test_pool_first_discriminator_same_weights_half_resolution_conv(shapes_schem
     assert b.shape == (B,) and torch.isfinite(b).all() and not torch.allclose(a, b)
 
 
+def test_top_full_res_discriminator_keeps_the_top_block_at_the_image_resolution(shapes_schema):
+    """model.discriminator.top_full_res with pool_first: the top block convolves at R, the lower blocks at
+    r/2; the parameters are the same (a pool_first D's state dict loads)."""
+    kwargs = {k: v for k, v in tiny_model_kwargs().items() if k not in ("z_dim", "w_dim", "mapping_layers")}
+    torch.manual_seed(0)
+    D_fast = Discriminator(schema=shapes_schema, pool_first=True, **kwargs)
+    D_top = Discriminator(schema=shapes_schema, pool_first=True, top_full_res=True, **kwargs)
+    D_top.load_state_dict(D_fast.state_dict())
+    sizes = {}
+    for index, block in enumerate(D_top.blocks[:2]):
+        block.conv1.register_forward_pre_hook(lambda m, args, index=index: sizes.update({index: args[0].shape[-1]}))
+    images, text, present = torch.randn(B, 3, 32, 32), fake_text(B), torch.ones(B, dtype=torch.bool)
+    scores = D_top(images, inputs(shapes_schema, text, present)).scores()
+    assert sizes == {0: 32, 1: 8}  # the top block at 32 px, the next (16 px in) after its pooling
+    assert scores.shape == (B,) and torch.isfinite(scores).all()
+
+
 def test_fusion_attention_over_text_and_attributes(shapes_schema):
     cond = Conditioner(schema=shapes_schema, text_dim=384, cond_dim=32, num_queries=4, num_layers=2, num_heads=2)
     text = fake_text(B, tokens=8)

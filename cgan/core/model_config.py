@@ -63,7 +63,7 @@ class DiscriminatorConfig:
 
     # residual: a convolutional D trained from scratch; projected: small heads on a frozen pretrained
     # image network (EfficientNet-Lite0, cgan/nets/projected.py), width channel_max (channel_base,
-    # attn_resolutions, pool_first and word_match do not apply)
+    # attn_resolutions, pool_first, top_full_res and word_match do not apply)
     type: str = "residual"
     channel_base: int = 4096  # D's channels at resolution r: min(channel_max, channel_base // r)
     channel_max: int = 256  # cap on D's channels at any resolution
@@ -75,6 +75,9 @@ class DiscriminatorConfig:
     # D blocks pool before their second convolution (as StyleGAN2's down-sampling convolution) instead
     # of after it: 0.62x the D phase's FLOPs, ~1.3x faster training; off keeps earlier runs' D
     pool_first: bool = False
+    # with pool_first, the top block (at the image's own resolution) still runs both convolutions there:
+    # D reads edges and corners pixel by pixel and only its lower blocks take the cheaper order
+    top_full_res: bool = False
     # D adds a word-region matching score to its logit (AttnGAN's DAMSM idea): each prompt word attends
     # over D's 8 x 8 features, which know where they are, and scores what it found (cross_attention only)
     word_match: bool = False

@@ -102,7 +102,8 @@ class Discriminator(DiscriminatorBase):
                  attn_heads: int = 4, fusion: str = "cross_attention", num_cond_queries: int = 8,
                  fusion_layers: int = 2, fusion_heads: int = 4, fusion_zero_init: bool = True,
                  text_positions: bool = False, text_layers: int = 0, pool_first: bool = False,
-                 word_match: bool = False, contrastive_dim: int = 0, attribute_heads: bool = False,
+                 top_full_res: bool = False, word_match: bool = False, contrastive_dim: int = 0,
+                 attribute_heads: bool = False,
                  term_heads: Mapping[str, HeadBuilder] | None = None, mbstd_group: int = 0):
         super().__init__()
         self.resolution = resolution
@@ -118,7 +119,8 @@ class Discriminator(DiscriminatorBase):
         res = resolution
         self.plain_resolution = 4  # where the unconditioned features are taken: before the first attention
         while res > 4:
-            self.blocks.append(DiscriminatorBlock(ch(res), ch(res // 2), pool_first))
+            full_res = top_full_res and res == resolution  # the top block convolves at the image's resolution
+            self.blocks.append(DiscriminatorBlock(ch(res), ch(res // 2), pool_first and not full_res))
             res //= 2
             if res in attn_resolutions:
                 self.attn[str(res)] = SpatialCrossAttention(ch(res), cond_dim, num_heads=attn_heads)
@@ -139,7 +141,7 @@ class Discriminator(DiscriminatorBase):
     def config_kwargs(cls, config: DiscriminatorConfig) -> dict[str, Any]:
         return dict(channel_base=config.channel_base, channel_max=config.channel_max, channel_min=config.channel_min,
                     attn_resolutions=tuple(config.attn_resolutions), pool_first=config.pool_first,
-                    word_match=config.word_match, mbstd_group=config.mbstd_group)
+                    top_full_res=config.top_full_res, word_match=config.word_match, mbstd_group=config.mbstd_group)
 
     def features(self, images: torch.Tensor, cond: Condition, image_index: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
