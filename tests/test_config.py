@@ -58,6 +58,7 @@ def test_unknown_key_in_file_names_the_file(tmp_path):
     ("model.conditioner.text_layers=-1", "model.conditioner.text_layers: expected a number >= 0, got -1"),
     ("model.discriminator.word_match=true model.conditioner.fusion=concat",
      "model.discriminator.word_match: the residual discriminator of the cross"),
+    ("model.discriminator.top_full_res=true", "model.discriminator.top_full_res: .*pool_first, which is off"),
     ("data.path=my_folder", "data.path=my_folder: given, but data.name is 'shapes'.*set data.name=folder"),
     ("data.hflip=true", "data.hflip: true is refused: cgan never flips images.*'left of'"),
     ("train.mixed_precision=none", "train.mixed_precision: expected one of no, bf16, fp16, got 'none'"),

@@ -142,6 +142,10 @@ def check_model(model: ModelConfig, max_length: int, resolution: int) -> None:
         raise ConfigError("model.discriminator.word_match: the residual discriminator of the cross-attention fusion "
                           f"matches words to its 8 x 8 features; got model.conditioner.fusion={c.fusion!r}, "
                           f"model.discriminator.type={d.type!r}")
+    if d.top_full_res and not d.pool_first:
+        raise ConfigError("model.discriminator.top_full_res: keeps the top block out of pool_first, which is off "
+                          "(every block already convolves at full resolution); set model.discriminator.pool_first=true "
+                          "or leave top_full_res out")
     if c.text_positions and max_length > MAX_TEXT_POSITIONS:
         raise ConfigError(f"model.conditioner.text_positions: learns one embedding per token position, at most "
                           f"{MAX_TEXT_POSITIONS}; text.max_length is {max_length}")
