@@ -66,6 +66,11 @@ def tiny_model_kwargs(**overrides):
     return kwargs
 
 
+def tiny_d_kwargs(**overrides):
+    """tiny_model_kwargs without G's own settings (z, w, mapping): what a tiny Discriminator takes."""
+    return {k: v for k, v in tiny_model_kwargs(**overrides).items() if k not in ("z_dim", "w_dim", "mapping_layers")}
+
+
 def export_tiny_model(folder: Path, schema, step: int = 0, seed: int = 0) -> Path:
     """A randomly initialised tiny generator exported as a model folder (configs/tiny.yaml's settings)."""
     from cgan.nets.export import export_model

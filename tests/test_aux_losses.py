@@ -15,7 +15,7 @@ from cgan.train.losses import same_condition
 from cgan.train.terms.attributes import attribute_loss
 from cgan.train.terms.contrastive import contrastive_loss
 from cgan.train.loop import train
-from conftest import TINY, fake_text, tiny_model_kwargs
+from conftest import TINY, fake_text, tiny_d_kwargs
 
 
 def test_same_condition_marks_only_identical_requests(shapes_schema):
@@ -80,7 +80,7 @@ def test_attribute_loss_only_counts_given_attributes():
 
 
 def test_discriminator_heads_exist_only_when_asked(shapes_schema):
-    kwargs = {k: v for k, v in tiny_model_kwargs().items() if k not in ("z_dim", "w_dim", "mapping_layers")}
+    kwargs = tiny_d_kwargs()
     plain = Discriminator(schema=shapes_schema, **kwargs)
     heads = Discriminator(schema=shapes_schema, contrastive_dim=24, attribute_heads=True, **kwargs)
     images, text = torch.randn(3, 3, 32, 32), fake_text(3)

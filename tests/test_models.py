@@ -7,7 +7,7 @@ from cgan.condition.fusion import ConditionInput, Conditioner
 from cgan.nets.discriminator import Discriminator
 from cgan.nets.generator import Generator
 from cgan.train.losses import mismatched_attributes, mismatched_prompt_index
-from conftest import fake_text, tiny_model_kwargs
+from conftest import fake_text, tiny_d_kwargs, tiny_model_kwargs
 
 B = 4
 
@@ -26,8 +26,7 @@ def inputs(schema, text, present):
 def test_generator_and_discriminator_shapes(shapes_schema, fusion, resolution):
     torch.manual_seed(0)
     G = Generator(schema=shapes_schema, **tiny_model_kwargs(resolution=resolution, fusion=fusion))
-    D = Discriminator(schema=shapes_schema, **{k: v for k, v in tiny_model_kwargs(resolution=resolution,
-                                               fusion=fusion).items() if k not in ("z_dim", "w_dim", "mapping_layers")})
+    D = Discriminator(schema=shapes_schema, **tiny_d_kwargs(resolution=resolution, fusion=fusion))
     text = fake_text(B)
     present = torch.ones(B, dtype=torch.bool)
     images = G(torch.randn(B, 16), inputs(shapes_schema, text, present))
@@ -42,7 +41,7 @@ def test_generator_and_discriminator_shapes(shapes_schema, fusion, resolution):
 def test_pool_first_discriminator_same_weights_half_resolution_conv(shapes_schema):
     """model.discriminator.pool_first: the same parameters (a state dict loads either way); each block's second
     convolution sees r/2 instead of r."""
-    kwargs = {k: v for k, v in tiny_model_kwargs().items() if k not in ("z_dim", "w_dim", "mapping_layers")}
+    kwargs = tiny_d_kwargs()
     torch.manual_seed(0)
     D = Discriminator(schema=shapes_schema, **kwargs)
     D_fast = Discriminator(schema=shapes_schema, pool_first=True, **kwargs)
@@ -60,7 +59,7 @@ def test_pool_first_discriminator_same_weights_half_resolution_conv(shapes_schem
 def test_top_full_res_discriminator_keeps_the_top_block_at_the_image_resolution(shapes_schema):
     """model.discriminator.top_full_res with pool_first: the top block convolves at R, the lower blocks at
     r/2; the parameters are the same (a pool_first D's state dict loads)."""
-    kwargs = {k: v for k, v in tiny_model_kwargs().items() if k not in ("z_dim", "w_dim", "mapping_layers")}
+    kwargs = tiny_d_kwargs()
     torch.manual_seed(0)
     D_fast = Discriminator(schema=shapes_schema, pool_first=True, **kwargs)
     D_top = Discriminator(schema=shapes_schema, pool_first=True, top_full_res=True, **kwargs)
@@ -171,7 +170,7 @@ def test_text_layers_start_as_identity_then_let_words_see_each_other(shapes_sche
 
 def test_word_region_match_knows_where_and_ignores_dropped_prompts(shapes_schema):
     torch.manual_seed(0)
-    kwargs = {k: v for k, v in tiny_model_kwargs(resolution=32).items() if k not in ("z_dim", "w_dim", "mapping_layers")}
+    kwargs = tiny_d_kwargs(resolution=32)
     D = Discriminator(schema=shapes_schema, word_match=True, text_positions=True, text_layers=1, **kwargs)
     assert D.word_match.gain == 0  # silent at the start, as a warm start needs
     with torch.no_grad():
@@ -288,7 +287,7 @@ def test_channel_min_widens_top_blocks_and_init_from_keeps_the_images(shapes_sch
 def test_d_channel_min_widens_first_blocks_and_init_from_keeps_the_logits(shapes_schema):
     from cgan.train.warm_start import transfer
 
-    kwargs = {k: v for k, v in tiny_model_kwargs().items() if k not in ("z_dim", "w_dim", "mapping_layers")}
+    kwargs = tiny_d_kwargs()
     torch.manual_seed(0)
     narrow = Discriminator(schema=shapes_schema, **kwargs)  # 32 px: 8 channels, 16 px: 16
     wide = Discriminator(schema=shapes_schema, channel_min=24, **kwargs)
@@ -308,7 +307,7 @@ def test_discriminator_shared_images_score_as_if_repeated(shapes_schema, extra):
     condition enters run once per image; scores, unconditioned features and gradients must be those of
     the repeated images, and bitwise the same from run to run."""
     torch.manual_seed(0)
-    kwargs = {k: v for k, v in tiny_model_kwargs(resolution=32).items() if k not in ("z_dim", "w_dim", "mapping_layers")}
+    kwargs = tiny_d_kwargs(resolution=32)
     D = Discriminator(schema=shapes_schema, **{**kwargs, **extra})
     if D.word_match is not None:
         with torch.no_grad():
