@@ -153,6 +153,11 @@ class LossConfig:
     # "levels": one bound per level of conditioning, each measured from real images that ask for the same
     # thing at that level (level_taus); the run saves the numbers it measured
     diversity_tau: float | str | list[float] = "levels"
+    # G: neighbouring pixels closer than flat_cap (in [-1, 1] units; 0.03 is about 4 of 255 levels) are
+    # pulled together: noise in flat regions, which D misses and FID charges heavily, goes; edges and
+    # shading ramps (larger steps) are left alone. For data whose regions are flat (shapes, icons); 0 = off
+    flat: float = weight()
+    flat_cap: float = 0.03
     # weights that change late in a run: from late_kimg thousand images seen on, the weights of
     # late_terms are multiplied by late_factor (late_kimg 0 = never). Below 1 it decays them (the
     # classifier-style terms narrow G's images once the prompt is followed), above 1 it raises them (the
@@ -263,6 +268,9 @@ class Config:
         if self.loss.contrastive_hard and self.loss.contrastive <= 0:
             raise ConfigError("loss.contrastive_hard: adds negatives to the contrastive term, which is off; "
                               "set loss.contrastive > 0 too")
+        if not 0.0 < self.loss.flat_cap <= 2.0:
+            raise ConfigError(f"loss.flat_cap: expected a pixel difference in (0, 2] ([-1, 1] units), "
+                              f"got {self.loss.flat_cap}")
         if not 0.0 < self.loss.contrastive_temperature <= 10.0:
             raise ConfigError("loss.contrastive_temperature: expected a number in (0, 10], "
                               f"got {self.loss.contrastive_temperature}")
