@@ -157,7 +157,7 @@ class LossConfig:
     # pulled together: noise in flat regions, which D misses and FID charges heavily, goes; edges and
     # shading ramps (larger steps) are left alone. For data whose regions are flat (shapes, icons); 0 = off
     flat: float = weight()
-    flat_cap: float = 0.03
+    flat_cap: float = 0.03  # the largest step loss.flat pulls to zero ([-1, 1] units); larger steps are edges
     # weights that change late in a run: from late_kimg thousand images seen on, the weights of
     # late_terms are multiplied by late_factor (late_kimg 0 = never). Below 1 it decays them (the
     # classifier-style terms narrow G's images once the prompt is followed), above 1 it raises them (the
