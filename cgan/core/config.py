@@ -155,7 +155,8 @@ class LossConfig:
     diversity_tau: float | str | list[float] = "levels"
     # G: neighbouring pixels closer than flat_cap (in [-1, 1] units; 0.03 is about 4 of 255 levels) are
     # pulled together: noise in flat regions, which D misses and FID charges heavily, goes; edges and
-    # shading ramps (larger steps) are left alone. For data whose regions are flat (shapes, icons); 0 = off
+    # shading ramps (larger steps) are left alone. For data whose regions are flat (shapes, icons); 0 = off.
+    # Turn it on once G draws objects: from a fresh start, 1000 made every image one flat colour
     flat: float = weight()
     flat_cap: float = 0.03  # the largest step loss.flat pulls to zero ([-1, 1] units); larger steps are edges
     # weights that change late in a run: from late_kimg thousand images seen on, the weights of
