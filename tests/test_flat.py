@@ -41,7 +41,7 @@ def test_training_with_the_flat_term_logs_it_and_may_turn_it_on_at_resume(tmp_pa
     base = ["train.total_steps=2", "train.tracker=none", "train.log_every=1"]
     train(load_config("configs/tiny.yaml", base), tmp_path / "run", max_steps=1)
     # the term has no D head, so a run may take it up (or drop it) when resumed
-    train(load_config("configs/tiny.yaml", base + ["loss.flat=5"]), tmp_path / "run", resume="latest")
+    train(load_config("configs/tiny.yaml", base + ["loss.flat=5", "loss.flat_from_kimg=0"]), tmp_path / "run", resume="latest")
     first, last = (json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
     assert "loss/G_flat" not in first
     assert last["step"] == 2 and np.isfinite(last["loss/G_flat"]) and last["loss/G_flat"] > 0

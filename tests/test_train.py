@@ -59,7 +59,7 @@ def test_resume_matches_an_uninterrupted_run(tiny_config, tmp_path, minilm):
 def test_late_loss_weights_are_the_weight_change_at_their_image_and_survive_resume(tiny_config, tmp_path, minilm):
     """loss.late_kimg: from 16 images on (step 2 of batch 8) contrastive weighs a quarter. The run equals
     one that trained 2 steps at the full weight and was resumed with the quarter weight, and a resumed
-    decaying run equals an uninterrupted one."""
+    decaying run equals an uninterrupted one. loss.flat waits for loss.flat_from_kimg from a fresh G only."""
     import copy
 
     from cgan.core.config import ConfigError, load_config
@@ -73,8 +73,12 @@ def test_late_loss_weights_are_the_weight_change_at_their_image_and_survive_resu
     raising = load_config(str(ROOT / "configs" / "tiny.yaml"), ["loss.diversity=4", "loss.late_kimg=64",
                                                                 "loss.late_factor=2", "loss.late_terms=[diversity]"])
     assert late_weights(raising, 64_000).loss.diversity == 8 and late_weights(raising, 63_999).loss.diversity == 4
-    for bad in (["loss.late_factor=-1"], ["loss.late_terms=[divrsity]"]):
-        with pytest.raises(ConfigError, match="loss.late_"):
+    fresh = load_config(str(ROOT / "configs" / "tiny.yaml"), ["loss.flat=1000", "loss.flat_from_kimg=2"])
+    assert late_weights(fresh, 1_999).loss.flat == 0 and late_weights(fresh, 2_000).loss.flat == 1000
+    grown = load_config(str(ROOT / "configs" / "tiny.yaml"), ["loss.flat=1000", "train.init_from=shapes64"])
+    assert late_weights(grown, 0).loss.flat == 1000  # a G that already draws objects has it from step 0
+    for bad in (["loss.late_factor=-1"], ["loss.late_terms=[divrsity]"], ["loss.flat_from_kimg=-1"]):
+        with pytest.raises(ConfigError, match="loss.(late_|flat_from)"):
             load_config(str(ROOT / "configs" / "tiny.yaml"), bad)
     train(decaying, tmp_path / "decay", text_encoder=minilm)
     train(decaying, tmp_path / "decay_split", max_steps=1, text_encoder=minilm)

@@ -156,9 +156,12 @@ class LossConfig:
     # G: neighbouring pixels closer than flat_cap (in [-1, 1] units; 0.03 is about 4 of 255 levels) are
     # pulled together: noise in flat regions, which D misses and FID charges heavily, goes; edges and
     # shading ramps (larger steps) are left alone. For data whose regions are flat (shapes, icons); 0 = off.
-    # Turn it on once G draws objects: from a fresh start, 1000 made every image one flat colour
+    # Only once G draws objects: from a fresh start, 1000 made every image one flat colour (flat_from_kimg)
     flat: float = weight()
     flat_cap: float = 0.03  # the largest step loss.flat pulls to zero ([-1, 1] units); larger steps are edges
+    # a run from a fresh G (no train.init_from) trains without loss.flat for its first flat_from_kimg thousand
+    # images; a run from train.init_from (a G that already draws objects) has it from its first step
+    flat_from_kimg: float = 256.0
     # weights that change late in a run: from late_kimg thousand images seen on, the weights of
     # late_terms are multiplied by late_factor (late_kimg 0 = never). Below 1 it decays them (the
     # classifier-style terms narrow G's images once the prompt is followed), above 1 it raises them (the
@@ -294,7 +297,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "train.lr_g": POSITIVE, "train.lr_d": POSITIVE, "train.r1_gamma": NON_NEGATIVE,
     "train.mismatch_weight": NON_NEGATIVE, "train.d_warmup_steps": NON_NEGATIVE,
     "train.ema_kimg": NON_NEGATIVE, "train.ema_rampup": NON_NEGATIVE,
-    "loss.late_kimg": NON_NEGATIVE, "loss.late_factor": NON_NEGATIVE,
+    "loss.late_kimg": NON_NEGATIVE, "loss.flat_from_kimg": NON_NEGATIVE, "loss.late_factor": NON_NEGATIVE,
     "sample.num_per_prompt": POSITIVE, "sample.truncation": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "eval.fid_num": (lambda v: v >= 2, ">= 2"), "eval.faithfulness_num": POSITIVE,
 }

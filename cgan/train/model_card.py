@@ -104,6 +104,8 @@ def render_model_card(*, name: str, config: dict[str, Any], schema_description: 
     terms = [f"{k}={v:g}" for k, v in loss.items() if k in LOSS_WEIGHTS and v]
     if loss.get("late_kimg"):
         terms.append(f"x{loss['late_factor']:g} for {'/'.join(loss['late_terms'])} from {loss['late_kimg']:g} kimg")
+    if loss.get("flat") and not train.get("init_from") and loss.get("flat_from_kimg"):
+        terms.append(f"flat from {loss['flat_from_kimg']:g} kimg")
     hours, minutes = divmod(round((train_seconds or 0) / 60), 60)
     rows = [
         ("data", data_summary),

@@ -136,13 +136,18 @@ def terms_with_heads() -> list[str]:
 
 
 def late_weights(config: Config, images_seen: int) -> Config:
-    """The config a step trains with: `config` itself, or from loss.late_kimg thousand images seen on,
-    a copy whose loss.late_terms weigh loss.late_factor times theirs."""
+    """The config a step trains with: `config` itself, or a copy whose loss.late_terms weigh
+    loss.late_factor times theirs from loss.late_kimg thousand images seen on, and whose loss.flat is 0
+    before loss.flat_from_kimg thousand images of a run from a fresh G (no train.init_from)."""
     loss = config.loss
-    if loss.late_kimg <= 0 or images_seen < loss.late_kimg * 1000:
+    changed: dict[str, float] = {}
+    if loss.late_kimg > 0 and images_seen >= loss.late_kimg * 1000:
+        changed = {name: getattr(loss, name) * loss.late_factor for name in loss.late_terms}
+    if loss.flat > 0 and not config.train.init_from and images_seen < loss.flat_from_kimg * 1000:
+        changed["flat"] = 0.0
+    if not changed:
         return config
-    late = {name: getattr(loss, name) * loss.late_factor for name in loss.late_terms}
-    return dataclasses.replace(config, loss=dataclasses.replace(loss, **late))
+    return dataclasses.replace(config, loss=dataclasses.replace(loss, **changed))
 
 
 def weighted_parts(parts: dict[str, torch.Tensor], config: Config) -> torch.Tensor | float:
