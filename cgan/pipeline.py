@@ -72,14 +72,16 @@ class CGANPipeline(ExportedModel):
         super().__init__(*args, **kwargs)
         self._warned_prompts: set[str] = set()  # each prompt's unknown words are named once
 
-    def save_pretrained(self, model_dir: str | Path) -> Path:
+    def save_pretrained(self, model_dir: str | Path,
+                        D: torch.nn.Module | Mapping[str, torch.Tensor] | None = None) -> Path:
         """Write this model as an exported model folder that from_pretrained (and sample.py --model) reads:
-        config.json, attributes.json, G_ema.safetensors, its vocabulary.json (when it has one) and MODEL_CARD.md."""
+        config.json, attributes.json, G_ema.safetensors, its vocabulary.json (when it has one) and MODEL_CARD.md;
+        D.safetensors too when a discriminator (a module or its state dict) is given."""
         encoder = self.meta.get("text_encoder", {}).get("name", "")
         card = (with_card_header(self.model_card, encoder) if self.model_card else
                 pipeline_model_card(Path(model_dir).name, self.meta, self.schema.describe(),
                                     sum(p.numel() for p in self.G.parameters())))
-        return write_exported(model_dir, self.meta, self.schema.to_dict(), self.G, model_card=card,
+        return write_exported(model_dir, self.meta, self.schema.to_dict(), self.G, model_card=card, D=D,
                               vocabulary=self.vocabulary)
 
     def check_inputs(self, prompt: str, attributes: Mapping[str, Any] | None, num_images: int) -> dict[str, Any]:

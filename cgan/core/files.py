@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 from safetensors import SafetensorError
@@ -60,9 +60,10 @@ def publish_folder(tmp: Path, final: Path) -> None:
     fsync(final.parent)
 
 
-def save_weights(module: torch.nn.Module, path: Path) -> None:
-    """A module's state dict (on the CPU, contiguous) as a safetensors file."""
-    weights = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+def save_weights(module: torch.nn.Module | Mapping[str, torch.Tensor], path: Path) -> None:
+    """A module's state dict, or a state dict (on the CPU, contiguous), as a safetensors file."""
+    state = module.state_dict() if isinstance(module, torch.nn.Module) else module
+    weights = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     save_file(weights, str(path), metadata={"format": "pt"})
 
 

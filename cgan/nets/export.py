@@ -68,7 +68,8 @@ def export_model(out_dir: str | Path, *, G_ema: torch.nn.Module, generator_kwarg
 
 
 def write_exported(out_dir: str | Path, meta: dict[str, Any], schema_dict: dict[str, Any],
-                   G_ema: torch.nn.Module, model_card: str | None = None, D: torch.nn.Module | None = None,
+                   G_ema: torch.nn.Module, model_card: str | None = None,
+                   D: torch.nn.Module | Mapping[str, torch.Tensor] | None = None,
                    vocabulary: Iterable[str] | None = None) -> Path:
     """Write a model folder (config.json, attributes.json, G_ema.safetensors; D.safetensors when D is given:
     not needed to generate, but `train.init_from` the model then continues with a trained D; vocabulary.json

@@ -1,0 +1,82 @@
+"""`python -m cgan.polish`: the prior's shape, the written model, D carried over, determinism, errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from cgan.polish import main as polish_main
+from cgan.train.polish import sparse_gradient_prior
+from tests.conftest import export_tiny_model
+
+TINY = ["--steps", "3", "--batch-size", "4", "--threads", "1"]
+
+
+def test_prior_prefers_one_hard_edge_to_a_ramp_and_flat_to_noise():
+    step = torch.zeros(1, 1, 8, 8)
+    step[..., 4:] = 1.0  # one edge of height 1
+    ramp = torch.linspace(0, 1, 8).expand(1, 1, 8, 8).clone()  # the same height in 7 small steps
+    flat = torch.zeros(1, 1, 8, 8)
+    noisy = flat + 0.01 * torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    prior = lambda x: float(sparse_gradient_prior(x, exponent=0.5, eps=1e-3))  # noqa: E731
+    assert prior(step) < prior(ramp)
+    assert prior(flat) < prior(noisy)
+    # at exponent 1 (total variation) the ramp and the edge cost the same: only p < 1 sharpens
+    tv = lambda x: float(sparse_gradient_prior(x, exponent=1.0, eps=1e-3))  # noqa: E731
+    assert tv(step) == pytest.approx(tv(ramp), rel=1e-5)
+
+
+@pytest.fixture
+def tiny_model(tmp_path, shapes_schema):
+    folder = export_tiny_model(tmp_path / "start", shapes_schema)
+    save_file({"block.weight": torch.arange(6.0).reshape(2, 3)}, str(folder / "D.safetensors"))
+    return folder
+
+
+def test_polish_writes_a_moved_model_with_its_d_and_is_deterministic(tmp_path, tiny_model, capsys):
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out in outs:
+        assert polish_main(["--model", str(tiny_model), "--out", str(out), *TINY]) == 0
+    assert "D carried over" in capsys.readouterr().out
+    start = load_file(str(tiny_model / "G_ema.safetensors"))
+    a, b = (load_file(str(out / "G_ema.safetensors")) for out in outs)
+    assert a.keys() == start.keys()
+    assert any(not torch.equal(a[k], start[k]) for k in a), "three steps left G where it was"
+    assert all(torch.equal(a[k], b[k]) for k in a), "one seed gave two models"
+    carried, given = (load_file(str(folder / "D.safetensors")) for folder in (outs[0], tiny_model))
+    assert carried.keys() == given.keys() and all(torch.equal(carried[k], given[k]) for k in given)
+    meta = json.loads((outs[0] / "config.json").read_text())
+    assert meta["polish"]["steps"] == 3 and meta["polish"]["data"] == "shapes (train split)"
+    assert meta["generator"] == json.loads((tiny_model / "config.json").read_text())["generator"]
+
+
+def test_polished_model_generates(tmp_path, tiny_model):
+    from cgan.pipeline import CGANPipeline
+
+    out = tmp_path / "polished"
+    assert polish_main(["--model", str(tiny_model), "--out", str(out), *TINY]) == 0
+    images = CGANPipeline.from_pretrained(out)("a red circle", {"style": "flat"}, num_images=2, seed=0)
+    assert [im.size for im in images] == [(32, 32), (32, 32)]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--data", "no/such/folder"], "--data no/such/folder: expected 'shapes' or a data folder"),
+    (["--prior", "sparse", "--exponent", "1.5"], "polish exponent: expected a number in (0, 1], got 1.5"),
+    (["--steps", "0"], "polish steps: expected an integer >= 1"),
+])
+def test_bad_input_is_named(tmp_path, tiny_model, capsys, extra, message):
+    assert polish_main(["--model", str(tiny_model), "--out", str(tmp_path / "out"), *TINY, *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_existing_out_folder_is_kept(tmp_path, tiny_model, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    assert polish_main(["--model", str(tiny_model), "--out", str(out), *TINY]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "user data"
+
