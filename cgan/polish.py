@@ -23,7 +23,7 @@ from cgan.core.files import load_weights
 from cgan.data import FolderDataset, ShapesDataset
 from cgan.nets.export import resolve_model_dir
 from cgan.pipeline import CGANPipeline
-from cgan.train.polish import PRIORS, PolishConfig, polish, polish_card_section
+from cgan.train.polish import PRIORS, PolishConfig, polish, polish_card_section, polish_settings
 
 
 def open_conditions(data: str | None, meta: dict, resolution: int, model: str, schema_dict: dict):
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> Path:
     if pipe.model_card:
         pipe.model_card += polish_card_section(args.model, data_name, config, seconds)
     pipe.meta = {**pipe.meta, "polish": {"from": str(args.model), "data": data_name, "seconds": round(seconds, 1),
-                                         **{k: v for k, v in vars(config).items() if k != "log_every"}}}
+                                         **polish_settings(config)}}
     pipe.save_pretrained(out, D=D)
     print(f"wrote {out} ({seconds / 60:.1f} min{'; D carried over' if D is not None else ''})")
     return out

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -47,6 +48,10 @@ def test_polish_writes_a_moved_model_with_its_d_and_is_deterministic(tmp_path, t
     assert all(torch.equal(a[k], b[k]) for k in a), "one seed gave two models"
     carried, given = (load_file(str(folder / "D.safetensors")) for folder in (outs[0], tiny_model))
     assert carried.keys() == given.keys() and all(torch.equal(carried[k], given[k]) for k in given)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert {oct((outs[0] / name).stat().st_mode & 0o777) for name in ("G_ema.safetensors", "D.safetensors",
+                                                                      "config.json")} == {oct(0o666 & ~mask)}
     meta = json.loads((outs[0] / "config.json").read_text())
     assert meta["polish"]["steps"] == 3 and meta["polish"]["data"] == "shapes (train split)"
     assert meta["generator"] == json.loads((tiny_model / "config.json").read_text())["generator"]

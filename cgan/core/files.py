@@ -65,6 +65,9 @@ def save_weights(module: torch.nn.Module | Mapping[str, torch.Tensor], path: Pat
     state = module.state_dict() if isinstance(module, torch.nn.Module) else module
     weights = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     save_file(weights, str(path), metadata={"format": "pt"})
+    mask = os.umask(0)  # safetensors writes its file 0600; give it the mode any file the user makes has
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -131,10 +131,15 @@ def polish(pipe: Any, dataset: Any, config: PolishConfig,
     return rows
 
 
+def polish_settings(config: PolishConfig) -> dict[str, Any]:
+    """The settings that shaped the polish (those of the prior not chosen, and log_every, left out)."""
+    unused = {"log_every", *(("exponent", "eps") if config.prior == "capped" else ("cap",))}
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in unused}
+
+
 def polish_card_section(model: str, data: str, config: PolishConfig, seconds: float) -> str:
     """The model card lines that say how the model was polished."""
-    settings = ", ".join(f"{f.name}={getattr(config, f.name)}" for f in dataclasses.fields(config)
-                         if f.name != "log_every")
+    settings = ", ".join(f"{name}={value}" for name, value in polish_settings(config).items())
     return (f"\n\n## Polish\n\nG was then fine-tuned alone toward an image prior for flat regions, anchored to {model} "
             f"(`python -m cgan.polish`, cgan/train/polish.py), on conditions from {data}: {settings}; "
             f"{seconds / 60:.1f} min.\n")
