@@ -35,6 +35,7 @@ NOT_RUN = {
     ("python", "-m", "cgan.fid"): "minutes of Inception features; tests/test_fid.py covers the command",
     ("python", "-m", "cgan.faithfulness"): "minutes of generation and reading; tests/test_faithfulness.py covers it",
     ("python", "-m", "cgan.diversity"): "minutes of generation; tests/test_diversity.py runs it at a small --num",
+    ("python", "-m", "cgan.polish"): "10 minutes of fine-tuning; tests/test_polish.py runs it at 3 steps",
     ("python", "-m", "cgan.data", "prepare"): "needs Debian's emoji packages; tests/test_emoji.py covers it",
     ("python", "benchmarks/"): "benchmarks take minutes and print timings, not pass or fail",
     ("LD_PRELOAD=",): "an allocator A/B (a benchmark)",
