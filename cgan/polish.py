@@ -12,32 +12,38 @@ and `python -m cgan.faithfulness`: for data with flat regions and hard edges onl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from cgan.core.config import config_from_dict
 from cgan.core.errors import USER_ERRORS, plain_warnings
 from cgan.core.files import load_weights
-from cgan.data import FolderDataset, ShapesDataset
+from cgan.data import build_dataset
 from cgan.nets.export import resolve_model_dir
 from cgan.pipeline import CGANPipeline
 from cgan.train.polish import PRIORS, PolishConfig, polish, polish_card_section, polish_settings
 
 
-def open_conditions(data: str | None, meta: dict, resolution: int, model: str, schema_dict: dict):
-    """The data set whose captions and attributes condition the polish -> (data set, its name)."""
-    trained_on = meta.get("config", {}).get("data", {})
-    if data is None:
-        data = trained_on.get("path") or trained_on.get("name")
-        if not data:
-            raise ValueError(f"{model}/config.json: names no training data (config.data); give --data")
-    if str(data) == "shapes":  # the training split: the held-out compositions stay unseen
-        return ShapesDataset(num_images=50_000, resolution=resolution, split="train", seed=0), "shapes (train split)"
-    if not Path(data).is_dir():
-        raise ValueError(f"--data {data}: expected 'shapes' or a data folder (with metadata.jsonl or metadata.csv)")
-    return FolderDataset(data, resolution=resolution, attributes=schema_dict), str(data)
+def open_conditions(data: str | None, meta: dict, model_dir: Path, resolution: int, schema_dict: dict):
+    """The data set whose captions and attributes condition the polish -> (data set, its name): the
+    training data its config.json names (build_dataset, as training opened it), or --data ('shapes': the
+    train split, so the held-out compositions stay unseen; or a folder)."""
+    data_config = config_from_dict(meta.get("config", {}), f"{model_dir}/config.json").data
+    if data is not None:
+        if str(data) == "shapes":
+            data_config = dataclasses.replace(data_config, name="shapes", split="train")
+        elif Path(data).is_dir():
+            data_config = dataclasses.replace(data_config, name="folder", path=str(data))
+        else:
+            raise ValueError(f"--data {data}: expected 'shapes' or a data folder (with metadata.jsonl or metadata.csv)")
+    # the model's own attribute schema: a folder's records must fit what G was trained to read
+    data_config = dataclasses.replace(data_config, resolution=resolution, attributes=schema_dict)
+    name = f"shapes ({data_config.split} split)" if data_config.name == "shapes" else str(data_config.path)
+    return build_dataset(data_config), name
 
 
 def run(args: argparse.Namespace) -> Path:
@@ -52,7 +58,7 @@ def run(args: argparse.Namespace) -> Path:
     model_dir = resolve_model_dir(args.model)
     pipe = CGANPipeline.from_pretrained(args.model, device=args.device)
     D = load_weights(model_dir / "D.safetensors") if (model_dir / "D.safetensors").is_file() else None
-    dataset, data_name = open_conditions(args.data, pipe.meta, pipe.resolution, args.model, pipe.schema.to_dict())
+    dataset, data_name = open_conditions(args.data, pipe.meta, model_dir, pipe.resolution, pipe.schema.to_dict())
     print(f"polishing {args.model} for {config.steps} steps of {config.batch_size} on {data_name} "
           f"(prior {config.prior}, anchor {config.anchor})", flush=True)
     start = time.perf_counter()
@@ -85,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prior", choices=PRIORS, default=defaults.prior,
                         help=f"capped (flattens) or sparse (flattens and sharpens) (default {defaults.prior})")
     parser.add_argument("--cap", type=float, default=defaults.cap,
-                        help=f"capped: the largest difference pulled to zero, in [-1, 1] units (default {defaults.cap})")
+                        help=f"capped: the largest difference pulled to zero, in [-1, 1] units "
+                             f"(default {defaults.cap})")
     parser.add_argument("--exponent", type=float, default=defaults.exponent,
                         help=f"sparse: the exponent, in (0, 1] (default {defaults.exponent})")
     parser.add_argument("--drop-prompt", type=float, default=defaults.drop_prompt)

@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from cgan.polish import main as polish_main
 from cgan.train.polish import sparse_gradient_prior
-from tests.conftest import export_tiny_model
+from conftest import export_tiny_model
 
 TINY = ["--steps", "3", "--batch-size", "4", "--threads", "1"]
 
@@ -85,3 +85,13 @@ def test_an_existing_out_folder_is_kept(tmp_path, tiny_model, capsys):
     assert "already exists" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "user data"
 
+
+def test_conditions_can_come_from_a_data_folder(tmp_path, tiny_model, capsys):
+    from cgan.data.__main__ import main as data_main
+
+    folder = tmp_path / "folder"
+    assert data_main(["export", "shapes", "--out", str(folder), "--num", "12", "--size", "32"]) == 0
+    out = tmp_path / "polished"
+    assert polish_main(["--model", str(tiny_model), "--out", str(out), "--data", str(folder), *TINY]) == 0
+    assert f"on {folder} " in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["polish"]["data"] == str(folder)

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import torch
 
 from cgan.nets.sampling import condition_input
-from cgan.train.terms.flat import capped_differences
+from cgan.train.terms.flat import capped_differences, neighbour_differences
 
 
 PRIORS = ("capped", "sparse")
@@ -69,8 +69,7 @@ class PolishConfig:
 def sparse_gradient_prior(images: torch.Tensor, exponent: float, eps: float) -> torch.Tensor:
     """(B, C, R, R) -> (B,) mean over neighbouring pixels (across and down, every channel) of
     (|difference| + eps) ** exponent."""
-    across = (images[..., :, 1:] - images[..., :, :-1]).abs()  # (B, C, R, R - 1)
-    down = (images[..., 1:, :] - images[..., :-1, :]).abs()  # (B, C, R - 1, R)
+    across, down = neighbour_differences(images)  # (B, C, R, R - 1), (B, C, R - 1, R)
     return ((across + eps) ** exponent).mean(dim=(1, 2, 3)) + ((down + eps) ** exponent).mean(dim=(1, 2, 3))
 
 
@@ -100,7 +99,7 @@ def polish(pipe: Any, dataset: Any, config: PolishConfig,
     {step, prior, distance (mean |x - x0| in 0..255 levels)}. Deterministic for a seed on one machine."""
     if config.drop_prompt > 0 and pipe.prompt_dropout <= 0:
         raise ValueError("polish drop_prompt: this model was trained without prompt dropout, so it cannot draw "
-                         "without a prompt; use drop_prompt=0")
+                         "without a prompt; polish it with drop_prompt 0 (--drop-prompt 0)")
     device = pipe.device
     generator = torch.Generator().manual_seed(config.seed)
     rng = random.Random(config.seed)
@@ -123,7 +122,8 @@ def polish(pipe: Any, dataset: Any, config: PolishConfig,
         loss.backward()
         optimizer.step()
         if step % config.log_every == 0 or step == config.steps - 1:
-            row = {"step": step, "prior": float(prior.detach().mean()), "distance": float(distance.detach().mean()) * 127.5}
+            row = {"step": step, "prior": float(prior.detach().mean()),
+                   "distance": float(distance.detach().mean()) * 127.5}
             rows.append(row)
             if log is not None:
                 log(row)

@@ -13,10 +13,17 @@ import torch
 from cgan.train.terms import GContext, LossTerm, register_term
 
 
+def neighbour_differences(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C, R, R) -> |difference| between horizontal neighbours (B, C, R, R - 1) and vertical ones
+    (B, C, R - 1, R)."""
+    across = (images[..., :, 1:] - images[..., :, :-1]).abs()  # (B, C, R, R - 1)
+    down = (images[..., 1:, :] - images[..., :-1, :]).abs()  # (B, C, R - 1, R)
+    return across, down
+
+
 def capped_differences(images: torch.Tensor, cap: float) -> torch.Tensor:
     """(B, C, R, R) -> (B,) mean of min(|neighbour difference|, cap) over both directions and channels."""
-    across = (images[..., :, 1:] - images[..., :, :-1]).abs().clamp(max=cap)  # (B, C, R, R - 1)
-    down = (images[..., 1:, :] - images[..., :-1, :]).abs().clamp(max=cap)  # (B, C, R - 1, R)
+    across, down = (d.clamp(max=cap) for d in neighbour_differences(images))
     return (across.mean(dim=(1, 2, 3)) + down.mean(dim=(1, 2, 3))) / 2
 
 
