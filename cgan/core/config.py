@@ -162,6 +162,10 @@ class LossConfig:
     # a run from a fresh G (no train.init_from) trains without loss.flat for its first flat_from_kimg thousand
     # images; a run from train.init_from (a G that already draws objects) has it from its first step
     flat_from_kimg: float = 256.0
+    # G: mean |G(z, c) - G0(z, c)| over pixels, G0 the frozen G_ema of train.init_from (needs it): a
+    # continuation with a new or fresh D keeps what the starting G draws (its shapes, its faithfulness)
+    # while D sharpens it, as pix2pix's L1 term keeps a translation near its target; 0 = off
+    anchor: float = weight()
     # weights that change late in a run: from late_kimg thousand images seen on, the weights of
     # late_terms are multiplied by late_factor (late_kimg 0 = never). Below 1 it decays them (the
     # classifier-style terms narrow G's images once the prompt is followed), above 1 it raises them (the
@@ -272,6 +276,9 @@ class Config:
         if self.loss.contrastive_hard and self.loss.contrastive <= 0:
             raise ConfigError("loss.contrastive_hard: adds negatives to the contrastive term, which is off; "
                               "set loss.contrastive > 0 too")
+        if self.loss.anchor > 0 and not self.train.init_from:
+            raise ConfigError("loss.anchor: holds G near the generator it started from, but train.init_from is "
+                              "empty; set train.init_from=MODEL_OR_RUN or loss.anchor=0")
         if not 0.0 < self.loss.flat_cap <= 2.0:
             raise ConfigError(f"loss.flat_cap: expected a pixel difference in (0, 2] ([-1, 1] units), "
                               f"got {self.loss.flat_cap}")

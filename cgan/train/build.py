@@ -30,7 +30,7 @@ from cgan.train.precision import fast_gpu_math, phase_scalers, resolve_mixed_pre
 from cgan.train.recovery import PHASES, check_output_dir, check_same_model, restore_training_state
 from cgan.train.terms import discriminator_heads, needs_negatives
 from cgan.train.terms.diversity import data_tau, level_taus
-from cgan.train.warm_start import warm_start
+from cgan.train.warm_start import load_anchor, warm_start
 
 
 @dataclass
@@ -58,6 +58,7 @@ class Run:
     table: CaptionTable | None = None  # with the image cache: every caption's embedding on the device, by id
     vocabulary: list[str] | None = None  # the training captions' words, exported beside the model
     scalers: dict[str, Any] | None = None  # fp16: one grad scaler per phase (cgan/train/precision.py)
+    G_anchor: torch.nn.Module | None = None  # loss.anchor: train.init_from's G_ema, frozen (not checkpointed)
     step: int = 0
     images_seen: int = 0
     lr_scale: float = 1.0  # both learning rates' factor after rollbacks
@@ -205,8 +206,13 @@ def build_run(config: Config, out_dir: str | Path, resume: str | None = None,
     # train.compile: compiled views of G and D (same weights) for the D and G phases; R1 keeps the eager
     # D (compiled graphs have no double backward)
     run.G_run, run.D_run = (torch.compile(G), torch.compile(D)) if t.compile else (G, D)
+    if config.loss.anchor > 0:  # rebuilt from train.init_from on every start, so a resume holds the same images
+        run.G_anchor = build_generator(config.model, schema=dataset.schema, text_dim=text_encoder.dim,
+                                       resolution=config.data.resolution)
+        accelerator.print(load_anchor(t.init_from, run.G_anchor))
+        run.G_anchor.to(accelerator.device, memory_format=memory_format)
     prepare_output(run)
-    start_or_resume(run, resume)
+    start_or_resume(run, resume)  # seeds (fresh) or restores (resume) the random state after every build
     accelerator.init_trackers("logs")  # TensorBoard: OUT/logs; W&B and MLflow: their own runs (main process)
     if accelerator.is_main_process:
         save_config(config, out_dir / "config.yaml")

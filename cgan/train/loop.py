@@ -14,6 +14,7 @@ with lower learning rates, or stops with `TrainingDiverged`. Leftovers of a kill
 """
 from __future__ import annotations
 
+from functools import partial, update_wrapper
 from pathlib import Path
 
 import torch
@@ -64,8 +65,9 @@ def train_step(run: Run, batches: list[Batch]) -> tuple[dict[str, torch.Tensor],
     if run.step % t.r1_every == 0 and t.r1_gamma > 0:
         phases.append((run.D, run.G, run.opt_D, r1_step))
     train_G = run.step >= t.d_warmup_steps  # a fresh D learns alone first (train.d_warmup_steps)
-    if train_G:
-        phases.append((run.G, run.D, run.opt_G, g_step))
+    if train_G:  # loss.anchor: g_step also draws the frozen starting G's images of the same latents
+        g_phase = g_step if run.G_anchor is None else update_wrapper(partial(g_step, G_anchor=run.G_anchor), g_step)
+        phases.append((run.G, run.D, run.opt_G, g_phase))
     stats: dict[str, torch.Tensor] = {}
     flags: dict[str, torch.Tensor] = {}
     for trained, frozen, optimizer, step_fn in phases:

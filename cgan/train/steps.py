@@ -105,16 +105,22 @@ def r1_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str])
     return {"loss/r1": penalty.detach()}
 
 
-def g_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str]) -> dict[str, torch.Tensor]:
-    """G phase: the adversarial term on G's images, then the G parts of the loss terms that are on."""
+def g_step(G, D, batch: Batch, config: Config, accelerator, augment: list[str],
+           G_anchor: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """G phase: the adversarial term on G's images, then the G parts of the loss terms that are on.
+    G_anchor: the frozen starting generator whose images of the same z loss.anchor holds G near."""
     t = config.train
     z = torch.randn(batch.images.shape[0], G.z_dim, device=batch.images.device)
     with accelerator.autocast():
+        anchor_images = None
+        if G_anchor is not None and config.loss.anchor > 0:
+            with torch.no_grad():
+                anchor_images = G_anchor(z, batch.cond)  # (B, 3, R, R)
         images = G(z, batch.cond)
         fake = diff_augment(images, augment) if augment else images
         out = D(fake, batch.cond)
         ctx = GContext(D=D, batch=batch, config=config, fake=fake, out=out, logits=out.scores().float(), G=G, z=z,
-                       images=images)
+                       images=images, anchor_images=anchor_images)
         parts = {term.name: part for term in active_terms(config) if (part := term.g_loss(ctx)) is not None}
     adversarial = g_loss(ctx.logits, t.loss)
     loss = adversarial + weighted_parts(parts, config)

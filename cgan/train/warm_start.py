@@ -92,18 +92,22 @@ def transfer(module: torch.nn.Module, source: dict[str, torch.Tensor], shift: in
     return [k for k in own if k not in matched]
 
 
-def warm_start(path: str | Path, G: torch.nn.Module, G_ema: torch.nn.Module, D: torch.nn.Module) -> str:
-    """Load another run's G, G_ema and D (a model folder: its G_ema into both Gs, its D if it holds one)
-    into these (possibly larger) models; -> a line for the log."""
+def _read_state(path: str | Path) -> tuple[Path, bool, dict[str, dict[str, torch.Tensor]]]:
+    """-> (the state or model folder, whether it is a model, its G, G_ema and D tensors: a model's G_ema is
+    both Gs, and its D is empty when it holds none)."""
     state = resolve_init_from(path)
     from_model = is_model_dir(state)
     if from_model:
         generator = load_weights(state / "G_ema.safetensors")
         discriminator = load_weights(state / "D.safetensors") if (state / "D.safetensors").is_file() else {}
-        sources = {"G": generator, "G_ema": generator, "D": discriminator}
-    else:
-        sources = {name: load_weights(state / f"{name}.safetensors") for name in ("G", "G_ema", "D")}
-    block_indices = [int(m.group(1)) for k in sources["G"] if (m := re.match(r"blocks\.(\d+)\.", k))]
+        return state, True, {"G": generator, "G_ema": generator, "D": discriminator}
+    return state, False, {name: load_weights(state / f"{name}.safetensors") for name in ("G", "G_ema", "D")}
+
+
+def _old_blocks(state: Path, generator: dict[str, torch.Tensor], G: torch.nn.Module) -> int:
+    """The number of blocks of the stored G; checks that it fits into G (the same or a larger resolution,
+    every tensor with a place)."""
+    block_indices = [int(m.group(1)) for k in generator if (m := re.match(r"blocks\.(\d+)\.", k))]
     if not block_indices:
         raise CheckpointError(f"train.init_from {state}: G.safetensors holds no generator weights")
     old_blocks = 1 + max(block_indices)
@@ -111,20 +115,45 @@ def warm_start(path: str | Path, G: torch.nn.Module, G_ema: torch.nn.Module, D: 
     if old_resolution > G.resolution:
         raise CheckpointError(f"train.init_from {state}: a {old_resolution} px run cannot start a "
                               f"{G.resolution} px one (only growing is supported)")
-    shift = int(math.log2(G.resolution // old_resolution))
     own_G = G.state_dict()
-    unused = [k for k, v in sources["G"].items() if k not in own_G or not fits(own_G[k], v)]
+    unused = [k for k, v in generator.items() if k not in own_G or not fits(own_G[k], v)]
     if unused:
         raise CheckpointError(f"train.init_from {state}: this config's generator has no place for {len(unused)} of its "
                               f"tensors ({', '.join(unused[:3])}{', ...' if len(unused) > 3 else ''}); set the model.* "
                               "settings it was trained with (its config.yaml, or config.json for a model)")
+    return old_blocks
+
+
+def _silence_new_blocks(G: torch.nn.Module, old_blocks: int) -> None:
+    """A new top block adds nothing to the image until it has learned something."""
+    with torch.no_grad():
+        for index in range(old_blocks, len(G.blocks)):
+            G.blocks[index].to_rgb.weight.zero_()
+
+
+def load_anchor(path: str | Path, G_anchor: torch.nn.Module) -> str:
+    """loss.anchor's frozen generator: train.init_from's G_ema, loaded into G_anchor (built like G) as
+    `warm_start` loads G_ema, so that it draws what the run's G_ema drew at step 0. -> a line for the log."""
+    state, _, sources = _read_state(path)
+    old_blocks = _old_blocks(state, sources["G_ema"], G_anchor)
+    transfer(G_anchor, sources["G_ema"])
+    _silence_new_blocks(G_anchor, old_blocks)
+    G_anchor.eval().requires_grad_(False)
+    return f"loss.anchor: G's images are held near those of {state}'s G_ema (frozen)"
+
+
+def warm_start(path: str | Path, G: torch.nn.Module, G_ema: torch.nn.Module, D: torch.nn.Module) -> str:
+    """Load another run's G, G_ema and D (a model folder: its G_ema into both Gs, its D if it holds one)
+    into these (possibly larger) models; -> a line for the log."""
+    state, from_model, sources = _read_state(path)
+    old_blocks = _old_blocks(state, sources["G"], G)
+    old_resolution = 2 ** (old_blocks + 1)
+    shift = int(math.log2(G.resolution // old_resolution))
     fresh_G = transfer(G, sources["G"])
     transfer(G_ema, sources["G_ema"])
     fresh_D = transfer(D, sources["D"], shift=shift)
-    with torch.no_grad():  # a new top block adds nothing to the image until it has learned something
-        for index in range(old_blocks, len(G.blocks)):
-            for model in (G, G_ema):
-                model.blocks[index].to_rgb.weight.zero_()
+    for model in (G, G_ema):
+        _silence_new_blocks(model, old_blocks)
     prefixes = lambda keys: sorted({".".join(k.split(".")[:2]) for k in keys})  # noqa: E731
     loaded = lambda module, fresh: (f"{len(module.state_dict()) - len(fresh)}/{len(module.state_dict())} "  # noqa: E731
                                     f"loaded whole, new or widened: {', '.join(prefixes(fresh)) or 'none'}")

@@ -66,6 +66,7 @@ class GContext:
     G: nn.Module | None = None
     z: torch.Tensor | None = None  # (B, Z) the latents of the batch's images
     images: torch.Tensor | None = None  # (B, 3, R, R) G's images before augmentation
+    anchor_images: torch.Tensor | None = None  # (B, 3, R, R) the frozen starting G's images of z (loss.anchor)
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
