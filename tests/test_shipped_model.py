@@ -82,3 +82,22 @@ def test_diffusers_generator_call_draws_what_the_cli_draws_with_that_seed(pipe, 
     assert sample_main(["--prompt", "a red circle", "--seed", "0", "--num", "1", "--out-dir", str(tmp_path)]) == 0
     (written,) = sorted(tmp_path.glob("*.png"))
     assert np.array_equal(np.asarray(images[0]), np.asarray(Image.open(written).convert("RGB")))
+
+
+def test_training_continues_from_the_shipped_model_with_its_own_d(tmp_path, capsys):
+    """shapes64 holds its D (train.export_d), so a run from it starts D whole, not fresh (issue 22)."""
+    from cgan.core.config import load_config
+    from cgan.train.loop import train
+
+    folder = resolve_model_dir("shapes64")
+    assert (folder / "D.safetensors").stat().st_size < 25 * 2**20
+    settings = ["model.text_positions=true", "model.text_layers=2", "model.d_word_match=true",  # its model.*
+                "train.init_from=shapes64", "loss.anchor=100", "loss.flat=1000", "loss.diversity=0",
+                "data.num_images=64", "train.batch_size=4", "train.total_steps=1", "train.tracker=none",
+                "train.log_every=1", "eval.fid_every=0", "eval.faithfulness_every=0"]
+    train(load_config("configs/shapes.yaml", settings), tmp_path / "run")
+    log = capsys.readouterr().out
+    assert "D 131/131 loaded whole, new or widened: none" in log and "G tensors 156/156 loaded whole" in log
+    (first,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert first["loss/G_anchor"] == 0.0 and all(torch.isfinite(torch.tensor(v)) for v in first.values()
+                                                  if isinstance(v, float))
