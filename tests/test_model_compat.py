@@ -9,8 +9,8 @@ import functools
 import hashlib
 import inspect
 import json
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import torch
