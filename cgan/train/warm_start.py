@@ -134,9 +134,10 @@ def _silence_new_blocks(G: torch.nn.Module, old_blocks: int) -> None:
 def load_anchor(path: str | Path, G_anchor: torch.nn.Module) -> str:
     """loss.anchor's frozen generator: train.init_from's G_ema, loaded into G_anchor (built like G) as
     `warm_start` loads G_ema, so that it draws what the run's G_ema drew at step 0. -> a line for the log."""
-    state, _, sources = _read_state(path)
-    old_blocks = _old_blocks(state, sources["G_ema"], G_anchor)
-    transfer(G_anchor, sources["G_ema"])
+    state = resolve_init_from(path)
+    generator = load_weights(state / "G_ema.safetensors")  # a model and a training state both hold it
+    old_blocks = _old_blocks(state, generator, G_anchor)
+    transfer(G_anchor, generator)
     _silence_new_blocks(G_anchor, old_blocks)
     G_anchor.eval().requires_grad_(False)
     return f"loss.anchor: G's images are held near those of {state}'s G_ema (frozen)"
