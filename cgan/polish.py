@@ -25,7 +25,7 @@ from cgan.core.files import load_weights
 from cgan.data import build_dataset
 from cgan.nets.export import resolve_model_dir
 from cgan.pipeline import CGANPipeline
-from cgan.train.polish import PRIORS, PolishConfig, polish, polish_card_section, polish_settings
+from cgan.train.polish import PRIORS, TARGETS, add_refiner, PolishConfig, polish, polish_card_section, polish_settings
 
 
 def open_conditions(data: str | None, meta: dict, model_dir: Path, resolution: int, schema_dict: dict):
@@ -49,7 +49,8 @@ def open_conditions(data: str | None, meta: dict, model_dir: Path, resolution: i
 def run(args: argparse.Namespace) -> Path:
     config = PolishConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, prior=args.prior,
                           anchor=args.anchor, cap=args.cap, exponent=args.exponent, seed=args.seed,
-                          drop_prompt=args.drop_prompt)
+                          drop_prompt=args.drop_prompt, only_refiner=args.only_refiner, target=args.target,
+                          pool=args.pool, image_steps=args.image_steps)
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -58,18 +59,23 @@ def run(args: argparse.Namespace) -> Path:
     model_dir = resolve_model_dir(args.model)
     pipe = CGANPipeline.from_pretrained(args.model, device=args.device)
     D = load_weights(model_dir / "D.safetensors") if (model_dir / "D.safetensors").is_file() else None
+    if args.refine_layers:
+        add_refiner(pipe, args.refine_layers, args.refine_channels)
     dataset, data_name = open_conditions(args.data, pipe.meta, model_dir, pipe.resolution, pipe.schema.to_dict())
     print(f"polishing {args.model} for {config.steps} steps of {config.batch_size} on {data_name} "
           f"(prior {config.prior}, anchor {config.anchor})", flush=True)
     start = time.perf_counter()
     polish(pipe, dataset, config, log=lambda row: print(
-        f"step {row['step']:>6}  prior {row['prior']:.5f}  distance to the start {row['distance']:.3f} / 255",
-        flush=True))
+        f"step {row['step']:>6}  prior {row['prior']:.5f}  distance to the start {row['distance']:.3f} / 255"
+        + (f"  to the optima {row['to_target']:.3f} / 255" if "to_target" in row else ""), flush=True))
     seconds = time.perf_counter() - start
     if pipe.model_card:
-        pipe.model_card += polish_card_section(args.model, data_name, config, seconds)
+        pipe.model_card += polish_card_section(args.model, data_name, config, seconds, refiner)
+    refiner = ({"refine_layers": args.refine_layers, "refine_channels": args.refine_channels}
+               if args.refine_layers else {})
+    earlier = {"before": pipe.meta["polish"]} if "polish" in pipe.meta else {}  # a model polished twice keeps both
     pipe.meta = {**pipe.meta, "polish": {"from": str(args.model), "data": data_name, "seconds": round(seconds, 1),
-                                         **polish_settings(config)}}
+                                         **polish_settings(config), **refiner, **earlier}}
     pipe.save_pretrained(out, D=D)
     print(f"wrote {out} ({seconds / 60:.1f} min{'; D carried over' if D is not None else ''})")
     return out
@@ -95,6 +101,19 @@ def main(argv: list[str] | None = None) -> int:
                              f"(default {defaults.cap})")
     parser.add_argument("--exponent", type=float, default=defaults.exponent,
                         help=f"sparse: the exponent, in (0, 1] (default {defaults.exponent})")
+    parser.add_argument("--refine-layers", type=int, default=0,
+                        help="first give G a refiner of this many 3 x 3 convolutions at the output resolution, "
+                             "for hard edges (its images unchanged at the start; default 0: none)")
+    parser.add_argument("--refine-channels", type=int, default=32, help="the refiner's width (default 32)")
+    parser.add_argument("--target", choices=TARGETS, default=defaults.target,
+                        help="loss: fit G to the prior and anchor directly; per_image: optimise each of --pool "
+                             f"images alone on them, then fit G to those images (default {defaults.target})")
+    parser.add_argument("--pool", type=int, default=defaults.pool,
+                        help=f"per_image: how many images are optimised (default {defaults.pool})")
+    parser.add_argument("--image-steps", type=int, default=defaults.image_steps,
+                        help=f"per_image: Adam steps on each image's pixels (default {defaults.image_steps})")
+    parser.add_argument("--only-refiner", action="store_true",
+                        help="train the refiner alone, the rest of G frozen (its shapes and colours stay)")
     parser.add_argument("--drop-prompt", type=float, default=defaults.drop_prompt)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's)")

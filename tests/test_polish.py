@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cgan.polish import main as polish_main
-from cgan.train.polish import sparse_gradient_prior
+from cgan.train.polish import PolishConfig, image_prior, per_image_optimum, sparse_gradient_prior
 from conftest import export_tiny_model
 
 TINY = ["--steps", "3", "--batch-size", "4", "--threads", "1"]
@@ -70,6 +70,8 @@ def test_polished_model_generates(tmp_path, tiny_model):
     (["--data", "no/such/folder"], "--data no/such/folder: expected 'shapes' or a data folder"),
     (["--prior", "sparse", "--exponent", "1.5"], "polish exponent: expected a number in (0, 1], got 1.5"),
     (["--steps", "0"], "polish steps: expected an integer >= 1"),
+    (["--target", "per_image", "--pool", "0"], "polish pool: expected an integer >= 1, got 0"),
+    (["--only-refiner"], "polish only_refiner: this model has no refiner; add one with --refine-layers"),
 ])
 def test_bad_input_is_named(tmp_path, tiny_model, capsys, extra, message):
     assert polish_main(["--model", str(tiny_model), "--out", str(tmp_path / "out"), *TINY, *extra]) == 2
@@ -95,3 +97,47 @@ def test_conditions_can_come_from_a_data_folder(tmp_path, tiny_model, capsys):
     assert polish_main(["--model", str(tiny_model), "--out", str(out), "--data", str(folder), *TINY]) == 0
     assert f"on {folder} " in capsys.readouterr().out
     assert json.loads((out / "config.json").read_text())["polish"]["data"] == str(folder)
+
+
+def test_a_refiner_keeps_the_images_then_learns_and_is_written(tmp_path, tiny_model, capsys):
+    from cgan.pipeline import CGANPipeline
+    from cgan.train.polish import add_refiner
+
+    pipe = CGANPipeline.from_pretrained(tiny_model)
+    before = pipe("a red circle", {"style": "flat"}, num_images=2, seed=0, output_type="pt").images
+    add_refiner(pipe, layers=2, channels=8)
+    after = pipe("a red circle", {"style": "flat"}, num_images=2, seed=0, output_type="pt").images
+    assert torch.allclose(before, after, atol=1e-5), "adding the refiner changed the images"
+    out = tmp_path / "refined"
+    args = ["--model", str(tiny_model), "--out", str(out), *TINY, "--refine-layers", "2", "--refine-channels", "8"]
+    assert polish_main(args) == 0
+    meta = json.loads((out / "config.json").read_text())
+    assert (meta["generator"]["refine_layers"], meta["generator"]["refine_channels"]) == (2, 8)
+    weights = load_file(str(out / "G_ema.safetensors"))
+    assert any(torch.count_nonzero(v) for k, v in weights.items() if k.startswith("refine.out")), "it did not learn"
+    assert [im.size for im in CGANPipeline.from_pretrained(out)("a red circle", num_images=1, seed=0)] == [(32, 32)]
+    again = ["--model", str(out), "--out", str(tmp_path / "twice"), *TINY, "--refine-layers", "2"]
+    assert polish_main(again) == 2
+    assert "already has a refiner" in capsys.readouterr().err
+
+
+def test_each_image_optimum_sharpens_a_ramp_and_keeps_its_level():
+    ramp = torch.linspace(-0.5, 0.5, 16).expand(2, 3, 16, 16).clone()  # a soft edge across each image
+    config = PolishConfig(prior="sparse", anchor=0.3, image_steps=200)
+    optimum = per_image_optimum(ramp, config)
+    assert float(image_prior(optimum, config).mean()) < float(image_prior(ramp, config).mean())
+    assert (optimum - ramp).abs().mean() < 0.1, "the anchor let the image wander"
+    assert torch.allclose(per_image_optimum(ramp[:1], config), optimum[:1], atol=1e-6), "it depends on the batch"
+
+
+def test_a_refiner_fitted_to_each_image_optimum(tmp_path, tiny_model, capsys):
+    out = tmp_path / "distilled"
+    args = ["--model", str(tiny_model), "--out", str(out), *TINY, "--refine-layers", "2", "--refine-channels", "8",
+            "--only-refiner", "--target", "per_image", "--pool", "8", "--image-steps", "5", "--prior", "sparse"]
+    assert polish_main(args) == 0
+    assert "to the optima" in capsys.readouterr().out
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["polish"]["target"] == "per_image" and meta["polish"]["pool"] == 8
+    assert meta["polish"]["only_refiner"] is True and meta["polish"]["refine_layers"] == 2
+    start, polished = (load_file(str(folder / "G_ema.safetensors")) for folder in (tiny_model, out))
+    assert all(torch.equal(polished[k], start[k]) for k in start), "only the refiner may move"

@@ -294,13 +294,13 @@ class Config:
 POSITIVE, NON_NEGATIVE = (lambda v: v > 0, "> 0"), (lambda v: v >= 0, ">= 0")
 RANGES: dict[str, tuple[Any, str]] = {
     "data.num_images": POSITIVE, "data.num_workers": NON_NEGATIVE, "text.max_length": POSITIVE,
-    "model.conditioner.cond_dim": POSITIVE, "model.conditioner.num_cond_queries": POSITIVE,
-    "model.conditioner.fusion_layers": NON_NEGATIVE, "model.conditioner.fusion_heads": POSITIVE,
-    "model.generator.z_dim": POSITIVE, "model.generator.w_dim": POSITIVE, "model.generator.mapping_layers": POSITIVE,
-    "model.generator.channel_base": POSITIVE, "model.generator.channel_max": POSITIVE,
-    "model.generator.channel_min": NON_NEGATIVE, "model.generator.attn_heads": POSITIVE,
-    "model.discriminator.channel_base": POSITIVE, "model.discriminator.channel_max": POSITIVE,
-    "model.discriminator.channel_min": NON_NEGATIVE, "model.discriminator.attn_heads": POSITIVE,
+    **{f"model.{key}": POSITIVE for key in (
+        "conditioner.cond_dim", "conditioner.num_cond_queries", "conditioner.fusion_heads", "generator.z_dim",
+        "generator.w_dim", "generator.mapping_layers", "generator.channel_base", "generator.channel_max",
+        "generator.attn_heads", "generator.refine_channels", "discriminator.channel_base",
+        "discriminator.channel_max", "discriminator.attn_heads")},
+    **{f"model.{key}": NON_NEGATIVE for key in ("conditioner.fusion_layers", "generator.channel_min",
+                                                 "generator.refine_layers", "discriminator.channel_min")},
     "train.lr_g": POSITIVE, "train.lr_d": POSITIVE, "train.r1_gamma": NON_NEGATIVE,
     "train.mismatch_weight": NON_NEGATIVE, "train.d_warmup_steps": NON_NEGATIVE,
     "train.ema_kimg": NON_NEGATIVE, "train.ema_rampup": NON_NEGATIVE,

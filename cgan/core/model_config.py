@@ -53,6 +53,10 @@ class GeneratorConfig:
     # so a location's place can choose the words it reads (issue 12: which object is left, which right)
     attn_positions: bool = False
     output: str = "tanh"  # tanh (bounded, as real images are) | linear (StyleGAN's, may leave [-1, 1])
+    # a residual head of plain 3 x 3 convolutions at the output resolution (0: none), for hard edges; its
+    # last layer starts at zero, so init_from a model without one keeps its images (cgan/nets/generator.py)
+    refine_layers: int = 0
+    refine_channels: int = 32  # the refiner's width
     # auto: grayscale when the data set's images are grey (the generator then draws grey images), else rgb
     color: str = "auto"
 

@@ -33,6 +33,7 @@ from cgan.train.terms.flat import capped_differences, neighbour_differences
 
 
 PRIORS = ("capped", "sparse")
+TARGETS = ("loss", "per_image")
 
 
 @dataclass
@@ -47,6 +48,14 @@ class PolishConfig:
     eps: float = 1e-3  # sparse: keeps the gradient finite at a zero difference
     drop_prompt: float = 0.1  # share of conditions asked without a prompt (the model must support it)
     drop_attr: float = 0.15  # each attribute left unset with this probability
+    only_refiner: bool = False  # train G's refiner alone (cgan/nets/generator.py), the rest of G frozen
+    # what G is fitted to: "loss" (the loss above, on G's images directly) or "per_image" (each of `pool`
+    # images of the starting G optimised alone on that loss, image_steps of Adam at image_lr, and G fitted to
+    # those optima by mean absolute difference: a fixed target that G cannot meet by lowering its contrast)
+    target: str = "loss"
+    pool: int = 8192
+    image_steps: int = 300
+    image_lr: float = 0.005
     seed: int = 0
     log_every: int = 100
 
@@ -55,12 +64,14 @@ class PolishConfig:
                   "prior": self.prior in PRIORS, "cap": self.cap > 0,
                   "anchor": self.anchor >= 0, "exponent": 0 < self.exponent <= 1, "eps": self.eps > 0,
                   "drop_prompt": 0 <= self.drop_prompt < 1, "drop_attr": 0 <= self.drop_attr <= 1,
-                  "log_every": self.log_every >= 1}
+                  "log_every": self.log_every >= 1, "target": self.target in TARGETS, "pool": self.pool >= 1,
+                  "image_steps": self.image_steps >= 1, "image_lr": self.image_lr > 0}
         expected = {"steps": "an integer >= 1", "batch_size": "an integer >= 1", "lr": "a number > 0",
                     "prior": " or ".join(PRIORS), "cap": "a number > 0",
                     "anchor": "a number >= 0", "exponent": "a number in (0, 1]", "eps": "a number > 0",
                     "drop_prompt": "a probability in [0, 1)", "drop_attr": "a probability in [0, 1]",
-                    "log_every": "an integer >= 1"}
+                    "log_every": "an integer >= 1", "target": " or ".join(TARGETS), "pool": "an integer >= 1",
+                    "image_steps": "an integer >= 1", "image_lr": "a number > 0"}
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"polish {name}: expected {expected[name]}, got {getattr(self, name)!r}")
@@ -93,37 +104,110 @@ def sample_conditions(dataset: Any, schema: Any, batch_size: int, drop_prompt: f
     return prompts, attributes
 
 
+def add_refiner(pipe: Any, layers: int, channels: int) -> None:
+    """Give pipe.G (which has none) a refiner of `layers` convolutions of `channels` (cgan/nets/generator.py),
+    its images unchanged (the refiner's last layer starts at zero); the model's config follows."""
+    from cgan.nets.generator import Generator
+
+    if pipe.G.refine is not None:
+        raise ValueError("--refine-layers: this model already has a refiner; polish it without --refine-layers")
+    kwargs = {**pipe.meta["generator"], "refine_layers": layers, "refine_channels": channels}
+    G = Generator(schema=pipe.schema, **kwargs).to(pipe.device)
+    missing, unexpected = G.load_state_dict(pipe.G.state_dict(), strict=False)
+    assert not unexpected and all(key.startswith("refine.") for key in missing), (missing, unexpected)
+    pipe.G = G
+    config = pipe.meta.get("config", {}).get("model", {}).get("generator")
+    if isinstance(config, dict):  # the training config: a run from this model with it as --config builds the same G
+        config.update(refine_layers=layers, refine_channels=channels)
+    pipe.meta = {**pipe.meta, "generator": kwargs}
+
+
+def per_image_optimum(images: torch.Tensor, config: PolishConfig) -> torch.Tensor:
+    """(B, C, R, R) -> the same images each optimised alone on prior(x) + anchor * mean |x - x0|
+    (config.image_steps of Adam at config.image_lr on the pixels), inside (-1, 1)."""
+    x = images.detach().clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([x], lr=config.image_lr)
+    for _ in range(config.image_steps):  # the images are independent: one summed loss optimises each alone
+        loss = (image_prior(x, config) + config.anchor * (x - images).abs().mean(dim=(1, 2, 3))).sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return x.detach().clamp(-0.999, 0.999)
+
+
+@dataclass
+class Draws:
+    """What G is asked for (latents (N, z_dim), prompts, attributes), what the starting G drew (N, 3, R, R) and,
+    for target "per_image", each image's own optimum (N, 3, R, R); a pool's images kept in float16."""
+
+    z: torch.Tensor
+    prompts: list[str]
+    attributes: list[dict[str, Any]]
+    start_images: torch.Tensor
+    targets: torch.Tensor | None = None
+
+
+def draw(pipe: Any, start: torch.nn.Module, dataset: Any, config: PolishConfig, count: int, rng: random.Random,
+         generator: torch.Generator, optimise: bool) -> Draws:
+    """`count` conditions as in training, latents, the starting G's images and (optimise) their optima."""
+    prompts, attributes = sample_conditions(dataset, pipe.schema, count, config.drop_prompt, config.drop_attr, rng)
+    z = torch.randn(count, start.z_dim, generator=generator)  # (N, z_dim)
+    images, targets = [], []
+    for lo in range(0, count, config.batch_size):
+        hi = min(count, lo + config.batch_size)
+        condition = condition_input(pipe.text_cache, pipe.schema, prompts[lo:hi], attributes[lo:hi], pipe.device)
+        with torch.no_grad():
+            images.append(start(z[lo:hi].to(pipe.device), condition))  # (b, 3, R, R)
+        if optimise:
+            targets.append(per_image_optimum(images[-1], config).half())  # (b, 3, R, R)
+    start_images = torch.cat(images)  # (N, 3, R, R)
+    return Draws(z, prompts, attributes, start_images.half() if optimise else start_images,
+                 torch.cat(targets) if optimise else None)
+
+
 def polish(pipe: Any, dataset: Any, config: PolishConfig,
            log: Callable[[dict[str, float]], None] | None = None) -> list[dict[str, float]]:
     """Fine-tune pipe.G in place (a CGANPipeline or ExportedModel, float32) -> the logged rows
-    {step, prior, distance (mean |x - x0| in 0..255 levels)}. Deterministic for a seed on one machine."""
+    {step, prior, distance (mean |x - x0| in 0..255 levels)[, to_target (the same to the optima)]}.
+    Deterministic for a seed on one machine."""
     if config.drop_prompt > 0 and pipe.prompt_dropout <= 0:
         raise ValueError("polish drop_prompt: this model was trained without prompt dropout, so it cannot draw "
                          "without a prompt; polish it with drop_prompt 0 (--drop-prompt 0)")
-    device = pipe.device
+    if config.only_refiner and pipe.G.refine is None:
+        raise ValueError("polish only_refiner: this model has no refiner; add one with --refine-layers")
     generator = torch.Generator().manual_seed(config.seed)
     rng = random.Random(config.seed)
-    G = pipe.G.train().requires_grad_(True)
+    G = pipe.G.train().requires_grad_(not config.only_refiner)
+    trained = G.refine.requires_grad_(True) if config.only_refiner else G
     start = copy.deepcopy(G).eval().requires_grad_(False)  # x0: the model as it came
-    optimizer = torch.optim.Adam(G.parameters(), lr=config.lr, betas=(0.0, 0.99))
+    per_image = config.target == "per_image"
+    pool = draw(pipe, start, dataset, config, config.pool, rng, generator, optimise=True) if per_image else None
+    optimizer = torch.optim.Adam(trained.parameters(), lr=config.lr, betas=(0.0, 0.99))
     rows: list[dict[str, float]] = []
     for step in range(config.steps):
-        prompts, attributes = sample_conditions(dataset, pipe.schema, config.batch_size, config.drop_prompt,
-                                                config.drop_attr, rng)
-        condition = condition_input(pipe.text_cache, pipe.schema, prompts, attributes, device)
-        z = torch.randn(config.batch_size, G.z_dim, generator=generator).to(device)  # (B, z_dim)
-        with torch.no_grad():
-            anchor_images = start(z, condition)  # (B, 3, R, R)
-        images = G(z, condition)  # (B, 3, R, R)
+        if pool is not None:  # a batch of the pool's optima
+            index = torch.randint(len(pool.z), (config.batch_size,), generator=generator).tolist()
+            batch = Draws(pool.z[index], [pool.prompts[i] for i in index], [pool.attributes[i] for i in index],
+                          pool.start_images[index], pool.targets[index])
+        else:
+            batch = draw(pipe, start, dataset, config, config.batch_size, rng, generator, optimise=False)
+        condition = condition_input(pipe.text_cache, pipe.schema, batch.prompts, batch.attributes, pipe.device)
+        images = G(batch.z.to(pipe.device), condition)  # (B, 3, R, R)
         prior = image_prior(images, config)  # (B,)
-        distance = (images - anchor_images).abs().mean(dim=(1, 2, 3))  # (B,)
-        loss = (prior + config.anchor * distance).mean()
+        distance = (images - batch.start_images.float()).abs().mean(dim=(1, 2, 3))  # (B,)
+        if batch.targets is not None:
+            to_target = (images - batch.targets.float()).abs().mean(dim=(1, 2, 3))  # (B,)
+            loss = to_target.mean()
+        else:
+            loss = (prior + config.anchor * distance).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if step % config.log_every == 0 or step == config.steps - 1:
             row = {"step": step, "prior": float(prior.detach().mean()),
                    "distance": float(distance.detach().mean()) * 127.5}
+            if batch.targets is not None:
+                row["to_target"] = float(to_target.detach().mean()) * 127.5
             rows.append(row)
             if log is not None:
                 log(row)
@@ -133,13 +217,15 @@ def polish(pipe: Any, dataset: Any, config: PolishConfig,
 
 def polish_settings(config: PolishConfig) -> dict[str, Any]:
     """The settings that shaped the polish (those of the prior not chosen, and log_every, left out)."""
-    unused = {"log_every", *(("exponent", "eps") if config.prior == "capped" else ("cap",))}
+    unused = {"log_every", *(("exponent", "eps") if config.prior == "capped" else ("cap",)),
+              *(("pool", "image_steps", "image_lr") if config.target == "loss" else ())}
     return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in unused}
 
 
-def polish_card_section(model: str, data: str, config: PolishConfig, seconds: float) -> str:
-    """The model card lines that say how the model was polished."""
-    settings = ", ".join(f"{name}={value}" for name, value in polish_settings(config).items())
+def polish_card_section(model: str, data: str, config: PolishConfig, seconds: float,
+                        refiner: dict[str, int] | None = None) -> str:
+    """The model card lines that say how the model was polished (and the refiner it was given first)."""
+    settings = ", ".join(f"{name}={value}" for name, value in {**(refiner or {}), **polish_settings(config)}.items())
     return (f"\n\n## Polish\n\nG was then fine-tuned alone toward an image prior for flat regions, anchored to {model} "
             f"(`python -m cgan.polish`, cgan/train/polish.py), on conditions from {data}: {settings}; "
             f"{seconds / 60:.1f} min.\n")
