@@ -63,7 +63,9 @@ def run(args: argparse.Namespace) -> Path:
         add_refiner(pipe, args.refine_layers, args.refine_channels)
     dataset, data_name = open_conditions(args.data, pipe.meta, model_dir, pipe.resolution, pipe.schema.to_dict())
     print(f"polishing {args.model} for {config.steps} steps of {config.batch_size} on {data_name} "
-          f"(prior {config.prior}, anchor {config.anchor})", flush=True)
+          f"(prior {config.prior}, anchor {config.anchor})" + (f"; first each of {config.pool} images optimised "
+                                                               "alone" if config.target == "per_image" else ""),
+          flush=True)
     start = time.perf_counter()
     polish(pipe, dataset, config, log=lambda row: print(
         f"step {row['step']:>6}  prior {row['prior']:.5f}  distance to the start {row['distance']:.3f} / 255"

@@ -91,13 +91,18 @@ def test_training_continues_from_the_shipped_model_with_its_own_d(tmp_path, caps
 
     folder = resolve_model_dir("shapes64")
     assert (folder / "D.safetensors").stat().st_size < 25 * 2**20
-    settings = ["model.text_positions=true", "model.text_layers=2", "model.d_word_match=true",  # its model.*
+    generator = json.loads((folder / "config.json").read_text())["generator"]
+    refiner = [f"model.generator.{key}={generator[key]}" for key in ("refine_layers", "refine_channels")
+               if key in generator]  # a refiner added by cgan.polish
+    settings = [*refiner, "model.text_positions=true", "model.text_layers=2", "model.d_word_match=true",  # its model.*
                 "train.init_from=shapes64", "loss.anchor=100", "loss.flat=1000", "loss.diversity=0",
                 "data.num_images=64", "train.batch_size=4", "train.total_steps=1", "train.tracker=none",
                 "train.log_every=1", "eval.fid_every=0", "eval.faithfulness_every=0"]
     train(load_config("configs/shapes.yaml", settings), tmp_path / "run")
     log = capsys.readouterr().out
-    assert "D 131/131 loaded whole, new or widened: none" in log and "G tensors 156/156 loaded whole" in log
+    g_tensors = 156 + 2 * generator.get("refine_layers", 0)  # a weight and a bias per refiner layer
+    assert "D 131/131 loaded whole, new or widened: none" in log
+    assert f"G tensors {g_tensors}/{g_tensors} loaded whole" in log
     (first,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert first["loss/G_anchor"] == 0.0 and all(torch.isfinite(torch.tensor(v)) for v in first.values()
                                                   if isinstance(v, float))

@@ -182,7 +182,9 @@ def polish(pipe: Any, dataset: Any, config: PolishConfig,
     start = copy.deepcopy(G).eval().requires_grad_(False)  # x0: the model as it came
     per_image = config.target == "per_image"
     pool = draw(pipe, start, dataset, config, config.pool, rng, generator, optimise=True) if per_image else None
-    optimizer = torch.optim.Adam(trained.parameters(), lr=config.lr, betas=(0.0, 0.99))
+    # a fixed target (per_image) is a regression: momentum and a cosine decay help it settle
+    optimizer = torch.optim.Adam(trained.parameters(), lr=config.lr, betas=(0.9 if per_image else 0.0, 0.99))
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.steps) if per_image else None
     rows: list[dict[str, float]] = []
     for step in range(config.steps):
         if pool is not None:  # a batch of the pool's optima
@@ -203,6 +205,8 @@ def polish(pipe: Any, dataset: Any, config: PolishConfig,
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if schedule is not None:
+            schedule.step()
         if step % config.log_every == 0 or step == config.steps - 1:
             row = {"step": step, "prior": float(prior.detach().mean()),
                    "distance": float(distance.detach().mean()) * 127.5}
