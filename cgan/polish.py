@@ -71,10 +71,10 @@ def run(args: argparse.Namespace) -> Path:
         f"step {row['step']:>6}  prior {row['prior']:.5f}  distance to the start {row['distance']:.3f} / 255"
         + (f"  to the optima {row['to_target']:.3f} / 255" if "to_target" in row else ""), flush=True))
     seconds = time.perf_counter() - start
-    if pipe.model_card:
-        pipe.model_card += polish_card_section(args.model, data_name, config, seconds, refiner)
     refiner = ({"refine_layers": args.refine_layers, "refine_channels": args.refine_channels}
                if args.refine_layers else {})
+    if pipe.model_card:
+        pipe.model_card += polish_card_section(args.model, data_name, config, seconds, refiner)
     earlier = {"before": pipe.meta["polish"]} if "polish" in pipe.meta else {}  # a model polished twice keeps both
     pipe.meta = {**pipe.meta, "polish": {"from": str(args.model), "data": data_name, "seconds": round(seconds, 1),
                                          **polish_settings(config), **refiner, **earlier}}

@@ -131,6 +131,7 @@ def test_each_image_optimum_sharpens_a_ramp_and_keeps_its_level():
 
 
 def test_a_refiner_fitted_to_each_image_optimum(tmp_path, tiny_model, capsys):
+    (tiny_model / "MODEL_CARD.md").write_text("# tiny\n\nA model card the polish adds to.\n")
     out = tmp_path / "distilled"
     args = ["--model", str(tiny_model), "--out", str(out), *TINY, "--refine-layers", "2", "--refine-channels", "8",
             "--only-refiner", "--target", "per_image", "--pool", "8", "--image-steps", "5", "--prior", "sparse"]
@@ -139,5 +140,7 @@ def test_a_refiner_fitted_to_each_image_optimum(tmp_path, tiny_model, capsys):
     meta = json.loads((out / "config.json").read_text())
     assert meta["polish"]["target"] == "per_image" and meta["polish"]["pool"] == 8
     assert meta["polish"]["only_refiner"] is True and meta["polish"]["refine_layers"] == 2
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "A model card the polish adds to." in card and "## Polish" in card and "refine_layers=2" in card
     start, polished = (load_file(str(folder / "G_ema.safetensors")) for folder in (tiny_model, out))
     assert all(torch.equal(polished[k], start[k]) for k in start), "only the refiner may move"
