@@ -98,7 +98,8 @@ def test_shapes64_flat_config_builds_its_own_generator():
     rebuilt = json.loads(json.dumps(rebuilt))
     defaults = {k: p.default for k, p in inspect.signature(Generator).parameters.items()}
     newer = {k: v for k, v in rebuilt.items() if k not in meta["generator"]}  # settings added after the export
-    assert newer == {"channel_min": 0} and all(defaults[k] == v for k, v in newer.items())
+    assert newer == {"channel_min": 0, "refine_layers": 0, "refine_channels": 32}  # each at its default: no refiner
+    assert all(defaults[k] == v for k, v in newer.items())
     assert {k: v for k, v in rebuilt.items() if k in meta["generator"]} == meta["generator"]
 
 
