@@ -18,28 +18,15 @@ import argparse
 import sys
 import time
 
-import numpy as np
 import torch
-from PIL import Image
 
 from bench_utils import cpu_flags, set_threads
+from cgan.core.images import image_to_tensor, tensor_to_images
 from cgan.eval.fid import (DEFAULT_CACHE_DIR, frechet_distance, image_features, load_feature_network,
                            precision_recall_fields)
 from cgan.eval.fid_data import generated_images, reference_statistics
 from cgan.pipeline import CGANPipeline
 from cgan.train.polish import PolishConfig, per_image_optimum
-
-
-def to_tensor(images: list[Image.Image]) -> torch.Tensor:
-    """8-bit PIL images -> (N, 3, R, R) in [-1, 1]."""
-    array = np.stack([np.array(image.convert("RGB")) for image in images])  # (N, R, R, 3)
-    return torch.from_numpy(array).permute(0, 3, 1, 2).float() / 127.5 - 1
-
-
-def to_images(batch: torch.Tensor) -> list[Image.Image]:
-    """(N, 3, R, R) in [-1, 1] -> 8-bit PIL images."""
-    array = ((batch.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()  # (N, R, R, 3)
-    return [Image.fromarray(image) for image in array]
 
 
 def config_of(spec: str) -> PolishConfig:
@@ -70,12 +57,13 @@ def main() -> int:
     dataset, name, split, reference, _ = reference_statistics("shapes", None, pipe.resolution, 2 * args.num,
                                                               network, DEFAULT_CACHE_DIR, quiet=True)
     real, second_real = reference["feats"][:args.num], reference["feats"][args.num:2 * args.num]
-    drawn = to_tensor(list(generated_images(pipe.G, pipe.text_cache, pipe.schema, dataset, name, args.num)))
+    drawn = torch.stack([image_to_tensor(image.convert("RGB")) for image in  # (N, 3, R, R)
+                         generated_images(pipe.G, pipe.text_cache, pipe.schema, dataset, name, args.num)])
     for spec, config in configs.items():
         start = time.perf_counter()
         images = drawn if config is None else torch.cat([per_image_optimum(chunk, config)
                                                           for chunk in drawn.split(250)])
-        feats = image_features(to_images(images), network)
+        feats = image_features(tensor_to_images(images), network)
         fields = precision_recall_fields(real, feats, real, second_real)
         moved = float((images - drawn).abs().mean()) * 127.5
         print(f"{spec:<16} FID {frechet_distance(feats, real):6.2f}  precision {fields['precision']:.3f}  "
