@@ -15,10 +15,10 @@ same cached real statistics:
 - other records: real images of other held-out scenes (right in every way, but not these
   records): the floor a perfect generator reaches at this N.
 
-So a model's FID can be read against what its remaining mistakes cost. Prints one line per oracle.
-With `--model M`, also M's own FID on these records, and M's under a 3 x 3 median filter (what the
-noise in its flat regions costs it), beside the pixel spread of each set's 6 x 6 corners (their
-backgrounds: 0 where they are flat).
+So a model's FID can be read against what its remaining mistakes cost. Prints one line per oracle:
+FID, improved precision / recall (k = 3, as `cgan.fid` prints them) and the pixel spread of its
+6 x 6 corners (the backgrounds: 0 where they are flat). With `--model M`, also M's own lines on these
+records, raw and under a 3 x 3 median filter (what the noise in its flat regions costs it).
 
     python benchmarks/fid_oracles.py --oracles "noise 2" "blurred 0.5" --model shapes64
 """
@@ -40,6 +40,7 @@ from cgan.data import ShapesDataset  # noqa: E402
 from cgan.data import shapes as shapes_lib  # noqa: E402
 from cgan.eval.fid import (DEFAULT_CACHE_DIR, SHAPES_REFERENCE_SEED, frechet_distance, image_features,  # noqa: E402
                            load_feature_network)
+from cgan.eval.diversity import precision_recall  # noqa: E402
 from cgan.eval.fid_data import generated_images, reference_statistics  # noqa: E402
 
 ORACLES = ("other records", "circles", "blurred", "blurred 0.5", "noise 2")
@@ -90,8 +91,9 @@ def main() -> int:
     set_threads(args.threads)
     print(f"CPU: {cpu_flags()}; {args.threads} thread(s)")
     network = load_feature_network(cache_dir=DEFAULT_CACHE_DIR)
-    dataset, name, split, reference, cache = reference_statistics("shapes", None, args.resolution, args.num, network,
-                                                                  DEFAULT_CACHE_DIR)
+    # 2 x num records, as `cgan.fid` reads them (the same cache): the first num are the reference
+    dataset, name, split, reference, cache = reference_statistics("shapes", None, args.resolution, 2 * args.num,
+                                                                  network, DEFAULT_CACHE_DIR)
     real_feats = reference["feats"][:args.num]
     print(f"reference: shapes/{split}, {len(real_feats)} images at {args.resolution} px (cache {cache}); "
           f"corner spread of the real images {corner_spread([dataset.image(i) for i in range(args.num)]):.2f}")
@@ -113,8 +115,10 @@ def main() -> int:
     for label, images_of in sets.items():
         start = time.perf_counter()
         images = images_of()
-        fid = frechet_distance(image_features(images, network), real_feats)
-        print(f"{label:<24} FID {fid:7.2f}  corner spread {corner_spread(images):5.2f}  "
+        feats = image_features(images, network)
+        precision, recall = precision_recall(real_feats, feats)
+        print(f"{label:<24} FID {frechet_distance(feats, real_feats):7.2f}  precision / recall {precision:.3f} / "
+              f"{recall:.3f}  corner spread {corner_spread(images):5.2f}  "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
     return 0
 
