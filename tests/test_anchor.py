@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from cgan.core.config import ConfigError, load_config
+from cgan.train.checkpoint import list_checkpoints
 from cgan.train.loop import train
 
 BASE = ["train.total_steps=3", "train.tracker=none", "train.log_every=1"]
@@ -51,3 +52,21 @@ def test_a_heavier_anchor_keeps_g_nearer_its_start(tmp_path):
         train(cfg, tmp_path / f"w{weight}")
         moved[weight] = metrics(tmp_path / f"w{weight}")[-1]["loss/G_anchor"]
     assert moved[1000] < moved[0.001]
+
+
+def test_g_params_refiner_trains_the_refiner_alone_and_stays_so_at_resume(tmp_path):
+    with pytest.raises(ConfigError, match="train.g_params=refiner: G has no refiner"):
+        load_config("configs/tiny.yaml", ["train.g_params=refiner"])
+    with pytest.raises(ConfigError, match="train.g_params"):
+        load_config("configs/tiny.yaml", ["train.g_params=top"])
+    refined = BASE + ["model.generator.refine_layers=1"]
+    start = train(load_config("configs/tiny.yaml", refined), tmp_path / "start", max_steps=1)
+    only = refined + [f"train.init_from={start}", "train.g_params=refiner", "train.lr_g=0.01"]
+    train(load_config("configs/tiny.yaml", only), tmp_path / "run")
+    before = load_file(str(start / "G_ema.safetensors"))  # a model starts both G and G_ema with its G_ema
+    after = load_file(str(list_checkpoints(tmp_path / "run")[-1] / "G.safetensors"))
+    moved = {key for key in after if not torch.equal(before[key], after[key])}
+    assert moved and all(key.startswith("refine.") for key in moved)  # the refiner learned; the rest is as it came
+    with pytest.raises(ConfigError, match="train.g_params='refiner' \\(now 'all'\\)"):
+        train(load_config("configs/tiny.yaml", refined + [f"train.init_from={start}"]), tmp_path / "run",
+              resume="latest")

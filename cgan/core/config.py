@@ -84,16 +84,13 @@ class TrainConfig:
     ema_rampup: float = 0.05  # half-life ramps up as images_seen * rampup (None-like: 0 = off)
     mixed_precision: str = "no"  # no | bf16 | fp16
     channels_last: bool = True  # NHWC memory format: faster convolutions on CPU and GPU
-    # start a new run from another run's weights (its folder or a checkpoint folder), e.g. a 32 px run
-    # grown to 64 px with the same channel widths, or from an exported model (a folder or a shipped
-    # name such as shapes64: its G_ema, and its D if it holds one, see export_d) (cgan/train/warm_start.py);
-    # used only when not resuming
+    # start a new run (not a resume) from another run's weights (its folder or a checkpoint), e.g. a 32 px run grown
+    # to 64 px, or from an exported model (a folder or a name such as shapes64: its G_ema, and its D if it holds one)
     init_from: str = ""
-    # the run's first N steps train D alone (G and G_ema unchanged): for a fresh D beside a trained G
-    d_warmup_steps: int = 0
-    # the exported model (OUT/model) also holds D.safetensors: not needed to generate, but a run started
-    # from the model (train.init_from=MODEL) then continues with a trained D instead of a fresh one
+    d_warmup_steps: int = 0  # the run's first N steps train D alone (G and G_ema unchanged): for a fresh D
+    # the exported model (OUT/model) also holds D.safetensors, so a run from it (init_from) goes on with a trained D
     export_d: bool = False
+    g_params: str = "all"  # what the G phase trains: all | refiner (model.generator.refine_layers; the rest frozen)
     threads: int = 0  # torch's intra-op threads in each process (0 = torch's default: all cores)
     compile: bool = False  # torch.compile G and D for the D and G phases (R1 keeps eager D): slow to compile
     max_minutes: float = 0.0  # wall-clock budget of this invocation: then checkpoint, export and stop (0 = none)
@@ -242,6 +239,9 @@ class Config:
         check_choice("train.loss", self.train.loss, ("logistic", "hinge"))
         check_choice("train.mixed_precision", self.train.mixed_precision, ("no", "bf16", "fp16"))
         check_choice("train.tracker", self.train.tracker, ("tensorboard", "wandb", "mlflow", "none"))
+        check_choice("train.g_params", self.train.g_params, ("all", "refiner"))
+        if self.train.g_params == "refiner" and self.model.generator.refine_layers == 0:
+            raise ConfigError("train.g_params=refiner: G has no refiner; set model.generator.refine_layers")
         for key in ("batch_size", "grad_accum", "total_steps", "log_every", "sample_every",
                     "checkpoint_every", "keep_last", "r1_every"):
             if getattr(self.train, key) < 1:

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from cgan.condition.text_encoder import FrozenTextEncoder, TextEmbeddingCache
 from cgan.condition.vocabulary import build_vocabulary
-from cgan.core.config import Config, ConfigError, data_cache_dir, save_config
+from cgan.core.config import Config, ConfigError, TrainConfig, data_cache_dir, save_config
 from cgan.core.errors import CheckpointError
 from cgan.data import CaptionedDataset, StepSampler, build_dataset, stratified_records
 from cgan.data.cache import ArrayBatches, DatasetArrays, cached_arrays
@@ -102,6 +102,12 @@ def build_models(config: Config, schema, text_dim: int) -> tuple[torch.nn.Module
     G_ema = build_generator(config.model, **sizes).eval().requires_grad_(False)
     G_ema.load_state_dict(G.state_dict())
     return G, D, G_ema
+
+
+def g_trained(G: torch.nn.Module, t: TrainConfig) -> torch.nn.Module:
+    """What the G phase trains (train.g_params): all of G, or its refiner alone (the rest of G then gets no
+    gradient and keeps its weights)."""
+    return G.refine if t.g_params == "refiner" else G
 
 
 def leave_stop_signals_to_the_main_process(worker_id: int) -> None:
@@ -197,7 +203,7 @@ def build_run(config: Config, out_dir: str | Path, resume: str | None = None,
     for module in (G, D, G_ema):
         module.to(accelerator.device, memory_format=memory_format)
     # fused: its found_inf lets a non-finite step be skipped on the device (skip_if_nonfinite)
-    opt_G = torch.optim.Adam(G.parameters(), lr=t.lr_g, betas=tuple(t.betas), eps=1e-8, fused=True)
+    opt_G = torch.optim.Adam(g_trained(G, t).parameters(), lr=t.lr_g, betas=tuple(t.betas), eps=1e-8, fused=True)
     opt_D = torch.optim.Adam(D.parameters(), lr=t.lr_d, betas=tuple(t.betas), eps=1e-8, fused=True)
     num_params = sum(p.numel() for m in (G, D, G_ema) for p in m.parameters())
     run = Run(config=config, out_dir=out_dir, accelerator=accelerator, dataset=dataset, text_encoder=text_encoder,

@@ -21,7 +21,7 @@ import torch
 
 from cgan.condition.text_encoder import FrozenTextEncoder
 from cgan.core.config import Config
-from cgan.train.build import Run, build_run, make_loader
+from cgan.train.build import Run, build_run, g_trained, make_loader
 from cgan.train.ema import ema_beta, update_ema
 from cgan.train.hooks import Hooks
 from cgan.train.microbatch import Batch, to_device_batch
@@ -67,7 +67,7 @@ def train_step(run: Run, batches: list[Batch]) -> tuple[dict[str, torch.Tensor],
     train_G = run.step >= t.d_warmup_steps  # a fresh D learns alone first (train.d_warmup_steps)
     if train_G:  # loss.anchor: g_step also draws the frozen starting G's images of the same latents
         g_phase = g_step if run.G_anchor is None else update_wrapper(partial(g_step, G_anchor=run.G_anchor), g_step)
-        phases.append((run.G, run.D, run.opt_G, g_phase))
+        phases.append((g_trained(run.G, t), run.D, run.opt_G, g_phase))  # train.g_params: G or its refiner
     stats: dict[str, torch.Tensor] = {}
     flags: dict[str, torch.Tensor] = {}
     for trained, frozen, optimizer, step_fn in phases:

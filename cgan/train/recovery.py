@@ -185,6 +185,8 @@ def check_same_model(out_dir: Path, config: Config) -> None:
     changed += [f"loss.{key}={getattr(saved_config.loss, key)!r} (now {getattr(config.loss, key)!r}; a term cannot "
                 "be turned on or off)" for key in terms_with_heads()
                 if (getattr(saved_config.loss, key) > 0) != (getattr(config.loss, key) > 0)]
+    if saved_config.train.g_params != config.train.g_params:  # G's optimizer holds the moments of what it trains
+        changed.append(f"train.g_params={saved_config.train.g_params!r} (now {config.train.g_params!r})")
     if changed:
         raise ConfigError(f"{saved_path}: this run was trained with {', '.join(changed)}; the model cannot "
                           "change at --resume. Use the run's own model settings, or start a new --out")
