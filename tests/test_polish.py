@@ -144,3 +144,28 @@ def test_a_refiner_fitted_to_each_image_optimum(tmp_path, tiny_model, capsys):
     assert "A model card the polish adds to." in card and "## Polish" in card and "refine_layers=2" in card
     start, polished = (load_file(str(folder / "G_ema.safetensors")) for folder in (tiny_model, out))
     assert all(torch.equal(polished[k], start[k]) for k in start), "only the refiner may move"
+
+
+def test_only_refiner_fits_on_the_rest_of_g_computed_once(tiny_model):
+    """--only-refiner --target per_image runs the frozen rest of G once per pool image: what it caches, through
+    Generator.finish, is what G draws for those latents and conditions."""
+    import random
+
+    from cgan.data import ShapesDataset
+    from cgan.nets.sampling import condition_input
+    from cgan.pipeline import CGANPipeline
+    from cgan.train.polish import add_refiner, draw
+
+    pipe = CGANPipeline.from_pretrained(tiny_model)
+    add_refiner(pipe, layers=2, channels=8)
+    torch.nn.init.normal_(pipe.G.refine.out.weight, std=0.1)  # a refiner that changes the images
+    config = PolishConfig(only_refiner=True, target="per_image", pool=6, image_steps=1, batch_size=4)
+    dataset = ShapesDataset(num_images=16, resolution=pipe.resolution, split="train", seed=0)
+    pool = draw(pipe, pipe.G, dataset, config, 6, random.Random(0), torch.Generator().manual_seed(0), optimise=True)
+    rgb, features = pool.refiner_inputs
+    assert rgb.shape == (6, 3, pipe.resolution, pipe.resolution) and features.shape[0] == 6
+    with torch.no_grad():
+        drawn = pipe.G(pool.z, condition_input(pipe.text_cache, pipe.schema, pool.prompts, pool.attributes, "cpu"))
+        torch.testing.assert_close(pipe.G.finish(rgb, features), drawn, rtol=0, atol=1e-5)  # batch rounding
+    assert draw(pipe, pipe.G, dataset, PolishConfig(target="per_image", pool=6, image_steps=1), 6, random.Random(0),
+                torch.Generator().manual_seed(0), optimise=True).refiner_inputs is None  # all of G trains: no cache

@@ -164,11 +164,16 @@ class Generator(nn.Module):
                                                               align_corners=False) + block_rgb
             if weights is not None:
                 attention[block.resolution] = weights  # (B, heads, r*r, M)
+        return self.finish(rgb, x), attention
+
+    def finish(self, rgb: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """The top blocks' summed rgb (B, 3, R, R) and last features (B, C, R, R) -> images (B, 3, R, R): the
+        refiner's correction, then grey and the output function (cgan.polish fits a refiner on these cached)."""
         if self.refine is not None:
-            rgb = rgb + self.refine(rgb, x)  # (B, 3, R, R)
+            rgb = rgb + self.refine(rgb, features)  # (B, 3, R, R)
         if self.color == "grayscale":
             rgb = rgb.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)  # (B, 1, R, R) -> (B, 3, R, R)
-        return (torch.tanh(rgb) if self.output == "tanh" else rgb), attention
+        return torch.tanh(rgb) if self.output == "tanh" else rgb
 
     def forward(self, z: torch.Tensor, inputs: ConditionInput, truncation: float = 1.0, return_attention: bool = False):
         cond = self.condition(inputs, return_attention)

@@ -145,6 +145,9 @@ class Draws:
     attributes: list[dict[str, Any]]
     start_images: torch.Tensor
     targets: torch.Tensor | None = None
+    # only_refiner: what the frozen rest of G hands the refiner, (rgb (N, 3, R, R), features (N, C, R, R)) in
+    # float32, computed once (Generator.finish turns them into images), so a step runs the refiner alone
+    refiner_inputs: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def draw(pipe: Any, start: torch.nn.Module, dataset: Any, config: PolishConfig, count: int, rng: random.Random,
@@ -152,7 +155,9 @@ def draw(pipe: Any, start: torch.nn.Module, dataset: Any, config: PolishConfig, 
     """`count` conditions as in training, latents, the starting G's images and (optimise) their optima."""
     prompts, attributes = sample_conditions(dataset, pipe.schema, count, config.drop_prompt, config.drop_attr, rng)
     z = torch.randn(count, start.z_dim, generator=generator)  # (N, z_dim)
-    images, targets = [], []
+    images, targets, refiner_inputs = [], [], []
+    hook = (start.refine.register_forward_hook(lambda module, inputs, output: refiner_inputs.append(inputs))
+            if optimise and config.only_refiner else None)
     for lo in range(0, count, config.batch_size):
         hi = min(count, lo + config.batch_size)
         condition = condition_input(pipe.text_cache, pipe.schema, prompts[lo:hi], attributes[lo:hi], pipe.device)
@@ -160,9 +165,12 @@ def draw(pipe: Any, start: torch.nn.Module, dataset: Any, config: PolishConfig, 
             images.append(start(z[lo:hi].to(pipe.device), condition))  # (b, 3, R, R)
         if optimise:
             targets.append(per_image_optimum(images[-1], config).half())  # (b, 3, R, R)
+    if hook is not None:
+        hook.remove()
     start_images = torch.cat(images)  # (N, 3, R, R)
+    cached = tuple(torch.cat(parts) for parts in zip(*refiner_inputs)) if refiner_inputs else None
     return Draws(z, prompts, attributes, start_images.half() if optimise else start_images,
-                 torch.cat(targets) if optimise else None)
+                 torch.cat(targets) if optimise else None, cached)  # type: ignore[arg-type]
 
 
 def polish(pipe: Any, dataset: Any, config: PolishConfig,
@@ -193,8 +201,11 @@ def polish(pipe: Any, dataset: Any, config: PolishConfig,
                           pool.start_images[index], pool.targets[index])
         else:
             batch = draw(pipe, start, dataset, config, config.batch_size, rng, generator, optimise=False)
-        condition = condition_input(pipe.text_cache, pipe.schema, batch.prompts, batch.attributes, pipe.device)
-        images = G(batch.z.to(pipe.device), condition)  # (B, 3, R, R)
+        if pool is not None and pool.refiner_inputs is not None:  # the frozen rest of G, computed once
+            images = G.finish(*(cached[index] for cached in pool.refiner_inputs))  # (B, 3, R, R)
+        else:
+            condition = condition_input(pipe.text_cache, pipe.schema, batch.prompts, batch.attributes, pipe.device)
+            images = G(batch.z.to(pipe.device), condition)  # (B, 3, R, R)
         prior = image_prior(images, config)  # (B,)
         distance = (images - batch.start_images.float()).abs().mean(dim=(1, 2, 3))  # (B,)
         if batch.targets is not None:
