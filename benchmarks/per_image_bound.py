@@ -22,8 +22,8 @@ import torch
 
 from bench_utils import cpu_flags, set_threads
 from cgan.core.images import image_to_tensor, tensor_to_images
-from cgan.eval.fid import (DEFAULT_CACHE_DIR, frechet_distance, image_features, load_feature_network,
-                           precision_recall_fields)
+from cgan.eval.diversity import precision_recall
+from cgan.eval.fid import DEFAULT_CACHE_DIR, frechet_distance, image_features, load_feature_network
 from cgan.eval.fid_data import generated_images, reference_statistics
 from cgan.pipeline import CGANPipeline
 from cgan.train.polish import PolishConfig, per_image_optimum
@@ -56,7 +56,7 @@ def main() -> int:
     pipe = CGANPipeline.from_pretrained(args.model)
     dataset, name, split, reference, _ = reference_statistics("shapes", None, pipe.resolution, 2 * args.num,
                                                               network, DEFAULT_CACHE_DIR, quiet=True)
-    real, second_real = reference["feats"][:args.num], reference["feats"][args.num:2 * args.num]
+    real = reference["feats"][:args.num]  # the first N of `cgan.fid`'s 2N-record cache: its reference
     drawn = torch.stack([image_to_tensor(image.convert("RGB")) for image in  # (N, 3, R, R)
                          generated_images(pipe.G, pipe.text_cache, pipe.schema, dataset, name, args.num)])
     for spec, config in configs.items():
@@ -64,10 +64,10 @@ def main() -> int:
         images = drawn if config is None else torch.cat([per_image_optimum(chunk, config)
                                                           for chunk in drawn.split(250)])
         feats = image_features(tensor_to_images(images), network)
-        fields = precision_recall_fields(real, feats, real, second_real)
+        precision, recall = precision_recall(real, feats)
         moved = float((images - drawn).abs().mean()) * 127.5
-        print(f"{spec:<16} FID {frechet_distance(feats, real):6.2f}  precision {fields['precision']:.3f}  "
-              f"recall {fields['recall']:.3f}  moved {moved:.2f} / 255  ({time.perf_counter() - start:.0f} s)",
+        print(f"{spec:<16} FID {frechet_distance(feats, real):6.2f}  precision {precision:.3f}  "
+              f"recall {recall:.3f}  moved {moved:.2f} / 255  ({time.perf_counter() - start:.0f} s)",
               flush=True)
     return 0
 
